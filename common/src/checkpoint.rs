@@ -1,0 +1,286 @@
+//! A checkpoint is one directory or object-store prefix: `config.json`, `model.safetensors`,
+//! `tokenizer.json` (+ vocab / tokenizer config when the base has them) and `manifest.json`, which
+//! lists every other file with its sha256 and size. The manifest is written last, so a reader that
+//! finds it knows every file it names is complete; loading verifies each file against it.
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use tch::Device;
+
+use crate::model::{BertClassifier, LoadReport, ModelError, Pooling};
+use crate::store::{Store, StoreError};
+use crate::tokenizer::{TextTokenizer, TokenizerError};
+
+pub const MANIFEST: &str = "manifest.json";
+pub const CONFIG: &str = "config.json";
+pub const WEIGHTS: &str = "model.safetensors";
+pub const TOKENIZER: &str = "tokenizer.json";
+/// Tokenizer side files copied from the base model when present.
+pub const TOKENIZER_EXTRAS: [&str; 3] = ["vocab.txt", "tokenizer_config.json", "special_tokens_map.json"];
+pub const FORMAT_VERSION: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{uri}: invalid manifest.json: {message}")]
+    Manifest { uri: String, message: String },
+    #[error("{uri}/{file}: sha256 mismatch (manifest {expected}, found {found}); the checkpoint is corrupt or incomplete")]
+    Checksum { uri: String, file: String, expected: String, found: String },
+    #[error("{uri}/{file}: size mismatch (manifest {expected} bytes, found {found})")]
+    Size { uri: String, file: String, expected: u64, found: u64 },
+    #[error("{uri}: {message}")]
+    Invalid { uri: String, message: String },
+    #[error("{uri}: {source}")]
+    Model { uri: String, source: ModelError },
+    #[error("{uri}: {source}")]
+    Tokenizer { uri: String, source: TokenizerError },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct FileEntry {
+    pub path: String,
+    pub sha256: String,
+    pub size: u64,
+}
+
+/// Everything a reader needs to know about a checkpoint besides its weights.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Manifest {
+    pub format_version: u32,
+    pub model_name: String,
+    pub version: String,
+    /// Label names in id order.
+    pub labels: Vec<String>,
+    /// Per-label decision thresholds in label-id order, tuned on dev.
+    pub thresholds: Vec<f32>,
+    /// One threshold for all labels, tuned on dev for micro-F1.
+    pub global_threshold: f32,
+    pub max_length: usize,
+    /// "mean" or "cls".
+    pub pooling: String,
+    pub base_model: String,
+    /// Evaluation figures, e.g. "dev.macro_f1.per_label" or "test.micro_f1.global".
+    #[serde(default)]
+    pub metrics: BTreeMap<String, f64>,
+    #[serde(default)]
+    pub hyperparameters: serde_json::Value,
+    /// sha256 of the data files used, by file name.
+    #[serde(default)]
+    pub data_sha256: BTreeMap<String, String>,
+    pub created_at: String,
+    #[serde(default)]
+    pub files: Vec<FileEntry>,
+}
+
+impl Manifest {
+    pub fn pooling(&self) -> Result<Pooling, String> {
+        self.pooling.parse()
+    }
+}
+
+/// A checkpoint's verified files.
+#[derive(Debug, Clone)]
+pub struct Checkpoint {
+    pub manifest: Manifest,
+    pub files: BTreeMap<String, Bytes>,
+    pub uri: String,
+}
+
+/// Writes `files` and then `manifest.json` (with each file's sha256 and size) under `store`.
+/// Returns the manifest as written.
+pub async fn write(store: &Store, files: &[(String, Bytes)], mut manifest: Manifest) -> Result<Manifest, CheckpointError> {
+    manifest.format_version = FORMAT_VERSION;
+    manifest.files = files
+        .iter()
+        .map(|(path, bytes)| FileEntry { path: path.clone(), sha256: crate::sha256_hex(bytes), size: bytes.len() as u64 })
+        .collect();
+    for (path, bytes) in files {
+        store.put(path, bytes.clone()).await?;
+    }
+    let json = serde_json::to_vec_pretty(&manifest).map_err(|e| CheckpointError::Manifest {
+        uri: store.uri().to_string(),
+        message: e.to_string(),
+    })?;
+    store.put(MANIFEST, Bytes::from(json)).await?;
+    Ok(manifest)
+}
+
+/// Reads `manifest.json` alone.
+pub async fn read_manifest(store: &Store) -> Result<Manifest, CheckpointError> {
+    let bytes = store.get(MANIFEST).await?;
+    parse_manifest(&bytes, store.uri())
+}
+
+fn parse_manifest(bytes: &[u8], uri: &str) -> Result<Manifest, CheckpointError> {
+    let manifest: Manifest = serde_json::from_slice(bytes)
+        .map_err(|e| CheckpointError::Manifest { uri: uri.to_string(), message: e.to_string() })?;
+    if manifest.format_version != FORMAT_VERSION {
+        return Err(CheckpointError::Manifest {
+            uri: uri.to_string(),
+            message: format!("format_version {} (this build reads {FORMAT_VERSION})", manifest.format_version),
+        });
+    }
+    if manifest.thresholds.len() != manifest.labels.len() {
+        return Err(CheckpointError::Manifest {
+            uri: uri.to_string(),
+            message: format!("{} thresholds for {} labels", manifest.thresholds.len(), manifest.labels.len()),
+        });
+    }
+    Ok(manifest)
+}
+
+/// Reads a checkpoint and verifies every file's size and sha256 against its manifest.
+pub async fn read(store: &Store) -> Result<Checkpoint, CheckpointError> {
+    let manifest = read_manifest(store).await?;
+    let uri = store.uri().to_string();
+    let mut files = BTreeMap::new();
+    for entry in &manifest.files {
+        let bytes = store.get(&entry.path).await?;
+        if bytes.len() as u64 != entry.size {
+            return Err(CheckpointError::Size {
+                uri,
+                file: entry.path.clone(),
+                expected: entry.size,
+                found: bytes.len() as u64,
+            });
+        }
+        let found = crate::sha256_hex(&bytes);
+        if found != entry.sha256 {
+            return Err(CheckpointError::Checksum { uri, file: entry.path.clone(), expected: entry.sha256.clone(), found });
+        }
+        files.insert(entry.path.clone(), bytes);
+    }
+    for required in [CONFIG, WEIGHTS, TOKENIZER] {
+        if !files.contains_key(required) {
+            return Err(CheckpointError::Invalid { uri, message: format!("manifest lists no {required}") });
+        }
+    }
+    Ok(Checkpoint { manifest, files, uri })
+}
+
+/// A base encoder to fine-tune: a Hugging Face model folder (or prefix) without a manifest.
+#[derive(Debug, Clone)]
+pub struct BaseModel {
+    pub files: BTreeMap<String, Bytes>,
+    pub uri: String,
+}
+
+/// Reads `config.json`, `model.safetensors`, `tokenizer.json` and the optional tokenizer files.
+/// When a manifest is present (fine-tuning from a previous checkpoint) it is verified too.
+pub async fn read_base(store: &Store) -> Result<BaseModel, CheckpointError> {
+    if store.exists(MANIFEST).await? {
+        let ck = read(store).await?;
+        return Ok(BaseModel { files: ck.files, uri: ck.uri });
+    }
+    let mut files = BTreeMap::new();
+    for name in [CONFIG, WEIGHTS, TOKENIZER] {
+        files.insert(name.to_string(), store.get(name).await?);
+    }
+    for name in TOKENIZER_EXTRAS {
+        if let Some((bytes, _)) = store.get_opt(name).await? {
+            files.insert(name.to_string(), bytes);
+        }
+    }
+    Ok(BaseModel { files, uri: store.uri().to_string() })
+}
+
+/// A model ready to serve or evaluate.
+pub struct LoadedModel {
+    pub model: BertClassifier,
+    pub tokenizer: TextTokenizer,
+    pub manifest: Manifest,
+    pub load_report: LoadReport,
+}
+
+impl Checkpoint {
+    /// Builds the model and tokenizer on `device`.
+    pub fn load_model(&self, device: Device) -> Result<LoadedModel, CheckpointError> {
+        let uri = self.uri.clone();
+        let m = &self.manifest;
+        let pooling = m.pooling().map_err(|message| CheckpointError::Invalid { uri: uri.clone(), message })?;
+        let (model, load_report) =
+            BertClassifier::load(&self.files[CONFIG], &self.files[WEIGHTS], m.labels.len(), pooling, device)
+                .map_err(|source| CheckpointError::Model { uri: uri.clone(), source })?;
+        if let Some(names) = model.config().label_names() {
+            if names != m.labels {
+                return Err(CheckpointError::Invalid {
+                    uri,
+                    message: "config.json id2label disagrees with manifest labels".into(),
+                });
+            }
+        }
+        let tokenizer = TextTokenizer::from_bytes(&self.files[TOKENIZER], m.max_length)
+            .map_err(|source| CheckpointError::Tokenizer { uri, source })?;
+        Ok(LoadedModel { model, tokenizer, manifest: m.clone(), load_report })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest() -> Manifest {
+        Manifest {
+            format_version: FORMAT_VERSION,
+            model_name: "m".into(),
+            version: "v1".into(),
+            labels: vec!["a".into(), "b".into()],
+            thresholds: vec![0.3, 0.6],
+            global_threshold: 0.4,
+            max_length: 16,
+            pooling: "mean".into(),
+            base_model: "base".into(),
+            metrics: BTreeMap::new(),
+            hyperparameters: serde_json::json!({}),
+            data_sha256: BTreeMap::new(),
+            created_at: "2026-01-01T00:00:00Z".into(),
+            files: vec![],
+        }
+    }
+
+    fn files() -> Vec<(String, Bytes)> {
+        vec![
+            (CONFIG.into(), Bytes::from_static(b"{}")),
+            (WEIGHTS.into(), Bytes::from_static(b"weights")),
+            (TOKENIZER.into(), Bytes::from_static(b"tok")),
+        ]
+    }
+
+    #[tokio::test]
+    async fn write_then_read_verifies_and_names_corrupt_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().to_str().unwrap()).unwrap();
+        let written = write(&store, &files(), manifest()).await.unwrap();
+        assert_eq!(written.files.len(), 3);
+        let ck = read(&store).await.unwrap();
+        assert_eq!(ck.files[WEIGHTS], Bytes::from_static(b"weights"));
+        assert_eq!(ck.manifest, written);
+
+        std::fs::write(dir.path().join(WEIGHTS), b"weightz").unwrap();
+        let err = read(&store).await.unwrap_err().to_string();
+        assert!(err.contains("model.safetensors") && err.contains("sha256 mismatch"), "{err}");
+
+        std::fs::write(dir.path().join(WEIGHTS), b"short").unwrap();
+        let err = read(&store).await.unwrap_err().to_string();
+        assert!(err.contains("model.safetensors") && err.contains("size mismatch"), "{err}");
+
+        std::fs::write(dir.path().join(WEIGHTS), b"weights").unwrap();
+        read(&store).await.unwrap();
+        std::fs::remove_file(dir.path().join(TOKENIZER)).unwrap();
+        let err = read(&store).await.unwrap_err().to_string();
+        assert!(err.contains("tokenizer.json") && err.contains("not found"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn manifest_with_wrong_threshold_count_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().to_str().unwrap()).unwrap();
+        let mut m = manifest();
+        m.thresholds.pop();
+        write(&store, &files(), m).await.unwrap();
+        let err = read(&store).await.unwrap_err().to_string();
+        assert!(err.contains("1 thresholds for 2 labels"), "{err}");
+    }
+}

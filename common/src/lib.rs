@@ -1,0 +1,18 @@
+//! Shared library of the GoEmotions services: labels, data, tokenizer, the BERT model on tch,
+//! metrics and threshold tuning, and checkpoints in object storage.
+pub mod checkpoint;
+pub mod data;
+pub mod device;
+pub mod labels;
+pub mod metrics;
+pub mod model;
+pub mod registry;
+pub mod safetensors_io;
+pub mod store;
+pub mod tokenizer;
+
+/// Hex-encoded sha256 of a byte slice.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}

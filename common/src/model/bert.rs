@@ -1,0 +1,438 @@
+//! The BERT encoder and classification head. Variable names follow Hugging Face's
+//! `BertForSequenceClassification` (`bert.embeddings.*`, `bert.encoder.layer.N.*`, `bert.pooler.*`,
+//! `classifier.*`), so its `model.safetensors` loads and saves directly.
+use std::collections::{BTreeSet, HashMap};
+
+use tch::nn::{self, Module};
+use tch::{Device, Kind, Tensor};
+
+use super::config::BertConfig;
+use crate::safetensors_io::{self, SafetensorsError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("invalid config.json: {0}")]
+    Config(String),
+    #[error(transparent)]
+    Safetensors(#[from] SafetensorsError),
+    #[error("model.safetensors lacks encoder tensor(s): {0}")]
+    Missing(String),
+    #[error("tensor {name}: checkpoint shape {found:?}, model expects {expected:?}")]
+    Shape { name: String, found: Vec<i64>, expected: Vec<i64> },
+    #[error("torch error: {0}")]
+    Torch(#[from] tch::TchError),
+}
+
+/// How token states become one vector for the head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pooling {
+    /// Mask-aware mean over tokens (what sentence encoders such as all-MiniLM-L6-v2 are trained for).
+    Mean,
+    /// Hugging Face's pooler: tanh(dense(h[CLS])).
+    Cls,
+}
+
+impl Pooling {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Pooling::Mean => "mean",
+            Pooling::Cls => "cls",
+        }
+    }
+}
+
+impl std::str::FromStr for Pooling {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "mean" => Ok(Pooling::Mean),
+            "cls" => Ok(Pooling::Cls),
+            other => Err(format!("unknown pooling {other:?} (expected mean or cls)")),
+        }
+    }
+}
+
+/// What loading a checkpoint found.
+#[derive(Debug, Default, Clone)]
+pub struct LoadReport {
+    /// Model tensors the checkpoint did not have (freshly initialised), e.g. a new classifier head.
+    pub initialised: Vec<String>,
+    /// Checkpoint tensors the model does not use (e.g. a masked-LM head).
+    pub unused: Vec<String>,
+}
+
+pub struct ModelOutput {
+    pub last_hidden_state: Tensor,
+    pub logits: Tensor,
+}
+
+struct SelfAttention {
+    query: nn::Linear,
+    key: nn::Linear,
+    value: nn::Linear,
+    output: nn::Linear,
+    norm: nn::LayerNorm,
+}
+
+struct EncoderLayer {
+    attention: SelfAttention,
+    intermediate: nn::Linear,
+    output: nn::Linear,
+    norm: nn::LayerNorm,
+}
+
+struct Embeddings {
+    word: nn::Embedding,
+    position: nn::Embedding,
+    token_type: nn::Embedding,
+    norm: nn::LayerNorm,
+}
+
+pub struct BertClassifier {
+    vs: nn::VarStore,
+    config: BertConfig,
+    pooling: Pooling,
+    num_labels: i64,
+    embeddings: Embeddings,
+    layers: Vec<EncoderLayer>,
+    pooler: nn::Linear,
+    classifier: nn::Linear,
+}
+
+fn layer_norm(p: nn::Path, c: &BertConfig) -> nn::LayerNorm {
+    nn::layer_norm(p, vec![c.hidden_size], nn::LayerNormConfig { eps: c.layer_norm_eps, ..Default::default() })
+}
+
+/// Hugging Face's initialisation for new weights: N(0, 0.02), zero bias.
+fn hf_linear(p: nn::Path, input: i64, output: i64) -> nn::Linear {
+    let config = nn::LinearConfig {
+        ws_init: nn::Init::Randn { mean: 0.0, stdev: 0.02 },
+        bs_init: Some(nn::Init::Const(0.0)),
+        bias: true,
+    };
+    nn::linear(p, input, output, config)
+}
+
+impl BertClassifier {
+    /// A freshly initialised model with `num_labels` outputs.
+    pub fn new(config: BertConfig, num_labels: usize, pooling: Pooling, device: Device) -> Result<Self, ModelError> {
+        let c = &config;
+        if c.hidden_size % c.num_attention_heads != 0 {
+            return Err(ModelError::Config(format!(
+                "hidden_size {} is not a multiple of num_attention_heads {}",
+                c.hidden_size, c.num_attention_heads
+            )));
+        }
+        if !matches!(c.hidden_act.as_str(), "gelu" | "gelu_new" | "gelu_pytorch_tanh" | "relu") {
+            return Err(ModelError::Config(format!("unsupported hidden_act {:?}", c.hidden_act)));
+        }
+        let vs = nn::VarStore::new(device);
+        let root = vs.root();
+        let bert = &root / "bert";
+        let emb = &bert / "embeddings";
+        let h = c.hidden_size;
+        let embeddings = Embeddings {
+            word: nn::embedding(&emb / "word_embeddings", c.vocab_size, h, Default::default()),
+            position: nn::embedding(&emb / "position_embeddings", c.max_position_embeddings, h, Default::default()),
+            token_type: nn::embedding(&emb / "token_type_embeddings", c.type_vocab_size, h, Default::default()),
+            norm: layer_norm(&emb / "LayerNorm", c),
+        };
+        let layers = (0..c.num_hidden_layers)
+            .map(|i| {
+                let l = &bert / "encoder" / "layer" / i;
+                let att = &l / "attention";
+                EncoderLayer {
+                    attention: SelfAttention {
+                        query: hf_linear(&att / "self" / "query", h, h),
+                        key: hf_linear(&att / "self" / "key", h, h),
+                        value: hf_linear(&att / "self" / "value", h, h),
+                        output: hf_linear(&att / "output" / "dense", h, h),
+                        norm: layer_norm(&att / "output" / "LayerNorm", c),
+                    },
+                    intermediate: hf_linear(&l / "intermediate" / "dense", h, c.intermediate_size),
+                    output: hf_linear(&l / "output" / "dense", c.intermediate_size, h),
+                    norm: layer_norm(&l / "output" / "LayerNorm", c),
+                }
+            })
+            .collect();
+        let pooler = hf_linear(&bert / "pooler" / "dense", h, h);
+        let classifier = hf_linear(&root / "classifier", h, num_labels as i64);
+        Ok(Self {
+            vs,
+            config,
+            pooling,
+            num_labels: num_labels as i64,
+            embeddings,
+            layers,
+            pooler,
+            classifier,
+        })
+    }
+
+    /// Builds the model from a `config.json` and a `model.safetensors` (a bare encoder such as
+    /// `BertModel`, or a full `BertForSequenceClassification`). Encoder tensors must all be present;
+    /// a missing head or pooler is freshly initialised and listed in the report.
+    pub fn load(
+        config_json: &[u8],
+        weights: &[u8],
+        num_labels: usize,
+        pooling: Pooling,
+        device: Device,
+    ) -> Result<(Self, LoadReport), ModelError> {
+        let config = BertConfig::from_json(config_json).map_err(|e| ModelError::Config(e.to_string()))?;
+        let model = Self::new(config, num_labels, pooling, device)?;
+        let tensors = safetensors_io::decode(weights)?;
+        let report = model.assign(tensors)?;
+        Ok((model, report))
+    }
+
+    /// Copies checkpoint tensors into the model's variables, mapping older or prefix-less names.
+    fn assign(&self, tensors: Vec<(String, Tensor)>) -> Result<LoadReport, ModelError> {
+        let mut by_name: HashMap<String, Tensor> = HashMap::new();
+        let mut unused = Vec::new();
+        for (name, tensor) in tensors {
+            let canonical = canonical_name(&name);
+            match canonical {
+                Some(n) => {
+                    by_name.insert(n, tensor);
+                }
+                None => unused.push(name),
+            }
+        }
+        let variables = self.vs.variables();
+        let mut initialised = Vec::new();
+        let mut missing = Vec::new();
+        let mut names: Vec<&String> = variables.keys().collect();
+        names.sort();
+        for name in names {
+            let var = &variables[name];
+            match by_name.remove(name) {
+                Some(src) => {
+                    if src.size() != var.size() {
+                        return Err(ModelError::Shape { name: name.clone(), found: src.size(), expected: var.size() });
+                    }
+                    tch::no_grad(|| var.shallow_clone().f_copy_(&src.to_kind(var.kind())))?;
+                }
+                None if name.starts_with("classifier.") || name.starts_with("bert.pooler.") => {
+                    initialised.push(name.clone())
+                }
+                None => missing.push(name.clone()),
+            }
+        }
+        if !missing.is_empty() {
+            return Err(ModelError::Missing(missing.join(", ")));
+        }
+        unused.extend(by_name.into_keys());
+        unused.sort();
+        Ok(LoadReport { initialised, unused })
+    }
+
+    pub fn config(&self) -> &BertConfig {
+        &self.config
+    }
+
+    /// The config written with the checkpoint (label names, pooling, ...).
+    pub fn config_mut(&mut self) -> &mut BertConfig {
+        &mut self.config
+    }
+
+    pub fn pooling(&self) -> Pooling {
+        self.pooling
+    }
+
+    pub fn num_labels(&self) -> usize {
+        self.num_labels as usize
+    }
+
+    pub fn device(&self) -> Device {
+        self.vs.device()
+    }
+
+    pub fn var_store(&self) -> &nn::VarStore {
+        &self.vs
+    }
+
+    pub fn var_store_mut(&mut self) -> &mut nn::VarStore {
+        &mut self.vs
+    }
+
+    /// Trainable parameters by name, sorted by name.
+    pub fn named_parameters(&self) -> Vec<(String, Tensor)> {
+        let mut v: Vec<(String, Tensor)> = self.vs.variables().into_iter().collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    /// The weights as a Hugging Face `model.safetensors` (fp32, CPU).
+    pub fn to_safetensors(&self) -> Result<Vec<u8>, ModelError> {
+        let tensors: Vec<(String, Tensor)> =
+            self.named_parameters().into_iter().map(|(n, t)| (n, t.detach().to_kind(Kind::Float))).collect();
+        Ok(safetensors_io::encode(&tensors)?)
+    }
+
+    fn activation(&self, xs: &Tensor) -> Tensor {
+        match self.config.hidden_act.as_str() {
+            "relu" => xs.relu(),
+            "gelu_new" | "gelu_pytorch_tanh" => xs.gelu("tanh"),
+            _ => xs.gelu("none"),
+        }
+    }
+
+    /// Runs the encoder and head. `input_ids` and `attention_mask` are `[batch, seq]` int64;
+    /// dropout is active only when `train` is set.
+    pub fn forward(&self, input_ids: &Tensor, attention_mask: &Tensor, train: bool) -> ModelOutput {
+        let c = &self.config;
+        let (batch, seq) = input_ids.size2().expect("input_ids is [batch, seq]");
+        let device = input_ids.device();
+        let heads = c.num_attention_heads;
+        let head_dim = c.hidden_size / heads;
+        let hidden_p = c.hidden_dropout_prob;
+        let attn_p = if train { c.attention_probs_dropout_prob } else { 0.0 };
+
+        let positions = Tensor::arange(seq, (Kind::Int64, device)).unsqueeze(0);
+        let token_types = input_ids.zeros_like();
+        let e = &self.embeddings;
+        let mut hidden = e.word.forward(input_ids) + e.position.forward(&positions) + e.token_type.forward(&token_types);
+        hidden = e.norm.forward(&hidden).dropout(hidden_p, train);
+
+        let key_mask = attention_mask.to_kind(Kind::Bool).view([batch, 1, 1, seq]);
+        let split = |t: Tensor| t.view([batch, seq, heads, head_dim]).transpose(1, 2);
+        for layer in &self.layers {
+            let a = &layer.attention;
+            let q = split(a.query.forward(&hidden));
+            let k = split(a.key.forward(&hidden));
+            let v = split(a.value.forward(&hidden));
+            let context = Tensor::scaled_dot_product_attention(&q, &k, &v, Some(&key_mask), attn_p, false, None, false)
+                .transpose(1, 2)
+                .reshape([batch, seq, c.hidden_size]);
+            let attended = a.norm.forward(&(a.output.forward(&context).dropout(hidden_p, train) + &hidden));
+            let inner = self.activation(&layer.intermediate.forward(&attended));
+            hidden = layer.norm.forward(&(layer.output.forward(&inner).dropout(hidden_p, train) + &attended));
+        }
+
+        let pooled = match self.pooling {
+            Pooling::Mean => {
+                let m = attention_mask.unsqueeze(-1).to_kind(hidden.kind());
+                (&hidden * &m).sum_dim_intlist(1, false, None) / m.sum_dim_intlist(1, false, None).clamp_min(1e-9)
+            }
+            Pooling::Cls => self.pooler.forward(&hidden.select(1, 0)).tanh(),
+        };
+        let p = c.classifier_dropout.unwrap_or(hidden_p);
+        let logits = self.classifier.forward(&pooled.dropout(p, train));
+        ModelOutput { last_hidden_state: hidden, logits }
+    }
+
+    /// Sigmoid probabilities `[batch, num_labels]` in fp32 on the CPU, without gradients.
+    pub fn predict_proba(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Tensor {
+        tch::no_grad(|| {
+            self.forward(input_ids, attention_mask, false)
+                .logits
+                .to_kind(Kind::Float)
+                .sigmoid()
+                .to_device(Device::Cpu)
+        })
+    }
+
+    /// Parameter names that get no weight decay (biases and LayerNorm weights).
+    pub fn no_decay_names(&self) -> BTreeSet<String> {
+        self.vs
+            .variables()
+            .into_keys()
+            .filter(|n| n.ends_with(".bias") || n.contains("LayerNorm"))
+            .collect()
+    }
+}
+
+/// Maps a checkpoint tensor name to this model's variable name; `None` for tensors it never uses.
+fn canonical_name(name: &str) -> Option<String> {
+    if name.ends_with("position_ids") {
+        return None;
+    }
+    let name = name.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta", "LayerNorm.bias");
+    if name.starts_with("bert.") || name.starts_with("classifier.") {
+        Some(name)
+    } else if name.starts_with("embeddings.") || name.starts_with("encoder.") || name.starts_with("pooler.") {
+        Some(format!("bert.{name}"))
+    } else {
+        Some(name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tiny_config() -> BertConfig {
+        BertConfig::from_json(
+            br#"{"vocab_size": 50, "hidden_size": 16, "num_hidden_layers": 2, "num_attention_heads": 4,
+                 "intermediate_size": 32, "max_position_embeddings": 64}"#,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn hf_names_and_shapes() {
+        let m = BertClassifier::new(tiny_config(), 5, Pooling::Mean, Device::Cpu).unwrap();
+        let names: Vec<String> = m.named_parameters().into_iter().map(|(n, _)| n).collect();
+        for expected in [
+            "bert.embeddings.word_embeddings.weight",
+            "bert.embeddings.LayerNorm.weight",
+            "bert.encoder.layer.1.attention.self.query.weight",
+            "bert.encoder.layer.0.attention.output.LayerNorm.bias",
+            "bert.encoder.layer.1.output.dense.weight",
+            "bert.pooler.dense.weight",
+            "classifier.weight",
+        ] {
+            assert!(names.iter().any(|n| n == expected), "missing {expected}: {names:?}");
+        }
+        assert_eq!(m.var_store().variables()["classifier.weight"].size(), vec![5, 16]);
+    }
+
+    #[test]
+    fn padding_does_not_change_scores() {
+        tch::manual_seed(1);
+        let m = BertClassifier::new(tiny_config(), 3, Pooling::Mean, Device::Cpu).unwrap();
+        let ids = Tensor::from_slice(&[2i64, 7, 9, 3]).view([1, 4]);
+        let mask = ids.ones_like();
+        let padded_ids = Tensor::from_slice(&[2i64, 7, 9, 3, 0, 0]).view([1, 6]);
+        let padded_mask = Tensor::from_slice(&[1i64, 1, 1, 1, 0, 0]).view([1, 6]);
+        let a = m.predict_proba(&ids, &mask);
+        let b = m.predict_proba(&padded_ids, &padded_mask);
+        assert!(a.allclose(&b, 1e-5, 1e-6, false), "{a} vs {b}");
+    }
+
+    #[test]
+    fn round_trip_through_safetensors_gives_identical_logits() {
+        tch::manual_seed(2);
+        let m = BertClassifier::new(tiny_config(), 3, Pooling::Cls, Device::Cpu).unwrap();
+        let bytes = m.to_safetensors().unwrap();
+        let config = tiny_config().to_json();
+        let (back, report) = BertClassifier::load(&config, &bytes, 3, Pooling::Cls, Device::Cpu).unwrap();
+        assert!(report.initialised.is_empty() && report.unused.is_empty(), "{report:?}");
+        let ids = Tensor::from_slice(&[2i64, 7, 9, 3, 4, 5]).view([2, 3]);
+        let mask = ids.ones_like();
+        assert!(m.predict_proba(&ids, &mask).equal(&back.predict_proba(&ids, &mask)));
+    }
+
+    #[test]
+    fn bare_encoder_gets_fresh_head_and_missing_encoder_tensor_is_an_error() {
+        let m = BertClassifier::new(tiny_config(), 3, Pooling::Mean, Device::Cpu).unwrap();
+        // A bare BertModel checkpoint: no "bert." prefix, no classifier.
+        let bare: Vec<(String, Tensor)> = m
+            .named_parameters()
+            .into_iter()
+            .filter(|(n, _)| !n.starts_with("classifier."))
+            .map(|(n, t)| (n.trim_start_matches("bert.").to_string(), t))
+            .collect();
+        let bytes = safetensors_io::encode(&bare).unwrap();
+        let config = tiny_config().to_json();
+        let (_, report) = BertClassifier::load(&config, &bytes, 28, Pooling::Mean, Device::Cpu).unwrap();
+        assert_eq!(report.initialised, vec!["classifier.bias", "classifier.weight"]);
+
+        let partial: Vec<(String, Tensor)> =
+            bare.into_iter().filter(|(n, _)| !n.contains("layer.1.output.dense.weight")).collect();
+        let bytes = safetensors_io::encode(&partial).unwrap();
+        let err = BertClassifier::load(&config, &bytes, 28, Pooling::Mean, Device::Cpu).err().unwrap();
+        assert!(err.to_string().contains("bert.encoder.layer.1.output.dense.weight"), "{err}");
+    }
+}

@@ -1,0 +1,103 @@
+//! Hugging Face `config.json` for BERT, extended with the classification fields of a checkpoint.
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+fn default_act() -> String {
+    "gelu".into()
+}
+fn default_eps() -> f64 {
+    1e-12
+}
+fn default_type_vocab() -> i64 {
+    2
+}
+fn default_dropout() -> f64 {
+    0.1
+}
+
+/// The fields of a BERT `config.json` this project reads; everything else is kept as-is in `extra`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct BertConfig {
+    pub vocab_size: i64,
+    pub hidden_size: i64,
+    pub num_hidden_layers: i64,
+    pub num_attention_heads: i64,
+    pub intermediate_size: i64,
+    #[serde(default = "default_act")]
+    pub hidden_act: String,
+    #[serde(default = "default_dropout")]
+    pub hidden_dropout_prob: f64,
+    #[serde(default = "default_dropout")]
+    pub attention_probs_dropout_prob: f64,
+    pub max_position_embeddings: i64,
+    #[serde(default = "default_type_vocab")]
+    pub type_vocab_size: i64,
+    #[serde(default = "default_eps")]
+    pub layer_norm_eps: f64,
+    #[serde(default)]
+    pub pad_token_id: i64,
+    /// Label names by id (as strings, as Hugging Face writes them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id2label: Option<BTreeMap<String, String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label2id: Option<BTreeMap<String, i64>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub problem_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub architectures: Option<Vec<String>>,
+    /// Dropout before the classification head; `hidden_dropout_prob` when absent (as in transformers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub classifier_dropout: Option<f64>,
+    /// This project's extension: how the sequence is pooled for the head, "mean" or "cls".
+    /// Absent means "cls", Hugging Face's BertForSequenceClassification.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub classifier_pooling: Option<String>,
+    #[serde(flatten)]
+    pub extra: BTreeMap<String, Value>,
+}
+
+impl BertConfig {
+    pub fn from_json(bytes: &[u8]) -> Result<Self, serde_json::Error> {
+        serde_json::from_slice(bytes)
+    }
+
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec_pretty(self).expect("config serializes")
+    }
+
+    /// Label names in id order, when the config carries `id2label` for ids 0..n.
+    pub fn label_names(&self) -> Option<Vec<String>> {
+        let map = self.id2label.as_ref()?;
+        (0..map.len()).map(|i| map.get(&i.to_string()).cloned()).collect()
+    }
+
+    /// Fills the classification fields for multi-label classification over `labels`.
+    pub fn set_classification(&mut self, labels: &[String], pooling: &str) {
+        self.id2label = Some(labels.iter().enumerate().map(|(i, l)| (i.to_string(), l.clone())).collect());
+        self.label2id = Some(labels.iter().enumerate().map(|(i, l)| (l.clone(), i as i64)).collect());
+        self.problem_type = Some("multi_label_classification".into());
+        self.architectures = Some(vec!["BertForSequenceClassification".into()]);
+        self.classifier_pooling = Some(pooling.into());
+        self.extra.insert("model_type".into(), Value::String("bert".into()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keeps_unknown_fields_and_adds_labels() {
+        let json = br#"{"vocab_size": 10, "hidden_size": 8, "num_hidden_layers": 1, "num_attention_heads": 2,
+            "intermediate_size": 16, "max_position_embeddings": 32, "model_type": "bert", "foo": [1]}"#;
+        let mut c = BertConfig::from_json(json).unwrap();
+        c.set_classification(&["joy".into(), "neutral".into()], "mean");
+        let back = BertConfig::from_json(&c.to_json()).unwrap();
+        assert_eq!(back.extra["foo"], serde_json::json!([1]));
+        assert_eq!(back.label_names().unwrap(), vec!["joy", "neutral"]);
+        assert_eq!(back.label2id.unwrap()["neutral"], 1);
+        assert_eq!(back.problem_type.as_deref(), Some("multi_label_classification"));
+    }
+}

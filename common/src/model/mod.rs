@@ -1,0 +1,6 @@
+//! BERT for multi-label sequence classification on tch, with Hugging Face tensor names.
+mod bert;
+mod config;
+
+pub use bert::{BertClassifier, LoadReport, ModelError, ModelOutput, Pooling};
+pub use config::BertConfig;

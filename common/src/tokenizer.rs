@@ -1,0 +1,129 @@
+//! WordPiece tokenization from a checkpoint's `tokenizer.json`, with truncation to a max length
+//! and dynamic padding per batch.
+use tch::{Device, Tensor};
+use tokenizers::{PaddingParams, TruncationDirection, TruncationParams, TruncationStrategy};
+
+/// Default maximum sequence length in tokens (special tokens included).
+pub const DEFAULT_MAX_LENGTH: usize = 128;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TokenizerError {
+    #[error("invalid tokenizer.json: {0}")]
+    Load(String),
+    #[error("tokenization failed: {0}")]
+    Encode(String),
+}
+
+/// One tokenized text.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Encoded {
+    pub ids: Vec<i64>,
+    /// The text had more tokens than the max length and was cut.
+    pub truncated: bool,
+}
+
+/// A padded batch ready for the model.
+pub struct Batch {
+    pub input_ids: Tensor,
+    pub attention_mask: Tensor,
+}
+
+pub struct TextTokenizer {
+    inner: tokenizers::Tokenizer,
+    max_length: usize,
+    pad_id: i64,
+}
+
+impl TextTokenizer {
+    /// Builds from the bytes of a `tokenizer.json`; its stored padding and truncation are replaced
+    /// by truncation to `max_length` and no padding (batches are padded dynamically).
+    pub fn from_bytes(json: &[u8], max_length: usize) -> Result<Self, TokenizerError> {
+        let mut inner = tokenizers::Tokenizer::from_bytes(json).map_err(|e| TokenizerError::Load(e.to_string()))?;
+        let pad_id = inner
+            .get_padding()
+            .map(|p| p.pad_id as i64)
+            .or_else(|| inner.token_to_id("[PAD]").map(i64::from))
+            .unwrap_or(0);
+        inner.with_padding(None::<PaddingParams>);
+        inner
+            .with_truncation(Some(TruncationParams {
+                max_length,
+                strategy: TruncationStrategy::LongestFirst,
+                stride: 0,
+                direction: TruncationDirection::Right,
+            }))
+            .map_err(|e| TokenizerError::Load(e.to_string()))?;
+        Ok(Self { inner, max_length, pad_id })
+    }
+
+    pub fn max_length(&self) -> usize {
+        self.max_length
+    }
+
+    pub fn pad_id(&self) -> i64 {
+        self.pad_id
+    }
+
+    pub fn encode(&self, text: &str) -> Result<Encoded, TokenizerError> {
+        let enc = self.inner.encode(text, true).map_err(|e| TokenizerError::Encode(e.to_string()))?;
+        Ok(Encoded {
+            ids: enc.get_ids().iter().map(|&i| i64::from(i)).collect(),
+            truncated: !enc.get_overflowing().is_empty(),
+        })
+    }
+
+    /// Encodes many texts (in parallel where the tokenizers crate does).
+    pub fn encode_all<S: AsRef<str> + Sync>(&self, texts: &[S]) -> Result<Vec<Encoded>, TokenizerError> {
+        let inputs: Vec<&str> = texts.iter().map(|t| t.as_ref()).collect();
+        let encodings =
+            self.inner.encode_batch(inputs, true).map_err(|e| TokenizerError::Encode(e.to_string()))?;
+        Ok(encodings
+            .into_iter()
+            .map(|enc| Encoded {
+                ids: enc.get_ids().iter().map(|&i| i64::from(i)).collect(),
+                truncated: !enc.get_overflowing().is_empty(),
+            })
+            .collect())
+    }
+
+    /// Pads a batch to its longest member.
+    pub fn batch(&self, items: &[&Encoded], device: Device) -> Batch {
+        pad_batch(items, self.pad_id, device)
+    }
+}
+
+/// Right-pads `items` to the longest one: `input_ids` and `attention_mask` of shape `[n, longest]`.
+pub fn pad_batch(items: &[&Encoded], pad_id: i64, device: Device) -> Batch {
+    let longest = items.iter().map(|e| e.ids.len()).max().unwrap_or(0).max(1);
+    let mut ids = Vec::with_capacity(items.len() * longest);
+    let mut mask = Vec::with_capacity(items.len() * longest);
+    for e in items {
+        ids.extend_from_slice(&e.ids);
+        mask.extend(std::iter::repeat_n(1i64, e.ids.len()));
+        let pad = longest - e.ids.len();
+        ids.extend(std::iter::repeat_n(pad_id, pad));
+        mask.extend(std::iter::repeat_n(0i64, pad));
+    }
+    let shape = [items.len() as i64, longest as i64];
+    Batch {
+        input_ids: Tensor::from_slice(&ids).view(shape).to_device(device),
+        attention_mask: Tensor::from_slice(&mask).view(shape).to_device(device),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pads_to_longest_with_mask() {
+        let a = Encoded { ids: vec![101, 7, 102], truncated: false };
+        let b = Encoded { ids: vec![101, 102], truncated: false };
+        let batch = pad_batch(&[&a, &b], 0, Device::Cpu);
+        assert_eq!(batch.input_ids.size(), vec![2, 3]);
+        let ids: Vec<i64> = Vec::try_from(batch.input_ids.flatten(0, -1)).unwrap();
+        let mask: Vec<i64> = Vec::try_from(batch.attention_mask.flatten(0, -1)).unwrap();
+        assert_eq!(ids, vec![101, 7, 102, 101, 102, 0]);
+        assert_eq!(mask, vec![1, 1, 1, 1, 1, 0]);
+    }
+}

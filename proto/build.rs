@@ -1,0 +1,16 @@
+//! Generates the goemotions.v1 gRPC code and a file descriptor set for server reflection.
+use std::path::PathBuf;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let protoc = protoc_bin_vendored::protoc_bin_path()?;
+    std::env::set_var("PROTOC", protoc);
+    let out = PathBuf::from(std::env::var("OUT_DIR")?);
+    tonic_prost_build::configure()
+        .file_descriptor_set_path(out.join("goemotions_descriptor.bin"))
+        .compile_protos(
+            &["goemotions/v1/predictor.proto", "goemotions/v1/trainer.proto"],
+            &["."],
+        )?;
+    println!("cargo:rerun-if-changed=goemotions");
+    Ok(())
+}

@@ -1,0 +1,9 @@
+//! The goemotions.v1 gRPC contract: generated messages, clients and servers.
+#![allow(clippy::large_enum_variant, clippy::doc_lazy_continuation)]
+
+pub mod v1 {
+    tonic::include_proto!("goemotions.v1");
+
+    /// Encoded file descriptor set of goemotions.v1, for server reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("goemotions_descriptor");
+}

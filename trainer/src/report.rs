@@ -1,0 +1,232 @@
+//! The comparison report: fine-tuned model vs the TF-IDF baseline on the test split, as
+//! markdown, JSON and a per-label F1 bar chart (SVG).
+use std::fmt::Write as _;
+use std::path::Path;
+
+use common::labels::LabelSet;
+use common::metrics::{self, Evaluation};
+use serde::{Deserialize, Serialize};
+
+use crate::train::EpochRecord;
+
+/// One model evaluated at threshold 0.5, at its tuned global threshold and at its per-label thresholds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ModelResults {
+    pub name: String,
+    pub at_half: Evaluation,
+    pub at_global: Evaluation,
+    pub at_per_label: Evaluation,
+    pub global_threshold: f32,
+    pub train_seconds: f64,
+    pub train_samples_per_second: f64,
+    pub inference_texts_per_second: f64,
+}
+
+impl ModelResults {
+    #[allow(clippy::too_many_arguments)]
+    pub fn evaluate(
+        name: &str,
+        scores: &[f32],
+        targets: &[u8],
+        labels: &LabelSet,
+        per_label: &[f32],
+        global: f32,
+        train_seconds: f64,
+        train_samples_per_second: f64,
+        inference_texts_per_second: f64,
+    ) -> Self {
+        let l = labels.len();
+        Self {
+            name: name.to_string(),
+            at_half: metrics::evaluate(scores, targets, labels, &vec![0.5; l]),
+            at_global: metrics::evaluate(scores, targets, labels, &vec![global; l]),
+            at_per_label: metrics::evaluate(scores, targets, labels, per_label),
+            global_threshold: global,
+            train_seconds,
+            train_samples_per_second,
+            inference_texts_per_second,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Report {
+    pub created_at: String,
+    pub split: String,
+    pub examples: usize,
+    pub model_version: Option<String>,
+    pub device: String,
+    pub hyperparameters: serde_json::Value,
+    pub history: Vec<EpochRecord>,
+    pub best_epoch: Option<u32>,
+    pub fine_tuned: ModelResults,
+    pub baseline: Option<ModelResults>,
+}
+
+fn row(out: &mut String, cells: &[String]) {
+    let _ = writeln!(out, "| {} |", cells.join(" | "));
+}
+
+fn f(v: f64) -> String {
+    format!("{v:.4}")
+}
+
+impl Report {
+    pub fn markdown(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "# GoEmotions: fine-tuned encoder vs TF-IDF baseline\n");
+        let _ = writeln!(
+            out,
+            "Split `{}` ({} examples), created {}{}. Device: {}.\n",
+            self.split,
+            self.examples,
+            self.created_at,
+            self.model_version.as_ref().map(|v| format!(", model version `{v}`")).unwrap_or_default(),
+            self.device
+        );
+        let _ = writeln!(out, "## Overall\n");
+        let mut models = vec![&self.fine_tuned];
+        if let Some(b) = &self.baseline {
+            models.push(b);
+        }
+        let mut header = vec!["metric".to_string()];
+        let mut sep = vec!["---".to_string()];
+        for m in &models {
+            for (label, t) in [("0.5", None), ("global", Some(m.global_threshold)), ("per-label", None)] {
+                header.push(match t {
+                    Some(t) => format!("{} @ {label} ({t:.2})", m.name),
+                    None => format!("{} @ {label}", m.name),
+                });
+                sep.push("---:".into());
+            }
+        }
+        row(&mut out, &header);
+        row(&mut out, &sep);
+        type Getter = fn(&Evaluation) -> f64;
+        let metrics: [(&str, Getter); 12] = [
+            ("micro F1", |e| e.micro_f1),
+            ("micro precision", |e| e.micro_precision),
+            ("micro recall", |e| e.micro_recall),
+            ("macro F1", |e| e.macro_f1),
+            ("macro precision", |e| e.macro_precision),
+            ("macro recall", |e| e.macro_recall),
+            ("subset accuracy", |e| e.subset_accuracy),
+            ("Hamming loss", |e| e.hamming_loss),
+            ("Ekman macro F1", |e| e.ekman_macro_f1),
+            ("sentiment macro F1", |e| e.sentiment_macro_f1),
+            ("texts with no label", |e| e.empty_prediction_rate),
+            ("", |_| 0.0),
+        ];
+        for (name, get) in metrics.iter().filter(|(n, _)| !n.is_empty()) {
+            let mut cells = vec![name.to_string()];
+            for m in &models {
+                for e in [&m.at_half, &m.at_global, &m.at_per_label] {
+                    cells.push(f(get(e)));
+                }
+            }
+            row(&mut out, &cells);
+        }
+        let _ = writeln!(out, "\n## Per label (per-label thresholds tuned on dev)\n");
+        let mut header = vec!["label", "support", "fine-tuned F1", "precision", "recall", "threshold"];
+        if self.baseline.is_some() {
+            header.extend(["baseline F1", "Δ F1"]);
+        }
+        row(&mut out, &header.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        row(&mut out, &header.iter().map(|_| "---:".to_string()).collect::<Vec<_>>());
+        for (i, m) in self.fine_tuned.at_per_label.per_label.iter().enumerate() {
+            let mut cells =
+                vec![m.name.clone(), m.support.to_string(), f(m.f1), f(m.precision), f(m.recall), format!("{:.2}", m.threshold)];
+            if let Some(b) = &self.baseline {
+                let bf = b.at_per_label.per_label[i].f1;
+                cells.push(f(bf));
+                cells.push(format!("{:+.4}", m.f1 - bf));
+            }
+            row(&mut out, &cells);
+        }
+        let _ = writeln!(out, "\n![Per-label F1](per_label_f1.svg)\n");
+        if !self.history.is_empty() {
+            let _ = writeln!(out, "## Training\n");
+            row(&mut out, &["epoch", "train loss", "dev macro F1 (tuned)", "dev micro F1 (global)", "seconds"].map(String::from));
+            row(&mut out, &["---:"; 5].map(String::from));
+            for h in &self.history {
+                row(
+                    &mut out,
+                    &[h.epoch.to_string(), f(h.train_loss), f(h.dev_macro_f1), f(h.dev_micro_f1), format!("{:.0}", h.seconds)],
+                );
+            }
+            if let Some(b) = self.best_epoch {
+                let _ = writeln!(out, "\nSelected epoch: {b} (best dev macro-F1).");
+            }
+        }
+        let _ = writeln!(out, "\n## Cost\n");
+        row(&mut out, &["model", "train wall time (s)", "train samples/s", "inference texts/s"].map(String::from));
+        row(&mut out, &["---", "---:", "---:", "---:"].map(String::from));
+        for m in &models {
+            row(
+                &mut out,
+                &[
+                    m.name.clone(),
+                    format!("{:.1}", m.train_seconds),
+                    format!("{:.1}", m.train_samples_per_second),
+                    format!("{:.1}", m.inference_texts_per_second),
+                ],
+            );
+        }
+        let _ = writeln!(out, "\nHyperparameters: `{}`", self.hyperparameters);
+        out
+    }
+
+    /// Horizontal grouped bars: per-label F1 of each model at per-label thresholds.
+    pub fn svg(&self) -> String {
+        let labels: Vec<&str> = self.fine_tuned.at_per_label.per_label.iter().map(|m| m.name.as_str()).collect();
+        let mut series = vec![(&self.fine_tuned, "#1f77b4")];
+        if let Some(b) = &self.baseline {
+            series.push((b, "#ff7f0e"));
+        }
+        let (left, top, bar, gap, width) = (120.0, 40.0, 7.0, 6.0, 520.0);
+        let group = bar * series.len() as f64 + gap;
+        let height = top + group * labels.len() as f64 + 40.0;
+        let mut s = String::new();
+        let _ = write!(
+            s,
+            r#"<svg xmlns="http://www.w3.org/2000/svg" width="{}" height="{height}" font-family="sans-serif" font-size="11">"#,
+            left + width + 40.0
+        );
+        let _ = write!(s, r#"<rect width="100%" height="100%" fill="white"/>"#);
+        let _ = write!(s, r#"<text x="{left}" y="16" font-size="13">Per-label test F1 (per-label thresholds)</text>"#);
+        for (k, (m, color)) in series.iter().enumerate() {
+            let x = left + 260.0 + 130.0 * k as f64;
+            let _ = write!(s, r#"<rect x="{x}" y="24" width="10" height="10" fill="{color}"/><text x="{}" y="33">{}</text>"#, x + 14.0, m.name);
+        }
+        for tick in 0..=5 {
+            let v = tick as f64 / 5.0;
+            let x = left + v * width;
+            let _ = write!(s, r##"<line x1="{x}" x2="{x}" y1="{top}" y2="{}" stroke="#ddd"/>"##, height - 30.0);
+            let _ = write!(s, r#"<text x="{x}" y="{}" text-anchor="middle">{v:.1}</text>"#, height - 16.0);
+        }
+        for (i, name) in labels.iter().enumerate() {
+            let y0 = top + group * i as f64;
+            let _ = write!(s, r#"<text x="{}" y="{}" text-anchor="end">{name}</text>"#, left - 6.0, y0 + group / 2.0);
+            for (k, (m, color)) in series.iter().enumerate() {
+                let f1 = m.at_per_label.per_label[i].f1;
+                let _ = write!(
+                    s,
+                    r#"<rect x="{left}" y="{}" width="{:.1}" height="{bar}" fill="{color}"><title>{name}: {f1:.3}</title></rect>"#,
+                    y0 + bar * k as f64,
+                    f1 * width
+                );
+            }
+        }
+        s.push_str("</svg>\n");
+        s
+    }
+
+    /// Writes `report.md`, `report.json` and `per_label_f1.svg` into `dir`.
+    pub fn write(&self, dir: &Path) -> std::io::Result<()> {
+        std::fs::create_dir_all(dir)?;
+        std::fs::write(dir.join("report.md"), self.markdown())?;
+        std::fs::write(dir.join("report.json"), serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?)?;
+        std::fs::write(dir.join("per_label_f1.svg"), self.svg())?;
+        Ok(())
+    }
+}
