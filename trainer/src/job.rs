@@ -16,7 +16,7 @@ use tokio::runtime::Handle;
 
 use crate::baseline::Baseline;
 use crate::report::{ModelResults, Report};
-use crate::train::{self, Observer, ResumeState, TrainConfig, TrainError};
+use crate::train::{self, Observer, Phase, ResumeState, TrainConfig, TrainError};
 
 #[derive(Debug, Clone)]
 pub struct JobSpec {
@@ -136,6 +136,7 @@ pub fn run(
     let outcome = train::fine_tune(model, tokenizer, &data.train, &data.dev, &data.labels, &spec.train, resume, observer)?;
 
     // Test evaluation.
+    observer.phase(Phase::Evaluating);
     let l = data.labels.len();
     let test_texts: Vec<&str> = data.test.iter().map(|e| e.text.as_str()).collect();
     let test_targets = train::targets(&data.test, l);
@@ -191,6 +192,7 @@ pub fn run(
     }
 
     // Publish: every file first, the manifest last, then the alias.
+    observer.phase(Phase::Publishing);
     let mut files = vec![
         (CONFIG.to_string(), Bytes::from(outcome.model.config().to_json())),
         (WEIGHTS.to_string(), Bytes::from(outcome.model.to_safetensors().map_err(TrainError::from)?)),

@@ -6,4 +6,5 @@ pub mod cli;
 pub mod job;
 pub mod optim;
 pub mod report;
+pub mod service;
 pub mod train;

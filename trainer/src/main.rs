@@ -32,6 +32,34 @@ enum Command {
     Baseline(BaselineCmd),
     /// Measure training throughput for a fixed number of steps (no evaluation, nothing published).
     Bench(BenchCmd),
+    /// Run the gRPC Trainer service (jobs, registry versions and aliases).
+    Serve(ServeCmd),
+}
+
+#[derive(clap::Args)]
+struct ServeCmd {
+    /// gRPC listen address.
+    #[arg(long, env = "TRAINER_LISTEN", default_value = "0.0.0.0:50052")]
+    listen: std::net::SocketAddr,
+    /// Registry root (file:///path, a path, or s3://bucket/prefix); job records and resume state live under jobs/.
+    #[arg(long, env = "GOEMOTIONS_REGISTRY", default_value = "output/registry")]
+    registry: String,
+    /// Default base encoder for jobs that name none.
+    #[arg(long, env = "GOEMOTIONS_BASE_MODEL", default_value = ".cache/models/all-MiniLM-L6-v2")]
+    base_model: String,
+    /// Default data folder for jobs that name none.
+    #[arg(long, env = "GOEMOTIONS_DATA_DIR", default_value = ".cache/data/goemotions")]
+    data_dir: PathBuf,
+    #[command(flatten)]
+    device: DeviceArgs,
+    #[command(flatten)]
+    hyper: HyperArgs,
+    /// Save resumable training state every this many steps (and at every epoch end).
+    #[arg(long, env = "TRAINER_STATE_EVERY_STEPS", default_value_t = 200)]
+    state_every_steps: u64,
+    /// Folder for each job's report (a sub-folder per job id).
+    #[arg(long, env = "TRAINER_REPORT_ROOT")]
+    report_root: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -164,6 +192,7 @@ fn main() -> anyhow::Result<()> {
         Command::Eval(cmd) => eval_cmd(cmd, runtime.handle()),
         Command::Baseline(cmd) => baseline_cmd(cmd),
         Command::Bench(cmd) => bench_cmd(cmd, runtime.handle()),
+        Command::Serve(cmd) => runtime.block_on(serve_cmd(cmd)),
     }
 }
 
@@ -317,5 +346,38 @@ fn bench_cmd(cmd: BenchCmd, handle: &tokio::runtime::Handle) -> anyhow::Result<(
         !cmd.no_bucketing,
         common::device::describe(device)
     );
+    Ok(())
+}
+
+async fn serve_cmd(cmd: ServeCmd) -> anyhow::Result<()> {
+    use proto::v1::trainer_server::TrainerServer;
+    use tonic_health::ServingStatus;
+    let device = cmd.device.init()?;
+    let service = trainer::service::TrainerService::new(trainer::service::ServiceConfig {
+        registry: cmd.registry.clone(),
+        base_model: cmd.base_model,
+        data_dir: cmd.data_dir,
+        device,
+        defaults: cmd.hyper.config(),
+        state_every_steps: cmd.state_every_steps,
+        report_root: cmd.report_root,
+    })?;
+    service.recover().await.map_err(|s| anyhow::anyhow!("reading job records: {}", s.message()))?;
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_service_status("", ServingStatus::Serving).await;
+    health.set_service_status("goemotions.v1.Trainer", ServingStatus::Serving).await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::v1::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    tracing::info!(addr = %cmd.listen, registry = %cmd.registry, device = common::device::describe(device), "trainer service listening");
+    tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(TrainerServer::new(service))
+        .serve_with_shutdown(cmd.listen, async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await?;
     Ok(())
 }

@@ -192,6 +192,15 @@ pub trait Observer {
     fn save_state(&mut self, _state: &ResumeState) -> Result<(), String> {
         Ok(())
     }
+    /// Training is over; the job moved on to `phase`.
+    fn phase(&mut self, _phase: Phase) {}
+}
+
+/// Stages of a job after the training loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Evaluating,
+    Publishing,
 }
 
 /// An observer that does nothing.
@@ -414,7 +423,12 @@ pub fn fine_tune(
                     eta_seconds: remaining,
                 });
             }
-            if observer.wants_state() && cfg.state_every_steps > 0 && meta.global_step % cfg.state_every_steps == 0 {
+            let mid_epoch = meta.batches_done < order.len();
+            if observer.wants_state()
+                && mid_epoch
+                && cfg.state_every_steps > 0
+                && meta.global_step % cfg.state_every_steps == 0
+            {
                 save_state(observer, &model, &opt, &meta, &best_weights)?;
             }
         }

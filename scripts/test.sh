@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# The test suite, from a fresh machine: set-up (venv + torch, model, data, s3s-fs), build the
+# binaries the end-to-end tests start, then run every test of the workspace.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+scripts/setup.sh --with-s3
+# shellcheck disable=SC1091
+source .cache/env.sh
+cargo build --bins
+cargo test --workspace "$@" 2>&1
