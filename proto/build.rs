@@ -8,7 +8,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .file_descriptor_set_path(out.join("goemotions_descriptor.bin"))
         .compile_protos(
-            &["goemotions/v1/predictor.proto", "goemotions/v1/trainer.proto"],
+            &[
+                "goemotions/v1/predictor.proto",
+                "goemotions/v1/trainer.proto",
+            ],
             &["."],
         )?;
     println!("cargo:rerun-if-changed=goemotions");

@@ -17,7 +17,11 @@ pub const CONFIG: &str = "config.json";
 pub const WEIGHTS: &str = "model.safetensors";
 pub const TOKENIZER: &str = "tokenizer.json";
 /// Tokenizer side files copied from the base model when present.
-pub const TOKENIZER_EXTRAS: [&str; 3] = ["vocab.txt", "tokenizer_config.json", "special_tokens_map.json"];
+pub const TOKENIZER_EXTRAS: [&str; 3] = [
+    "vocab.txt",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+];
 pub const FORMAT_VERSION: u32 = 1;
 
 #[derive(Debug, thiserror::Error)]
@@ -27,9 +31,19 @@ pub enum CheckpointError {
     #[error("{uri}: invalid manifest.json: {message}")]
     Manifest { uri: String, message: String },
     #[error("{uri}/{file}: sha256 mismatch (manifest {expected}, found {found}); the checkpoint is corrupt or incomplete")]
-    Checksum { uri: String, file: String, expected: String, found: String },
+    Checksum {
+        uri: String,
+        file: String,
+        expected: String,
+        found: String,
+    },
     #[error("{uri}/{file}: size mismatch (manifest {expected} bytes, found {found})")]
-    Size { uri: String, file: String, expected: u64, found: u64 },
+    Size {
+        uri: String,
+        file: String,
+        expected: u64,
+        found: u64,
+    },
     #[error("{uri}: {message}")]
     Invalid { uri: String, message: String },
     #[error("{uri}: {source}")]
@@ -90,11 +104,19 @@ pub struct Checkpoint {
 
 /// Writes `files` and then `manifest.json` (with each file's sha256 and size) under `store`.
 /// Returns the manifest as written.
-pub async fn write(store: &Store, files: &[(String, Bytes)], mut manifest: Manifest) -> Result<Manifest, CheckpointError> {
+pub async fn write(
+    store: &Store,
+    files: &[(String, Bytes)],
+    mut manifest: Manifest,
+) -> Result<Manifest, CheckpointError> {
     manifest.format_version = FORMAT_VERSION;
     manifest.files = files
         .iter()
-        .map(|(path, bytes)| FileEntry { path: path.clone(), sha256: crate::sha256_hex(bytes), size: bytes.len() as u64 })
+        .map(|(path, bytes)| FileEntry {
+            path: path.clone(),
+            sha256: crate::sha256_hex(bytes),
+            size: bytes.len() as u64,
+        })
         .collect();
     for (path, bytes) in files {
         store.put(path, bytes.clone()).await?;
@@ -114,18 +136,28 @@ pub async fn read_manifest(store: &Store) -> Result<Manifest, CheckpointError> {
 }
 
 fn parse_manifest(bytes: &[u8], uri: &str) -> Result<Manifest, CheckpointError> {
-    let manifest: Manifest = serde_json::from_slice(bytes)
-        .map_err(|e| CheckpointError::Manifest { uri: uri.to_string(), message: e.to_string() })?;
+    let manifest: Manifest =
+        serde_json::from_slice(bytes).map_err(|e| CheckpointError::Manifest {
+            uri: uri.to_string(),
+            message: e.to_string(),
+        })?;
     if manifest.format_version != FORMAT_VERSION {
         return Err(CheckpointError::Manifest {
             uri: uri.to_string(),
-            message: format!("format_version {} (this build reads {FORMAT_VERSION})", manifest.format_version),
+            message: format!(
+                "format_version {} (this build reads {FORMAT_VERSION})",
+                manifest.format_version
+            ),
         });
     }
     if manifest.thresholds.len() != manifest.labels.len() {
         return Err(CheckpointError::Manifest {
             uri: uri.to_string(),
-            message: format!("{} thresholds for {} labels", manifest.thresholds.len(), manifest.labels.len()),
+            message: format!(
+                "{} thresholds for {} labels",
+                manifest.thresholds.len(),
+                manifest.labels.len()
+            ),
         });
     }
     Ok(manifest)
@@ -148,16 +180,28 @@ pub async fn read(store: &Store) -> Result<Checkpoint, CheckpointError> {
         }
         let found = crate::sha256_hex(&bytes);
         if found != entry.sha256 {
-            return Err(CheckpointError::Checksum { uri, file: entry.path.clone(), expected: entry.sha256.clone(), found });
+            return Err(CheckpointError::Checksum {
+                uri,
+                file: entry.path.clone(),
+                expected: entry.sha256.clone(),
+                found,
+            });
         }
         files.insert(entry.path.clone(), bytes);
     }
     for required in [CONFIG, WEIGHTS, TOKENIZER] {
         if !files.contains_key(required) {
-            return Err(CheckpointError::Invalid { uri, message: format!("manifest lists no {required}") });
+            return Err(CheckpointError::Invalid {
+                uri,
+                message: format!("manifest lists no {required}"),
+            });
         }
     }
-    Ok(Checkpoint { manifest, files, uri })
+    Ok(Checkpoint {
+        manifest,
+        files,
+        uri,
+    })
 }
 
 /// A base encoder to fine-tune: a Hugging Face model folder (or prefix) without a manifest.
@@ -172,7 +216,10 @@ pub struct BaseModel {
 pub async fn read_base(store: &Store) -> Result<BaseModel, CheckpointError> {
     if store.exists(MANIFEST).await? {
         let ck = read(store).await?;
-        return Ok(BaseModel { files: ck.files, uri: ck.uri });
+        return Ok(BaseModel {
+            files: ck.files,
+            uri: ck.uri,
+        });
     }
     let mut files = BTreeMap::new();
     for name in [CONFIG, WEIGHTS, TOKENIZER] {
@@ -183,7 +230,10 @@ pub async fn read_base(store: &Store) -> Result<BaseModel, CheckpointError> {
             files.insert(name.to_string(), bytes);
         }
     }
-    Ok(BaseModel { files, uri: store.uri().to_string() })
+    Ok(BaseModel {
+        files,
+        uri: store.uri().to_string(),
+    })
 }
 
 /// A model ready to serve or evaluate.
@@ -199,10 +249,21 @@ impl Checkpoint {
     pub fn load_model(&self, device: Device) -> Result<LoadedModel, CheckpointError> {
         let uri = self.uri.clone();
         let m = &self.manifest;
-        let pooling = m.pooling().map_err(|message| CheckpointError::Invalid { uri: uri.clone(), message })?;
-        let (model, load_report) =
-            BertClassifier::load(&self.files[CONFIG], &self.files[WEIGHTS], m.labels.len(), pooling, device)
-                .map_err(|source| CheckpointError::Model { uri: uri.clone(), source })?;
+        let pooling = m.pooling().map_err(|message| CheckpointError::Invalid {
+            uri: uri.clone(),
+            message,
+        })?;
+        let (model, load_report) = BertClassifier::load(
+            &self.files[CONFIG],
+            &self.files[WEIGHTS],
+            m.labels.len(),
+            pooling,
+            device,
+        )
+        .map_err(|source| CheckpointError::Model {
+            uri: uri.clone(),
+            source,
+        })?;
         if let Some(names) = model.config().label_names() {
             if names != m.labels {
                 return Err(CheckpointError::Invalid {
@@ -213,7 +274,12 @@ impl Checkpoint {
         }
         let tokenizer = TextTokenizer::from_bytes(&self.files[TOKENIZER], m.max_length)
             .map_err(|source| CheckpointError::Tokenizer { uri, source })?;
-        Ok(LoadedModel { model, tokenizer, manifest: m.clone(), load_report })
+        Ok(LoadedModel {
+            model,
+            tokenizer,
+            manifest: m.clone(),
+            load_report,
+        })
     }
 }
 
@@ -260,17 +326,26 @@ mod tests {
 
         std::fs::write(dir.path().join(WEIGHTS), b"weightz").unwrap();
         let err = read(&store).await.unwrap_err().to_string();
-        assert!(err.contains("model.safetensors") && err.contains("sha256 mismatch"), "{err}");
+        assert!(
+            err.contains("model.safetensors") && err.contains("sha256 mismatch"),
+            "{err}"
+        );
 
         std::fs::write(dir.path().join(WEIGHTS), b"short").unwrap();
         let err = read(&store).await.unwrap_err().to_string();
-        assert!(err.contains("model.safetensors") && err.contains("size mismatch"), "{err}");
+        assert!(
+            err.contains("model.safetensors") && err.contains("size mismatch"),
+            "{err}"
+        );
 
         std::fs::write(dir.path().join(WEIGHTS), b"weights").unwrap();
         read(&store).await.unwrap();
         std::fs::remove_file(dir.path().join(TOKENIZER)).unwrap();
         let err = read(&store).await.unwrap_err().to_string();
-        assert!(err.contains("tokenizer.json") && err.contains("not found"), "{err}");
+        assert!(
+            err.contains("tokenizer.json") && err.contains("not found"),
+            "{err}"
+        );
     }
 
     #[tokio::test]

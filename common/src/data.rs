@@ -9,9 +9,16 @@ use rand::SeedableRng;
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
     #[error("cannot read {path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("{path}:{line}: {message}")]
-    Malformed { path: String, line: usize, message: String },
+    Malformed {
+        path: String,
+        line: usize,
+        message: String,
+    },
     #[error("{path}: no examples")]
     Empty { path: String },
 }
@@ -47,7 +54,10 @@ pub fn split_path(dir: &Path, split: &str) -> PathBuf {
 /// Loads a split file. Every malformed line is an error naming the file and 1-based line number.
 pub fn load_split(path: &Path, num_labels: usize) -> Result<Vec<Example>, DataError> {
     let display = path.display().to_string();
-    let bytes = std::fs::read(path).map_err(|source| DataError::Io { path: display.clone(), source })?;
+    let bytes = std::fs::read(path).map_err(|source| DataError::Io {
+        path: display.clone(),
+        source,
+    })?;
     let examples = parse_split(&bytes, num_labels, &display)?;
     if examples.is_empty() {
         return Err(DataError::Empty { path: display });
@@ -56,7 +66,11 @@ pub fn load_split(path: &Path, num_labels: usize) -> Result<Vec<Example>, DataEr
 }
 
 /// Parses TSV bytes; `source` names the file in errors.
-pub fn parse_split(bytes: &[u8], num_labels: usize, source: &str) -> Result<Vec<Example>, DataError> {
+pub fn parse_split(
+    bytes: &[u8],
+    num_labels: usize,
+    source: &str,
+) -> Result<Vec<Example>, DataError> {
     let mut examples = Vec::new();
     let body = bytes.strip_suffix(b"\n").unwrap_or(bytes);
     if body.is_empty() {
@@ -64,12 +78,20 @@ pub fn parse_split(bytes: &[u8], num_labels: usize, source: &str) -> Result<Vec<
     }
     for (index, raw) in body.split(|&b| b == b'\n').enumerate() {
         let line = index + 1;
-        let malformed = |message: String| DataError::Malformed { path: source.to_string(), line, message };
+        let malformed = |message: String| DataError::Malformed {
+            path: source.to_string(),
+            line,
+            message,
+        };
         let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
-        let text = std::str::from_utf8(raw).map_err(|e| malformed(format!("invalid UTF-8: {e}")))?;
+        let text =
+            std::str::from_utf8(raw).map_err(|e| malformed(format!("invalid UTF-8: {e}")))?;
         let fields: Vec<&str> = text.split('\t').collect();
         if fields.len() != 3 {
-            return Err(malformed(format!("expected 3 tab-separated fields, found {}", fields.len())));
+            return Err(malformed(format!(
+                "expected 3 tab-separated fields, found {}",
+                fields.len()
+            )));
         }
         if fields[1].trim().is_empty() {
             return Err(malformed("empty label list".into()));
@@ -81,13 +103,20 @@ pub fn parse_split(bytes: &[u8], num_labels: usize, source: &str) -> Result<Vec<
                 .parse()
                 .map_err(|_| malformed(format!("label id {id:?} is not a number")))?;
             if value >= num_labels {
-                return Err(malformed(format!("label id {value} outside 0..{}", num_labels - 1)));
+                return Err(malformed(format!(
+                    "label id {value} outside 0..{}",
+                    num_labels - 1
+                )));
             }
             labels.push(value as u8);
         }
         labels.sort_unstable();
         labels.dedup();
-        examples.push(Example { text: fields[0].to_string(), labels, id: fields[2].to_string() });
+        examples.push(Example {
+            text: fields[0].to_string(),
+            labels,
+            id: fields[2].to_string(),
+        });
     }
     Ok(examples)
 }
@@ -172,12 +201,17 @@ mod tests {
         let mut bytes = b"ok\t1\ta\n".to_vec();
         bytes.extend_from_slice(&[0xff, 0xfe, b'\t', b'1', b'\t', b'b', b'\n']);
         let msg = parse_split(&bytes, 28, "u.tsv").unwrap_err().to_string();
-        assert!(msg.starts_with("u.tsv:2:") && msg.contains("UTF-8"), "{msg}");
+        assert!(
+            msg.starts_with("u.tsv:2:") && msg.contains("UTF-8"),
+            "{msg}"
+        );
     }
 
     #[test]
     fn missing_file_names_it() {
-        let msg = load_split(Path::new("/nonexistent/train.tsv"), 28).unwrap_err().to_string();
+        let msg = load_split(Path::new("/nonexistent/train.tsv"), 28)
+            .unwrap_err()
+            .to_string();
         assert!(msg.contains("/nonexistent/train.tsv"), "{msg}");
     }
 
@@ -191,7 +225,11 @@ mod tests {
                 800..=949 => vec![1, 2],
                 _ => vec![1, 2, 3],
             };
-            examples.push(Example { text: format!("t{i}"), labels, id: i.to_string() });
+            examples.push(Example {
+                text: format!("t{i}"),
+                labels,
+                id: i.to_string(),
+            });
         }
         let sample = stratified_subsample(&examples, 100, 7);
         assert_eq!(sample.len(), 100);

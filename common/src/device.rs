@@ -14,9 +14,12 @@ pub fn load_cuda_backend() -> bool {
             candidates.insert(0, format!("{dir}/libtorch_cuda.so"));
         }
         for name in candidates {
-            let Ok(c_name) = std::ffi::CString::new(name) else { continue };
+            let Ok(c_name) = std::ffi::CString::new(name) else {
+                continue;
+            };
             // SAFETY: dlopen with a valid NUL-terminated path; the handle is kept open for the process.
-            let handle = unsafe { libc::dlopen(c_name.as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL) };
+            let handle =
+                unsafe { libc::dlopen(c_name.as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL) };
             if !handle.is_null() {
                 return true;
             }
@@ -35,9 +38,14 @@ pub fn select(preference: &str) -> Result<Device, String> {
         "auto" => Ok(Device::cuda_if_available()),
         "cpu" => Ok(Device::Cpu),
         "cuda" | "gpu" => cuda(0),
-        other => match other.strip_prefix("cuda:").and_then(|n| n.parse::<usize>().ok()) {
+        other => match other
+            .strip_prefix("cuda:")
+            .and_then(|n| n.parse::<usize>().ok())
+        {
             Some(n) => cuda(n),
-            None => Err(format!("unknown device {other:?} (expected auto, cpu, cuda or cuda:N)")),
+            None => Err(format!(
+                "unknown device {other:?} (expected auto, cpu, cuda or cuda:N)"
+            )),
         },
     }
 }
@@ -46,7 +54,9 @@ fn cuda(index: usize) -> Result<Device, String> {
     if tch::Cuda::is_available() && index < tch::Cuda::device_count() as usize {
         Ok(Device::Cuda(index))
     } else {
-        Err(format!("CUDA device {index} requested but not available (is libtorch_cuda.so installed?)"))
+        Err(format!(
+            "CUDA device {index} requested but not available (is libtorch_cuda.so installed?)"
+        ))
     }
 }
 

@@ -10,7 +10,10 @@ pub const NUM_LABELS: usize = 28;
 #[derive(Debug, thiserror::Error)]
 pub enum LabelsError {
     #[error("cannot read {path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("{path}: {message}")]
     Invalid { path: String, message: String },
 }
@@ -55,15 +58,29 @@ impl LabelSet {
                 message: format!("expected {NUM_LABELS} label names, found {}", names.len()),
             });
         }
-        let ekman = Self::groups(&names, &read("ekman_mapping.json")?, &dir.join("ekman_mapping.json"))?;
-        let sentiment =
-            Self::groups(&names, &read("sentiment_dict.json")?, &dir.join("sentiment_dict.json"))?;
-        Ok(Self { names, ekman, sentiment })
+        let ekman = Self::groups(
+            &names,
+            &read("ekman_mapping.json")?,
+            &dir.join("ekman_mapping.json"),
+        )?;
+        let sentiment = Self::groups(
+            &names,
+            &read("sentiment_dict.json")?,
+            &dir.join("sentiment_dict.json"),
+        )?;
+        Ok(Self {
+            names,
+            ekman,
+            sentiment,
+        })
     }
 
     /// Parses a `{"group": ["label", ...]}` file; "neutral" is added as its own group.
     fn groups(names: &[String], json: &str, path: &Path) -> Result<Vec<LabelGroup>, LabelsError> {
-        let invalid = |message: String| LabelsError::Invalid { path: path.display().to_string(), message };
+        let invalid = |message: String| LabelsError::Invalid {
+            path: path.display().to_string(),
+            message,
+        };
         let raw: BTreeMap<String, Vec<String>> =
             serde_json::from_str(json).map_err(|e| invalid(e.to_string()))?;
         let mut groups = Vec::with_capacity(raw.len() + 1);
@@ -71,16 +88,21 @@ impl LabelSet {
             let members = members
                 .iter()
                 .map(|m| {
-                    names
-                        .iter()
-                        .position(|n| n == m)
-                        .ok_or_else(|| invalid(format!("group {group:?} names unknown label {m:?}")))
+                    names.iter().position(|n| n == m).ok_or_else(|| {
+                        invalid(format!("group {group:?} names unknown label {m:?}"))
+                    })
                 })
                 .collect::<Result<Vec<_>, _>>()?;
-            groups.push(LabelGroup { name: group, members });
+            groups.push(LabelGroup {
+                name: group,
+                members,
+            });
         }
         if let Some(neutral) = names.iter().position(|n| n == "neutral") {
-            groups.push(LabelGroup { name: "neutral".into(), members: vec![neutral] });
+            groups.push(LabelGroup {
+                name: "neutral".into(),
+                members: vec![neutral],
+            });
         }
         Ok(groups)
     }
@@ -109,16 +131,41 @@ mod tests {
     #[test]
     fn loads_names_and_groups_in_id_order() {
         let dir = tempfile::tempdir().unwrap();
-        let names: Vec<String> = (0..27).map(|i| format!("e{i}")).chain(["neutral".into()]).collect();
+        let names: Vec<String> = (0..27)
+            .map(|i| format!("e{i}"))
+            .chain(["neutral".into()])
+            .collect();
         write(dir.path(), "emotions.txt", &names.join("\n"));
-        write(dir.path(), "ekman_mapping.json", r#"{"joy": ["e0", "e3"], "anger": ["e1"]}"#);
+        write(
+            dir.path(),
+            "ekman_mapping.json",
+            r#"{"joy": ["e0", "e3"], "anger": ["e1"]}"#,
+        );
         write(dir.path(), "sentiment_dict.json", r#"{"positive": ["e0"]}"#);
         let set = LabelSet::load(dir.path()).unwrap();
         assert_eq!(set.len(), 28);
         assert_eq!(set.index_of("neutral"), Some(27));
-        assert_eq!(set.ekman[0], LabelGroup { name: "anger".into(), members: vec![1] });
-        assert_eq!(set.ekman[1], LabelGroup { name: "joy".into(), members: vec![0, 3] });
-        assert_eq!(set.ekman[2], LabelGroup { name: "neutral".into(), members: vec![27] });
+        assert_eq!(
+            set.ekman[0],
+            LabelGroup {
+                name: "anger".into(),
+                members: vec![1]
+            }
+        );
+        assert_eq!(
+            set.ekman[1],
+            LabelGroup {
+                name: "joy".into(),
+                members: vec![0, 3]
+            }
+        );
+        assert_eq!(
+            set.ekman[2],
+            LabelGroup {
+                name: "neutral".into(),
+                members: vec![27]
+            }
+        );
         assert_eq!(set.sentiment.len(), 2);
     }
 
@@ -130,7 +177,10 @@ mod tests {
         write(dir.path(), "ekman_mapping.json", r#"{"joy": ["nope"]}"#);
         write(dir.path(), "sentiment_dict.json", r#"{}"#);
         let err = LabelSet::load(dir.path()).unwrap_err().to_string();
-        assert!(err.contains("ekman_mapping.json") && err.contains("nope"), "{err}");
+        assert!(
+            err.contains("ekman_mapping.json") && err.contains("nope"),
+            "{err}"
+        );
     }
 
     #[test]

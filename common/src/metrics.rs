@@ -75,7 +75,11 @@ pub struct Evaluation {
 /// Binary decisions from scores and per-label thresholds.
 pub fn decide(scores: &[f32], num_labels: usize, thresholds: &[f32]) -> Vec<bool> {
     assert_eq!(thresholds.len(), num_labels, "one threshold per label");
-    scores.iter().enumerate().map(|(i, &s)| s >= thresholds[i % num_labels]).collect()
+    scores
+        .iter()
+        .enumerate()
+        .map(|(i, &s)| s >= thresholds[i % num_labels])
+        .collect()
 }
 
 fn counts(pred: &[bool], truth: &[bool], width: usize) -> Vec<Counts> {
@@ -114,20 +118,42 @@ fn macro_f1(c: &[Counts]) -> f64 {
 fn group_matrix(matrix: &[bool], num_labels: usize, groups: &[LabelGroup]) -> Vec<bool> {
     matrix
         .chunks(num_labels)
-        .flat_map(|row| groups.iter().map(|g| g.members.iter().any(|&m| row[m])).collect::<Vec<_>>())
+        .flat_map(|row| {
+            groups
+                .iter()
+                .map(|g| g.members.iter().any(|&m| row[m]))
+                .collect::<Vec<_>>()
+        })
         .collect()
 }
 
 /// Evaluates scores against multi-hot targets (`0`/`1`) at the given per-label thresholds.
-pub fn evaluate(scores: &[f32], targets: &[u8], labels: &LabelSet, thresholds: &[f32]) -> Evaluation {
+pub fn evaluate(
+    scores: &[f32],
+    targets: &[u8],
+    labels: &LabelSet,
+    thresholds: &[f32],
+) -> Evaluation {
     let l = labels.len();
-    assert_eq!(scores.len(), targets.len(), "scores and targets have the same shape");
+    assert_eq!(
+        scores.len(),
+        targets.len(),
+        "scores and targets have the same shape"
+    );
     let n = scores.len() / l;
     let pred = decide(scores, l, thresholds);
     let truth: Vec<bool> = targets.iter().map(|&t| t != 0).collect();
     let per = counts(&pred, &truth, l);
-    let total = per.iter().fold(Counts::default(), |a, c| Counts { tp: a.tp + c.tp, fp: a.fp + c.fp, fn_: a.fn_ + c.fn_ });
-    let exact = pred.chunks(l).zip(truth.chunks(l)).filter(|(p, t)| p == t).count();
+    let total = per.iter().fold(Counts::default(), |a, c| Counts {
+        tp: a.tp + c.tp,
+        fp: a.fp + c.fp,
+        fn_: a.fn_ + c.fn_,
+    });
+    let exact = pred
+        .chunks(l)
+        .zip(truth.chunks(l))
+        .filter(|(p, t)| p == t)
+        .count();
     let empty = pred.chunks(l).filter(|p| !p.iter().any(|&x| x)).count();
     let wrong = pred.iter().zip(&truth).filter(|(p, t)| p != t).count();
     let group_f1 = |groups: &[LabelGroup]| {
@@ -170,8 +196,13 @@ pub fn evaluate(scores: &[f32], targets: &[u8], labels: &LabelSet, thresholds: &
 pub fn tune_per_label(scores: &[f32], targets: &[u8], num_labels: usize) -> Vec<f32> {
     (0..num_labels)
         .map(|j| {
-            let column: Vec<(f32, bool)> =
-                scores.iter().zip(targets).skip(j).step_by(num_labels).map(|(&s, &t)| (s, t != 0)).collect();
+            let column: Vec<(f32, bool)> = scores
+                .iter()
+                .zip(targets)
+                .skip(j)
+                .step_by(num_labels)
+                .map(|(&s, &t)| (s, t != 0))
+                .collect();
             if !column.iter().any(|&(_, t)| t) {
                 return 0.5;
             }
@@ -207,10 +238,19 @@ mod tests {
         LabelSet {
             names: vec!["a".into(), "b".into(), "neutral".into()],
             ekman: vec![
-                LabelGroup { name: "ab".into(), members: vec![0, 1] },
-                LabelGroup { name: "neutral".into(), members: vec![2] },
+                LabelGroup {
+                    name: "ab".into(),
+                    members: vec![0, 1],
+                },
+                LabelGroup {
+                    name: "neutral".into(),
+                    members: vec![2],
+                },
             ],
-            sentiment: vec![LabelGroup { name: "a".into(), members: vec![0] }],
+            sentiment: vec![LabelGroup {
+                name: "a".into(),
+                members: vec![0],
+            }],
         }
     }
 

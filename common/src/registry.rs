@@ -21,8 +21,15 @@ pub enum RegistryError {
     UnknownAlias { name: String, alias: String },
     #[error("version {version:?} of {name:?} already exists; versions are immutable")]
     VersionExists { name: String, version: String },
-    #[error("alias {alias:?} of {name:?} was not at {expected:?} (found {found:?}); nothing changed")]
-    AliasMoved { name: String, alias: String, expected: Option<String>, found: Option<String> },
+    #[error(
+        "alias {alias:?} of {name:?} was not at {expected:?} (found {found:?}); nothing changed"
+    )]
+    AliasMoved {
+        name: String,
+        alias: String,
+        expected: Option<String>,
+        found: Option<String>,
+    },
     #[error("invalid name {0:?}: use letters, digits, '-', '_' and '.'")]
     InvalidName(String),
     #[error("{uri}: invalid alias record: {message}")]
@@ -38,14 +45,20 @@ pub struct AliasRecord {
 /// A new, sortable version id: UTC time plus a random suffix.
 pub fn new_version_id() -> String {
     let suffix: u32 = rand::random();
-    format!("{}-{:08x}", chrono::Utc::now().format("%Y%m%dT%H%M%SZ"), suffix)
+    format!(
+        "{}-{:08x}",
+        chrono::Utc::now().format("%Y%m%dT%H%M%SZ"),
+        suffix
+    )
 }
 
 fn check_name(name: &str) -> Result<(), RegistryError> {
     let ok = !name.is_empty()
         && name.len() <= 128
         && !name.starts_with('.')
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
     if ok {
         Ok(())
     } else {
@@ -72,7 +85,8 @@ impl Registry {
     }
 
     pub fn version_store(&self, name: &str, version: &str) -> Store {
-        self.root.child(&format!("models/{name}/versions/{version}"))
+        self.root
+            .child(&format!("models/{name}/versions/{version}"))
     }
 
     fn aliases(&self, name: &str) -> Store {
@@ -90,7 +104,10 @@ impl Registry {
         check_name(&manifest.version)?;
         let store = self.version_store(name, &manifest.version);
         if store.exists(checkpoint::MANIFEST).await? {
-            return Err(RegistryError::VersionExists { name: name.into(), version: manifest.version });
+            return Err(RegistryError::VersionExists {
+                name: name.into(),
+                version: manifest.version,
+            });
         }
         manifest.model_name = name.to_string();
         Ok(checkpoint::write(&store, files, manifest).await?)
@@ -100,7 +117,12 @@ impl Registry {
     pub async fn list_versions(&self, name: &str) -> Result<Vec<Manifest>, RegistryError> {
         check_name(name)?;
         let mut out = Vec::new();
-        for version in self.root.child(&format!("models/{name}/versions")).list_children("").await? {
+        for version in self
+            .root
+            .child(&format!("models/{name}/versions"))
+            .list_children("")
+            .await?
+        {
             match checkpoint::read_manifest(&self.version_store(name, &version)).await {
                 Ok(m) => out.push(m),
                 Err(CheckpointError::Store(StoreError::NotFound { .. })) => {} // still being written
@@ -123,7 +145,11 @@ impl Registry {
         Ok(out)
     }
 
-    pub async fn get_alias(&self, name: &str, alias: &str) -> Result<Option<AliasRecord>, RegistryError> {
+    pub async fn get_alias(
+        &self,
+        name: &str,
+        alias: &str,
+    ) -> Result<Option<AliasRecord>, RegistryError> {
         Ok(self.get_alias_versioned(name, alias).await?.map(|(r, _)| r))
     }
 
@@ -139,10 +165,11 @@ impl Registry {
         match store.get_opt(&file).await? {
             None => Ok(None),
             Some((bytes, version)) => {
-                let record = serde_json::from_slice(&bytes).map_err(|e| RegistryError::AliasRecord {
-                    uri: format!("{}/{file}", store.uri()),
-                    message: e.to_string(),
-                })?;
+                let record =
+                    serde_json::from_slice(&bytes).map_err(|e| RegistryError::AliasRecord {
+                        uri: format!("{}/{file}", store.uri()),
+                        message: e.to_string(),
+                    })?;
                 Ok(Some((record, version)))
             }
         }
@@ -162,8 +189,15 @@ impl Registry {
         check_name(name)?;
         check_name(alias)?;
         check_name(version)?;
-        if !self.version_store(name, version).exists(checkpoint::MANIFEST).await? {
-            return Err(RegistryError::UnknownVersion { name: name.into(), version: version.into() });
+        if !self
+            .version_store(name, version)
+            .exists(checkpoint::MANIFEST)
+            .await?
+        {
+            return Err(RegistryError::UnknownVersion {
+                name: name.into(),
+                version: version.into(),
+            });
         }
         let current = self.get_alias_versioned(name, alias).await?;
         let found = current.as_ref().map(|(r, _)| r.version.clone());
@@ -177,17 +211,30 @@ impl Registry {
                 });
             }
         }
-        let record = AliasRecord { version: version.to_string(), updated_at: chrono::Utc::now().to_rfc3339() };
-        let bytes = Bytes::from(serde_json::to_vec_pretty(&record).expect("alias record serializes"));
+        let record = AliasRecord {
+            version: version.to_string(),
+            updated_at: chrono::Utc::now().to_rfc3339(),
+        };
+        let bytes =
+            Bytes::from(serde_json::to_vec_pretty(&record).expect("alias record serializes"));
         let expect = match current {
             None => Expect::Absent,
             Some((_, v)) => Expect::Version(v),
         };
-        match self.aliases(name).put_if(&format!("{alias}.json"), bytes, expect).await {
+        match self
+            .aliases(name)
+            .put_if(&format!("{alias}.json"), bytes, expect)
+            .await
+        {
             Ok(()) => Ok(found),
             Err(StoreError::Conflict { .. }) => {
                 let now = self.get_alias(name, alias).await?.map(|r| r.version);
-                Err(RegistryError::AliasMoved { name: name.into(), alias: alias.into(), expected: found, found: now })
+                Err(RegistryError::AliasMoved {
+                    name: name.into(),
+                    alias: alias.into(),
+                    expected: found,
+                    found: now,
+                })
             }
             Err(e) => Err(e.into()),
         }
@@ -198,7 +245,10 @@ impl Registry {
         self.get_alias(name, alias)
             .await?
             .map(|r| r.version)
-            .ok_or_else(|| RegistryError::UnknownAlias { name: name.into(), alias: alias.into() })
+            .ok_or_else(|| RegistryError::UnknownAlias {
+                name: name.into(),
+                alias: alias.into(),
+            })
     }
 }
 
@@ -208,7 +258,11 @@ pub enum ModelRef {
     /// A fixed checkpoint: `<root>/models/<name>/versions/<v>` or any folder with a manifest.
     Checkpoint(Store),
     /// An alias to follow: `<root>/models/<name>/aliases/<alias>[.json]`.
-    Alias { registry: Registry, name: String, alias: String },
+    Alias {
+        registry: Registry,
+        name: String,
+        alias: String,
+    },
 }
 
 impl ModelRef {
@@ -233,7 +287,11 @@ impl ModelRef {
     pub async fn resolve(&self) -> Result<(Store, Option<String>), RegistryError> {
         match self {
             ModelRef::Checkpoint(store) => Ok((store.clone(), None)),
-            ModelRef::Alias { registry, name, alias } => {
+            ModelRef::Alias {
+                registry,
+                name,
+                alias,
+            } => {
                 let version = registry.resolve_alias(name, alias).await?;
                 Ok((registry.version_store(name, &version), Some(version)))
             }
@@ -280,13 +338,30 @@ mod tests {
             reg.set_alias("m", "latest", "v9", None).await,
             Err(RegistryError::UnknownVersion { .. })
         ));
-        assert_eq!(reg.set_alias("m", "latest", "v1", Some(None)).await.unwrap(), None);
-        assert_eq!(reg.set_alias("m", "latest", "v2", None).await.unwrap(), Some("v1".into()));
+        assert_eq!(
+            reg.set_alias("m", "latest", "v1", Some(None))
+                .await
+                .unwrap(),
+            None
+        );
+        assert_eq!(
+            reg.set_alias("m", "latest", "v2", None).await.unwrap(),
+            Some("v1".into())
+        );
         // A stale expectation loses and changes nothing.
-        let err = reg.set_alias("m", "latest", "v1", Some(Some("v1".into()))).await.unwrap_err();
+        let err = reg
+            .set_alias("m", "latest", "v1", Some(Some("v1".into())))
+            .await
+            .unwrap_err();
         assert!(matches!(err, RegistryError::AliasMoved { .. }), "{err}");
         assert_eq!(reg.resolve_alias("m", "latest").await.unwrap(), "v2");
-        let versions: Vec<String> = reg.list_versions("m").await.unwrap().into_iter().map(|m| m.version).collect();
+        let versions: Vec<String> = reg
+            .list_versions("m")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|m| m.version)
+            .collect();
         assert_eq!(versions, vec!["v1", "v2"]);
 
         let uri = format!("{}/models/m/aliases/latest", dir.path().display());

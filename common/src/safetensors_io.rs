@@ -48,11 +48,14 @@ fn dtype_name(kind: Kind) -> Option<&'static str> {
 
 /// Decodes every tensor of a safetensors buffer onto the CPU.
 pub fn decode(bytes: &[u8]) -> Result<Vec<(String, Tensor)>, SafetensorsError> {
-    let st = SafeTensors::deserialize(bytes).map_err(|e| SafetensorsError::Format(format!("{e:?}")))?;
+    let st =
+        SafeTensors::deserialize(bytes).map_err(|e| SafetensorsError::Format(format!("{e:?}")))?;
     let mut out = Vec::new();
     for (name, view) in st.tensors() {
-        let kind = kind_of(view.dtype())
-            .ok_or_else(|| SafetensorsError::Dtype { name: name.clone(), dtype: format!("{:?}", view.dtype()) })?;
+        let kind = kind_of(view.dtype()).ok_or_else(|| SafetensorsError::Dtype {
+            name: name.clone(),
+            dtype: format!("{:?}", view.dtype()),
+        })?;
         let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
         out.push((name, Tensor::from_data_size(view.data(), &shape, kind)));
     }
@@ -67,8 +70,10 @@ pub fn encode(tensors: &[(String, Tensor)]) -> Result<Vec<u8>, SafetensorsError>
     let mut data: Vec<u8> = Vec::new();
     for (name, tensor) in sorted {
         let t = tensor.to_device(tch::Device::Cpu).contiguous();
-        let dtype = dtype_name(t.kind())
-            .ok_or_else(|| SafetensorsError::Dtype { name: name.clone(), dtype: format!("{:?}", t.kind()) })?;
+        let dtype = dtype_name(t.kind()).ok_or_else(|| SafetensorsError::Dtype {
+            name: name.clone(),
+            dtype: format!("{:?}", t.kind()),
+        })?;
         let numel = t.numel();
         let start = data.len();
         data.resize(start + numel * t.kind().elt_size_in_bytes(), 0);
@@ -79,9 +84,11 @@ pub fn encode(tensors: &[(String, Tensor)]) -> Result<Vec<u8>, SafetensorsError>
             serde_json::json!({"dtype": dtype, "shape": t.size(), "data_offsets": [start, data.len()]}),
         );
     }
-    let mut header = serde_json::to_value(header).map_err(|e| SafetensorsError::Format(e.to_string()))?;
+    let mut header =
+        serde_json::to_value(header).map_err(|e| SafetensorsError::Format(e.to_string()))?;
     header["__metadata__"] = serde_json::json!({"format": "pt"});
-    let mut header = serde_json::to_vec(&header).map_err(|e| SafetensorsError::Format(e.to_string()))?;
+    let mut header =
+        serde_json::to_vec(&header).map_err(|e| SafetensorsError::Format(e.to_string()))?;
     // The data section starts 8-byte aligned.
     while header.len() % 8 != 0 {
         header.push(b' ');
@@ -101,7 +108,11 @@ mod tests {
     fn round_trips_tensors_exactly() {
         let a = Tensor::randn([3, 4], (Kind::Float, tch::Device::Cpu));
         let b = Tensor::from_slice(&[1i64, 2, 3]);
-        let bytes = encode(&[("w".into(), a.shallow_clone()), ("b.ids".into(), b.shallow_clone())]).unwrap();
+        let bytes = encode(&[
+            ("w".into(), a.shallow_clone()),
+            ("b.ids".into(), b.shallow_clone()),
+        ])
+        .unwrap();
         let back = decode(&bytes).unwrap();
         let get = |n: &str| back.iter().find(|(k, _)| k == n).unwrap().1.shallow_clone();
         assert!(get("w").equal(&a));

@@ -20,7 +20,10 @@ pub enum StoreError {
     #[error("{uri}: changed concurrently (conditional write lost): {message}")]
     Conflict { uri: String, message: String },
     #[error("{uri}: {source}")]
-    Backend { uri: String, source: object_store::Error },
+    Backend {
+        uri: String,
+        source: object_store::Error,
+    },
     #[error("{uri}: {message}")]
     Io { uri: String, message: String },
 }
@@ -61,27 +64,39 @@ fn retry_config() -> RetryConfig {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(30);
-    RetryConfig { max_retries: 5, retry_timeout: Duration::from_secs(timeout), ..Default::default() }
+    RetryConfig {
+        max_retries: 5,
+        retry_timeout: Duration::from_secs(timeout),
+        ..Default::default()
+    }
 }
 
 impl Store {
     /// Opens `file:///abs/dir`, a plain filesystem path, or `s3://bucket[/prefix]`.
     pub fn open(uri: &str) -> Result<Self, StoreError> {
-        let bad = |message: String| StoreError::Uri { uri: uri.to_string(), message };
+        let bad = |message: String| StoreError::Uri {
+            uri: uri.to_string(),
+            message,
+        };
         if let Some(rest) = uri.strip_prefix("s3://") {
             let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
             if bucket.is_empty() {
                 return Err(bad("missing bucket name".into()));
             }
-            let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket).with_retry(retry_config());
-            let endpoint = std::env::var("AWS_ENDPOINT_URL").or_else(|_| std::env::var("AWS_ENDPOINT")).ok();
+            let mut builder = AmazonS3Builder::from_env()
+                .with_bucket_name(bucket)
+                .with_retry(retry_config());
+            let endpoint = std::env::var("AWS_ENDPOINT_URL")
+                .or_else(|_| std::env::var("AWS_ENDPOINT"))
+                .ok();
             if let Some(endpoint) = endpoint {
                 builder = builder
                     .with_endpoint(&endpoint)
                     .with_allow_http(endpoint.starts_with("http://"))
                     .with_virtual_hosted_style_request(false);
             }
-            if std::env::var("AWS_REGION").is_err() && std::env::var("AWS_DEFAULT_REGION").is_err() {
+            if std::env::var("AWS_REGION").is_err() && std::env::var("AWS_DEFAULT_REGION").is_err()
+            {
                 builder = builder.with_region("us-east-1");
             }
             let s3 = builder.build().map_err(|e| bad(e.to_string()))?;
@@ -89,20 +104,26 @@ impl Store {
             return Ok(Self {
                 inner: Arc::new(s3),
                 prefix: Path::from(prefix),
-                uri: format!("s3://{bucket}{}{prefix}", if prefix.is_empty() { "" } else { "/" }),
+                uri: format!(
+                    "s3://{bucket}{}{prefix}",
+                    if prefix.is_empty() { "" } else { "/" }
+                ),
                 local_root: None,
             });
         }
         let path = match uri.strip_prefix("file://") {
             Some(p) => p.to_string(),
-            None if uri.contains("://") => return Err(bad("unsupported scheme (use file:// or s3://)".into())),
+            None if uri.contains("://") => {
+                return Err(bad("unsupported scheme (use file:// or s3://)".into()))
+            }
             None => uri.to_string(),
         };
         if path.is_empty() {
             return Err(bad("empty path".into()));
         }
         let abs = std::path::absolute(&path).map_err(|e| bad(e.to_string()))?;
-        std::fs::create_dir_all(&abs).map_err(|e| bad(format!("cannot create {}: {e}", abs.display())))?;
+        std::fs::create_dir_all(&abs)
+            .map_err(|e| bad(format!("cannot create {}: {e}", abs.display())))?;
         let fs = LocalFileSystem::new_with_prefix(&abs).map_err(|e| bad(e.to_string()))?;
         Ok(Self {
             inner: Arc::new(fs),
@@ -143,9 +164,11 @@ impl Store {
         let uri = format!("{}/{}", self.uri, name);
         match e {
             object_store::Error::NotFound { .. } => StoreError::NotFound { uri },
-            object_store::Error::Precondition { source, .. } | object_store::Error::AlreadyExists { source, .. } => {
-                StoreError::Conflict { uri, message: source.to_string() }
-            }
+            object_store::Error::Precondition { source, .. }
+            | object_store::Error::AlreadyExists { source, .. } => StoreError::Conflict {
+                uri,
+                message: source.to_string(),
+            },
             source => StoreError::Backend { uri, source },
         }
     }
@@ -156,8 +179,15 @@ impl Store {
 
     /// The object's bytes and version (for a later conditional write).
     pub async fn get_versioned(&self, name: &str) -> Result<(Bytes, ObjectVersion), StoreError> {
-        let result = self.inner.get(&self.path(name)).await.map_err(|e| self.err(name, e))?;
-        let version = ObjectVersion { e_tag: result.meta.e_tag.clone(), version: result.meta.version.clone() };
+        let result = self
+            .inner
+            .get(&self.path(name))
+            .await
+            .map_err(|e| self.err(name, e))?;
+        let version = ObjectVersion {
+            e_tag: result.meta.e_tag.clone(),
+            version: result.meta.version.clone(),
+        };
         let bytes = result.bytes().await.map_err(|e| self.err(name, e))?;
         Ok((bytes, version))
     }
@@ -180,7 +210,10 @@ impl Store {
     }
 
     pub async fn put(&self, name: &str, bytes: Bytes) -> Result<(), StoreError> {
-        self.inner.put(&self.path(name), PutPayload::from(bytes)).await.map_err(|e| self.err(name, e))?;
+        self.inner
+            .put(&self.path(name), PutPayload::from(bytes))
+            .await
+            .map_err(|e| self.err(name, e))?;
         Ok(())
     }
 
@@ -193,10 +226,19 @@ impl Store {
         }
         let mode = match expect {
             Expect::Absent => PutMode::Create,
-            Expect::Version(v) => PutMode::Update(UpdateVersion { e_tag: v.e_tag, version: v.version }),
+            Expect::Version(v) => PutMode::Update(UpdateVersion {
+                e_tag: v.e_tag,
+                version: v.version,
+            }),
         };
-        let opts = PutOptions { mode, ..Default::default() };
-        self.inner.put_opts(&self.path(name), PutPayload::from(bytes), opts).await.map_err(|e| self.err(name, e))?;
+        let opts = PutOptions {
+            mode,
+            ..Default::default()
+        };
+        self.inner
+            .put_opts(&self.path(name), PutPayload::from(bytes), opts)
+            .await
+            .map_err(|e| self.err(name, e))?;
         Ok(())
     }
 
@@ -208,7 +250,10 @@ impl Store {
         expect: Expect,
     ) -> Result<(), StoreError> {
         let uri = format!("{}/{}", self.uri, name);
-        let io = |message: String| StoreError::Io { uri: uri.clone(), message };
+        let io = |message: String| StoreError::Io {
+            uri: uri.clone(),
+            message,
+        };
         let lock_path = root.join(".conditional-put.lock");
         let lock = tokio::task::spawn_blocking(move || -> Result<std::fs::File, String> {
             use std::os::fd::AsRawFd;
@@ -236,7 +281,10 @@ impl Store {
         let result = if matches {
             self.put(name, bytes).await
         } else {
-            Err(StoreError::Conflict { uri: uri.clone(), message: "object is not at the expected version".into() })
+            Err(StoreError::Conflict {
+                uri: uri.clone(),
+                message: "object is not at the expected version".into(),
+            })
         };
         drop(lock);
         result
@@ -245,7 +293,11 @@ impl Store {
     /// Names directly below `dir` (both objects and "folders"), sorted.
     pub async fn list_children(&self, dir: &str) -> Result<Vec<String>, StoreError> {
         let prefix = self.path(dir);
-        let listing = self.inner.list_with_delimiter(Some(&prefix)).await.map_err(|e| self.err(dir, e))?;
+        let listing = self
+            .inner
+            .list_with_delimiter(Some(&prefix))
+            .await
+            .map_err(|e| self.err(dir, e))?;
         let mut names: Vec<String> = listing
             .common_prefixes
             .iter()
@@ -259,10 +311,17 @@ impl Store {
     /// Deletes every object under `dir`.
     pub async fn delete_all(&self, dir: &str) -> Result<(), StoreError> {
         let prefix = self.path(dir);
-        let objects: Vec<_> =
-            self.inner.list(Some(&prefix)).try_collect().await.map_err(|e| self.err(dir, e))?;
+        let objects: Vec<_> = self
+            .inner
+            .list(Some(&prefix))
+            .try_collect()
+            .await
+            .map_err(|e| self.err(dir, e))?;
         for o in objects {
-            self.inner.delete(&o.location).await.map_err(|e| self.err(dir, e))?;
+            self.inner
+                .delete(&o.location)
+                .await
+                .map_err(|e| self.err(dir, e))?;
         }
         Ok(())
     }
@@ -275,18 +334,38 @@ mod tests {
     #[tokio::test]
     async fn local_put_get_and_conditional_writes() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path().to_str().unwrap()).unwrap().child("a/b");
+        let store = Store::open(dir.path().to_str().unwrap())
+            .unwrap()
+            .child("a/b");
         store.put("x.json", Bytes::from_static(b"1")).await.unwrap();
         assert_eq!(store.get("x.json").await.unwrap(), Bytes::from_static(b"1"));
-        assert!(matches!(store.get("nope").await, Err(StoreError::NotFound { .. })));
+        assert!(matches!(
+            store.get("nope").await,
+            Err(StoreError::NotFound { .. })
+        ));
         assert_eq!(store.list_children("").await.unwrap(), vec!["x.json"]);
 
-        store.put_if("alias", Bytes::from_static(b"v1"), Expect::Absent).await.unwrap();
-        let err = store.put_if("alias", Bytes::from_static(b"v2"), Expect::Absent).await.unwrap_err();
+        store
+            .put_if("alias", Bytes::from_static(b"v1"), Expect::Absent)
+            .await
+            .unwrap();
+        let err = store
+            .put_if("alias", Bytes::from_static(b"v2"), Expect::Absent)
+            .await
+            .unwrap_err();
         assert!(matches!(err, StoreError::Conflict { .. }), "{err}");
         let (_, seen) = store.get_versioned("alias").await.unwrap();
-        store.put_if("alias", Bytes::from_static(b"v2"), Expect::Version(seen.clone())).await.unwrap();
-        let stale = store.put_if("alias", Bytes::from_static(b"v3"), Expect::Version(seen)).await;
+        store
+            .put_if(
+                "alias",
+                Bytes::from_static(b"v2"),
+                Expect::Version(seen.clone()),
+            )
+            .await
+            .unwrap();
+        let stale = store
+            .put_if("alias", Bytes::from_static(b"v3"), Expect::Version(seen))
+            .await;
         assert!(matches!(stale, Err(StoreError::Conflict { .. })));
         assert_eq!(store.get("alias").await.unwrap(), Bytes::from_static(b"v2"));
     }

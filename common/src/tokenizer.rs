@@ -38,7 +38,8 @@ impl TextTokenizer {
     /// Builds from the bytes of a `tokenizer.json`; its stored padding and truncation are replaced
     /// by truncation to `max_length` and no padding (batches are padded dynamically).
     pub fn from_bytes(json: &[u8], max_length: usize) -> Result<Self, TokenizerError> {
-        let mut inner = tokenizers::Tokenizer::from_bytes(json).map_err(|e| TokenizerError::Load(e.to_string()))?;
+        let mut inner = tokenizers::Tokenizer::from_bytes(json)
+            .map_err(|e| TokenizerError::Load(e.to_string()))?;
         let pad_id = inner
             .get_padding()
             .map(|p| p.pad_id as i64)
@@ -53,7 +54,11 @@ impl TextTokenizer {
                 direction: TruncationDirection::Right,
             }))
             .map_err(|e| TokenizerError::Load(e.to_string()))?;
-        Ok(Self { inner, max_length, pad_id })
+        Ok(Self {
+            inner,
+            max_length,
+            pad_id,
+        })
     }
 
     pub fn max_length(&self) -> usize {
@@ -65,7 +70,10 @@ impl TextTokenizer {
     }
 
     pub fn encode(&self, text: &str) -> Result<Encoded, TokenizerError> {
-        let enc = self.inner.encode(text, true).map_err(|e| TokenizerError::Encode(e.to_string()))?;
+        let enc = self
+            .inner
+            .encode(text, true)
+            .map_err(|e| TokenizerError::Encode(e.to_string()))?;
         Ok(Encoded {
             ids: enc.get_ids().iter().map(|&i| i64::from(i)).collect(),
             truncated: !enc.get_overflowing().is_empty(),
@@ -73,10 +81,15 @@ impl TextTokenizer {
     }
 
     /// Encodes many texts (in parallel where the tokenizers crate does).
-    pub fn encode_all<S: AsRef<str> + Sync>(&self, texts: &[S]) -> Result<Vec<Encoded>, TokenizerError> {
+    pub fn encode_all<S: AsRef<str> + Sync>(
+        &self,
+        texts: &[S],
+    ) -> Result<Vec<Encoded>, TokenizerError> {
         let inputs: Vec<&str> = texts.iter().map(|t| t.as_ref()).collect();
-        let encodings =
-            self.inner.encode_batch(inputs, true).map_err(|e| TokenizerError::Encode(e.to_string()))?;
+        let encodings = self
+            .inner
+            .encode_batch(inputs, true)
+            .map_err(|e| TokenizerError::Encode(e.to_string()))?;
         Ok(encodings
             .into_iter()
             .map(|enc| Encoded {
@@ -117,8 +130,14 @@ mod tests {
 
     #[test]
     fn pads_to_longest_with_mask() {
-        let a = Encoded { ids: vec![101, 7, 102], truncated: false };
-        let b = Encoded { ids: vec![101, 102], truncated: false };
+        let a = Encoded {
+            ids: vec![101, 7, 102],
+            truncated: false,
+        };
+        let b = Encoded {
+            ids: vec![101, 102],
+            truncated: false,
+        };
         let batch = pad_batch(&[&a, &b], 0, Device::Cpu);
         assert_eq!(batch.input_ids.size(), vec![2, 3]);
         let ids: Vec<i64> = Vec::try_from(batch.input_ids.flatten(0, -1)).unwrap();

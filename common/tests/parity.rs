@@ -8,23 +8,41 @@ use common::tokenizer::TextTokenizer;
 use tch::{Device, Kind, Tensor};
 
 fn model_dir() -> PathBuf {
-    let dir = std::env::var("GOEMOTIONS_BASE_MODEL").map(PathBuf::from).unwrap_or_else(|_| {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.cache/models/all-MiniLM-L6-v2")
-    });
-    assert!(dir.join("model.safetensors").exists(), "{} missing: run scripts/setup.sh first", dir.display());
+    let dir = std::env::var("GOEMOTIONS_BASE_MODEL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.cache/models/all-MiniLM-L6-v2")
+        });
+    assert!(
+        dir.join("model.safetensors").exists(),
+        "{} missing: run scripts/setup.sh first",
+        dir.display()
+    );
     dir
 }
 
 fn fixture() -> (Vec<(String, Tensor)>, Vec<String>) {
-    let bytes = std::fs::read(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/parity.safetensors"))
-        .expect("fixture");
-    let st = safetensors::SafeTensors::read_metadata(&bytes).expect("metadata").1;
-    let sentences = st.metadata().as_ref().expect("metadata")["sentences"].split('\n').map(String::from).collect();
+    let bytes = std::fs::read(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/parity.safetensors"),
+    )
+    .expect("fixture");
+    let st = safetensors::SafeTensors::read_metadata(&bytes)
+        .expect("metadata")
+        .1;
+    let sentences = st.metadata().as_ref().expect("metadata")["sentences"]
+        .split('\n')
+        .map(String::from)
+        .collect();
     (safetensors_io::decode(&bytes).expect("decode"), sentences)
 }
 
 fn get(tensors: &[(String, Tensor)], name: &str) -> Tensor {
-    tensors.iter().find(|(n, _)| n == name).unwrap_or_else(|| panic!("fixture lacks {name}")).1.shallow_clone()
+    tensors
+        .iter()
+        .find(|(n, _)| n == name)
+        .unwrap_or_else(|| panic!("fixture lacks {name}"))
+        .1
+        .shallow_clone()
 }
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
@@ -35,7 +53,9 @@ fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
 fn tokenizer_and_model_match_transformers() {
     let dir = model_dir();
     let (fx, sentences) = fixture();
-    let tokenizer = TextTokenizer::from_bytes(&std::fs::read(dir.join("tokenizer.json")).unwrap(), 128).unwrap();
+    let tokenizer =
+        TextTokenizer::from_bytes(&std::fs::read(dir.join("tokenizer.json")).unwrap(), 128)
+            .unwrap();
     let config = std::fs::read(dir.join("config.json")).unwrap();
     let weights = std::fs::read(dir.join("model.safetensors")).unwrap();
     // Base encoder plus the fixture's classification head.
@@ -44,23 +64,35 @@ fn tokenizer_and_model_match_transformers() {
     tensors.push(("classifier.bias".into(), get(&fx, "classifier.bias")));
     let with_head = safetensors_io::encode(&tensors).unwrap();
     for pooling in [Pooling::Cls, Pooling::Mean] {
-        let (model, report) = BertClassifier::load(&config, &with_head, 28, pooling, Device::Cpu).unwrap();
+        let (model, report) =
+            BertClassifier::load(&config, &with_head, 28, pooling, Device::Cpu).unwrap();
         assert!(report.initialised.is_empty(), "{report:?}");
         for (i, text) in sentences.iter().enumerate() {
             let enc = tokenizer.encode(text).unwrap();
-            let expected_ids: Vec<i64> = Vec::try_from(get(&fx, &format!("s{i}.input_ids"))).unwrap();
+            let expected_ids: Vec<i64> =
+                Vec::try_from(get(&fx, &format!("s{i}.input_ids"))).unwrap();
             assert_eq!(enc.ids, expected_ids, "token ids of {text:?}");
             let batch = tokenizer.batch(&[&enc], Device::Cpu);
-            let out = tch::no_grad(|| model.forward(&batch.input_ids, &batch.attention_mask, false));
+            let out =
+                tch::no_grad(|| model.forward(&batch.input_ids, &batch.attention_mask, false));
             let hidden = out.last_hidden_state.squeeze_dim(0).to_kind(Kind::Float);
             let d_hidden = max_abs_diff(&hidden, &get(&fx, &format!("s{i}.last_hidden_state")));
-            assert!(d_hidden < 1e-4, "{text:?}: last hidden state differs by {d_hidden}");
+            assert!(
+                d_hidden < 1e-4,
+                "{text:?}: last hidden state differs by {d_hidden}"
+            );
             let key = match pooling {
                 Pooling::Cls => "logits_cls",
                 Pooling::Mean => "logits_mean",
             };
-            let d_logits = max_abs_diff(&out.logits.squeeze_dim(0), &get(&fx, &format!("s{i}.{key}")));
-            assert!(d_logits < 1e-4, "{text:?} ({key}): logits differ by {d_logits}");
+            let d_logits = max_abs_diff(
+                &out.logits.squeeze_dim(0),
+                &get(&fx, &format!("s{i}.{key}")),
+            );
+            assert!(
+                d_logits < 1e-4,
+                "{text:?} ({key}): logits differ by {d_logits}"
+            );
         }
     }
 }
@@ -69,7 +101,9 @@ fn tokenizer_and_model_match_transformers() {
 fn batched_padded_inference_matches_single() {
     let dir = model_dir();
     let (_, sentences) = fixture();
-    let tokenizer = TextTokenizer::from_bytes(&std::fs::read(dir.join("tokenizer.json")).unwrap(), 128).unwrap();
+    let tokenizer =
+        TextTokenizer::from_bytes(&std::fs::read(dir.join("tokenizer.json")).unwrap(), 128)
+            .unwrap();
     let (model, _) = BertClassifier::load(
         &std::fs::read(dir.join("config.json")).unwrap(),
         &std::fs::read(dir.join("model.safetensors")).unwrap(),

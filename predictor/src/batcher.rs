@@ -73,19 +73,34 @@ impl Batcher {
             .name("inference".into())
             .spawn(move || run(rx, config, worker_depth, worker_metrics))
             .expect("spawn inference thread");
-        Self { tx, depth, capacity, metrics }
+        Self {
+            tx,
+            depth,
+            capacity,
+            metrics,
+        }
     }
 
     /// Queues one tokenized text for `model`; the receiver gets its scores.
-    pub fn submit(&self, model: Arc<ServingModel>, encoded: Encoded) -> Result<oneshot::Receiver<ScoreResult>, QueueFull> {
+    pub fn submit(
+        &self,
+        model: Arc<ServingModel>,
+        encoded: Encoded,
+    ) -> Result<oneshot::Receiver<ScoreResult>, QueueFull> {
         let (reply, rx) = oneshot::channel();
-        match self.tx.try_send(Job { model, encoded, reply }) {
+        match self.tx.try_send(Job {
+            model,
+            encoded,
+            reply,
+        }) {
             Ok(()) => {
                 let d = self.depth.fetch_add(1, Ordering::SeqCst) + 1;
                 self.metrics.queue_depth.set(d as i64);
                 Ok(rx)
             }
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => Err(QueueFull { capacity: self.capacity }),
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => Err(QueueFull {
+                capacity: self.capacity,
+            }),
         }
     }
 
@@ -123,8 +138,9 @@ fn run(rx: mpsc::Receiver<Job>, config: BatcherConfig, depth: Arc<AtomicUsize>, 
         while !pending.is_empty() {
             // One model version at a time; the rest wait for the next round of this loop.
             let model = pending[0].model.clone();
-            let (mut group, rest): (Vec<Job>, Vec<Job>) =
-                pending.into_iter().partition(|job| Arc::ptr_eq(&job.model, &model));
+            let (mut group, rest): (Vec<Job>, Vec<Job>) = pending
+                .into_iter()
+                .partition(|job| Arc::ptr_eq(&job.model, &model));
             pending = rest;
             group.sort_by_key(|job| job.encoded.ids.len());
             for batch in split_by_budget(group, config.max_batch_size, config.max_batch_tokens) {
@@ -140,7 +156,9 @@ fn split_by_budget(jobs: Vec<Job>, max_size: usize, max_tokens: usize) -> Vec<Ve
     let mut current: Vec<Job> = Vec::new();
     for job in jobs {
         let longest = job.encoded.ids.len().max(1);
-        if !current.is_empty() && (current.len() + 1 > max_size || (current.len() + 1) * longest > max_tokens) {
+        if !current.is_empty()
+            && (current.len() + 1 > max_size || (current.len() + 1) * longest > max_tokens)
+        {
             batches.push(std::mem::take(&mut current));
         }
         current.push(job);
@@ -158,12 +176,16 @@ fn infer(model: &ServingModel, batch: Vec<Job>, metrics: &Metrics) {
     let device = model.model.device();
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let b = model.tokenizer.batch(&items, device);
-        let probs = tch::autocast(device.is_cuda(), || model.model.predict_proba(&b.input_ids, &b.attention_mask));
+        let probs = tch::autocast(device.is_cuda(), || {
+            model.model.predict_proba(&b.input_ids, &b.attention_mask)
+        });
         Vec::<f32>::try_from(probs.flatten(0, -1)).map_err(|e| e.to_string())
     }));
     metrics.batch_size.observe(batch.len() as f64);
     metrics.batch_tokens.observe((longest * batch.len()) as f64);
-    metrics.inference_seconds.observe(started.elapsed().as_secs_f64());
+    metrics
+        .inference_seconds
+        .observe(started.elapsed().as_secs_f64());
     let l = model.manifest.labels.len();
     match result {
         Ok(Ok(flat)) => {

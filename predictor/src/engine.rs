@@ -42,7 +42,12 @@ impl ServingModel {
         let loaded = tokio::task::spawn_blocking(move || ck.load_model(device))
             .await
             .map_err(|e| LoadError::Invalid(format!("load task failed: {e}")))??;
-        Ok(Self { model: loaded.model, tokenizer: loaded.tokenizer, manifest: loaded.manifest, source_uri })
+        Ok(Self {
+            model: loaded.model,
+            tokenizer: loaded.tokenizer,
+            manifest: loaded.manifest,
+            source_uri,
+        })
     }
 
     pub fn version(&self) -> &str {
@@ -65,34 +70,72 @@ pub struct OutputOptions {
 
 impl OutputOptions {
     /// Validates the wire options.
-    pub fn from_proto(o: Option<&proto::v1::ClassifyOptions>, num_labels: usize) -> Result<Self, String> {
+    pub fn from_proto(
+        o: Option<&proto::v1::ClassifyOptions>,
+        num_labels: usize,
+    ) -> Result<Self, String> {
         let Some(o) = o else {
-            return Ok(Self { top_k: DEFAULT_TOP_K, all_scores: false, threshold: None });
+            return Ok(Self {
+                top_k: DEFAULT_TOP_K,
+                all_scores: false,
+                threshold: None,
+            });
         };
         if let Some(t) = o.threshold {
             if !(t > 0.0 && t < 1.0) {
                 return Err(format!("threshold must be in (0, 1), got {t}"));
             }
         }
-        let top_k = if o.top_k == 0 { DEFAULT_TOP_K } else { o.top_k as usize };
+        let top_k = if o.top_k == 0 {
+            DEFAULT_TOP_K
+        } else {
+            o.top_k as usize
+        };
         if top_k > num_labels {
             return Err(format!("top_k must be at most {num_labels}, got {top_k}"));
         }
-        Ok(Self { top_k, all_scores: o.return_all_scores, threshold: o.threshold })
+        Ok(Self {
+            top_k,
+            all_scores: o.return_all_scores,
+            threshold: o.threshold,
+        })
     }
 }
 
 /// Builds a text's result from its scores (label-id order).
-pub fn build_result(model: &ServingModel, scores: &[f32], encoded: &Encoded, opts: OutputOptions) -> TextResult {
+pub fn build_result(
+    model: &ServingModel,
+    scores: &[f32],
+    encoded: &Encoded,
+    opts: OutputOptions,
+) -> TextResult {
     let names = &model.manifest.labels;
-    let score_of = |i: usize| LabelScore { id: i as u32, name: names[i].clone(), score: scores[i] };
+    let score_of = |i: usize| LabelScore {
+        id: i as u32,
+        name: names[i].clone(),
+        score: scores[i],
+    };
     let mut order: Vec<usize> = (0..scores.len()).collect();
     order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
     let passes = |i: usize| scores[i] >= opts.threshold.unwrap_or(model.manifest.thresholds[i]);
     TextResult {
-        labels: order.iter().copied().filter(|&i| passes(i)).map(score_of).collect(),
-        top_k: order.iter().take(opts.top_k).copied().map(score_of).collect(),
-        scores: if opts.all_scores { scores.to_vec() } else { vec![] },
+        labels: order
+            .iter()
+            .copied()
+            .filter(|&i| passes(i))
+            .map(score_of)
+            .collect(),
+        top_k: order
+            .iter()
+            .take(opts.top_k)
+            .copied()
+            .map(score_of)
+            .collect(),
+        scores: if opts.all_scores {
+            scores.to_vec()
+        } else {
+            vec![]
+        },
         truncated: encoded.truncated,
         num_tokens: encoded.ids.len() as u32,
     }
@@ -100,5 +143,11 @@ pub fn build_result(model: &ServingModel, scores: &[f32], encoded: &Encoded, opt
 
 /// The documented answer for an empty or whitespace-only text: no labels, no scores, 0 tokens.
 pub fn empty_result() -> TextResult {
-    TextResult { labels: vec![], top_k: vec![], scores: vec![], truncated: false, num_tokens: 0 }
+    TextResult {
+        labels: vec![],
+        top_k: vec![],
+        scores: vec![],
+        truncated: false,
+        num_tokens: 0,
+    }
 }

@@ -24,6 +24,10 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { max_texts_per_request: 64, max_text_bytes: 4096, max_in_flight_per_stream: 128 }
+        Self {
+            max_texts_per_request: 64,
+            max_text_bytes: 4096,
+            max_in_flight_per_stream: 128,
+        }
     }
 }

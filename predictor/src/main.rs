@@ -13,7 +13,9 @@ use predictor::telemetry::{self, Metrics};
 use predictor::Limits;
 use proto::v1::predictor_client::PredictorClient;
 use proto::v1::predictor_server::PredictorServer;
-use proto::v1::{stream_classify_response, ClassifyOptions, ClassifyRequest, StreamClassifyRequest, TextResult};
+use proto::v1::{
+    stream_classify_response, ClassifyOptions, ClassifyRequest, StreamClassifyRequest, TextResult,
+};
 use tokio::io::AsyncBufReadExt;
 use tonic::metadata::MetadataValue;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity, Server, ServerTlsConfig};
@@ -21,7 +23,11 @@ use tonic::{Request, Status};
 use tonic_health::ServingStatus;
 
 #[derive(Parser)]
-#[command(name = "predictor", version, about = "Multi-label emotion classification over gRPC (goemotions.v1.Predictor)")]
+#[command(
+    name = "predictor",
+    version,
+    about = "Multi-label emotion classification over gRPC (goemotions.v1.Predictor)"
+)]
 struct Cli {
     /// Log format: text or json.
     #[arg(long, env = "LOG_FORMAT", default_value = "text", global = true)]
@@ -127,8 +133,11 @@ struct ClassifyArgs {
 }
 
 fn init_logging(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if format == "json" {
         builder.json().init();
     } else {
@@ -149,7 +158,12 @@ async fn main() -> anyhow::Result<()> {
 
 /// Compares in constant time so the token cannot be guessed byte by byte from timings.
 fn token_matches(given: &[u8], expected: &[u8]) -> bool {
-    given.len() == expected.len() && given.iter().zip(expected).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+    given.len() == expected.len()
+        && given
+            .iter()
+            .zip(expected)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
@@ -157,7 +171,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         tch::set_num_threads(n);
     }
     let device = common::device::select(&args.device).map_err(anyhow::Error::msg)?;
-    let reference = ModelRef::parse(&args.model).with_context(|| format!("--model {}", args.model))?;
+    let reference =
+        ModelRef::parse(&args.model).with_context(|| format!("--model {}", args.model))?;
     tracing::info!(device = common::device::describe(device), model = %args.model, "starting predictor");
 
     let metrics = Metrics::new();
@@ -172,8 +187,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     );
     let slot = Arc::new(ModelSlot::default());
     let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_service_status("", ServingStatus::NotServing).await;
-    health.set_service_status(SERVICE_NAME, ServingStatus::NotServing).await;
+    health
+        .set_service_status("", ServingStatus::NotServing)
+        .await;
+    health
+        .set_service_status(SERVICE_NAME, ServingStatus::NotServing)
+        .await;
     let (drain_tx, drain_rx) = tokio::sync::watch::channel(false);
 
     let reloader = Reloader {
@@ -197,15 +216,21 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         metrics: metrics.clone(),
         draining: drain_rx.clone(),
     };
-    let token = args.auth_token.clone().map(|t| format!("Bearer {t}").into_bytes());
-    let predictor = PredictorServer::with_interceptor(service, move |req: Request<()>| match &token {
-        None => Ok(req),
-        Some(expected) => match req.metadata().get("authorization") {
-            Some(v) if token_matches(v.as_bytes(), expected) => Ok(req),
-            Some(_) => Err(Status::unauthenticated("invalid bearer token")),
-            None => Err(Status::unauthenticated("missing `authorization: Bearer <token>` metadata")),
-        },
-    });
+    let token = args
+        .auth_token
+        .clone()
+        .map(|t| format!("Bearer {t}").into_bytes());
+    let predictor =
+        PredictorServer::with_interceptor(service, move |req: Request<()>| match &token {
+            None => Ok(req),
+            Some(expected) => match req.metadata().get("authorization") {
+                Some(v) if token_matches(v.as_bytes(), expected) => Ok(req),
+                Some(_) => Err(Status::unauthenticated("invalid bearer token")),
+                None => Err(Status::unauthenticated(
+                    "missing `authorization: Bearer <token>` metadata",
+                )),
+            },
+        });
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(proto::v1::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -226,8 +251,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let shutdown = async move {
         wait_for_signal().await;
         tracing::info!("shutdown requested: NOT_SERVING, draining in-flight requests");
-        health.set_service_status("", ServingStatus::NotServing).await;
-        health.set_service_status(SERVICE_NAME, ServingStatus::NotServing).await;
+        health
+            .set_service_status("", ServingStatus::NotServing)
+            .await;
+        health
+            .set_service_status(SERVICE_NAME, ServingStatus::NotServing)
+            .await;
         let _ = drain_tx.send(true);
         tokio::spawn(async move {
             tokio::time::sleep(drain_timeout).await;
@@ -240,7 +269,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
         let cert = std::fs::read(cert).with_context(|| format!("reading {}", cert.display()))?;
         let key = std::fs::read(key).with_context(|| format!("reading {}", key.display()))?;
-        builder = builder.tls_config(ServerTlsConfig::new().identity(Identity::from_pem(cert, key)))?;
+        builder =
+            builder.tls_config(ServerTlsConfig::new().identity(Identity::from_pem(cert, key)))?;
     }
     tracing::info!(addr = %args.listen, tls = args.tls_cert.is_some(), auth = args.auth_token.is_some(), "gRPC listening");
     builder
@@ -257,13 +287,14 @@ async fn wait_for_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}
@@ -273,9 +304,9 @@ async fn wait_for_signal() {
     let _ = ctrl_c.await;
 }
 
-type AuthClient = PredictorClient<
-    tonic::service::interceptor::InterceptedService<Channel, Box<dyn FnMut(Request<()>) -> Result<Request<()>, Status> + Send>>,
->;
+type AuthInterceptor = Box<dyn FnMut(Request<()>) -> Result<Request<()>, Status> + Send>;
+type AuthClient =
+    PredictorClient<tonic::service::interceptor::InterceptedService<Channel, AuthInterceptor>>;
 
 async fn connect(args: &ClientArgs) -> anyhow::Result<AuthClient> {
     let mut endpoint = Channel::from_shared(args.addr.clone())?;
@@ -286,24 +317,29 @@ async fn connect(args: &ClientArgs) -> anyhow::Result<AuthClient> {
         }
         endpoint = endpoint.tls_config(tls)?;
     }
-    let channel = endpoint.connect().await.with_context(|| format!("connecting to {}", args.addr))?;
+    let channel = endpoint
+        .connect()
+        .await
+        .with_context(|| format!("connecting to {}", args.addr))?;
     let header: Option<MetadataValue<_>> = match &args.token {
         Some(t) => Some(format!("Bearer {t}").parse()?),
         None => None,
     };
-    let interceptor: Box<dyn FnMut(Request<()>) -> Result<Request<()>, Status> + Send> =
-        Box::new(move |mut req: Request<()>| {
-            if let Some(h) = &header {
-                req.metadata_mut().insert("authorization", h.clone());
-            }
-            Ok(req)
-        });
+    let interceptor: AuthInterceptor = Box::new(move |mut req: Request<()>| {
+        if let Some(h) = &header {
+            req.metadata_mut().insert("authorization", h.clone());
+        }
+        Ok(req)
+    });
     Ok(PredictorClient::with_interceptor(channel, interceptor))
 }
 
 fn describe(result: &TextResult) -> String {
     let fmt = |v: &[proto::v1::LabelScore]| {
-        v.iter().map(|l| format!("{} {:.3}", l.name, l.score)).collect::<Vec<_>>().join(", ")
+        v.iter()
+            .map(|l| format!("{} {:.3}", l.name, l.score))
+            .collect::<Vec<_>>()
+            .join(", ")
     };
     let mut s = if result.labels.is_empty() {
         "labels: (none)".to_string()
@@ -323,11 +359,18 @@ fn describe(result: &TextResult) -> String {
 
 async fn classify(args: ClassifyArgs) -> anyhow::Result<()> {
     let mut client = connect(&args.client).await?;
-    let options = ClassifyOptions { top_k: args.top_k, return_all_scores: args.all_scores, threshold: args.threshold };
+    let options = ClassifyOptions {
+        top_k: args.top_k,
+        return_all_scores: args.all_scores,
+        threshold: args.threshold,
+    };
     if !args.texts.is_empty() {
         let started = Instant::now();
         let response = client
-            .classify(ClassifyRequest { texts: args.texts.clone(), options: Some(options) })
+            .classify(ClassifyRequest {
+                texts: args.texts.clone(),
+                options: Some(options),
+            })
             .await
             .map_err(|s| anyhow::anyhow!("Classify failed: {}: {}", s.code(), s.message()))?
             .into_inner();
@@ -351,8 +394,15 @@ async fn classify(args: ClassifyArgs) -> anyhow::Result<()> {
         let mut n = 0u64;
         while let Ok(Some(line)) = lines.next_line().await {
             n += 1;
-            reader_texts.lock().map(|mut m| m.insert(n.to_string(), line.clone())).ok();
-            let item = StreamClassifyRequest { id: n.to_string(), text: line, options: Some(options) };
+            reader_texts
+                .lock()
+                .map(|mut m| m.insert(n.to_string(), line.clone()))
+                .ok();
+            let item = StreamClassifyRequest {
+                id: n.to_string(),
+                text: line,
+                options: Some(options),
+            };
             if tx.send(item).await.is_err() {
                 break;
             }
@@ -364,13 +414,22 @@ async fn classify(args: ClassifyArgs) -> anyhow::Result<()> {
         .map_err(|s| anyhow::anyhow!("ClassifyStream failed: {}: {}", s.code(), s.message()))?
         .into_inner();
     while let Some(r) = responses.message().await? {
-        let text = texts.lock().ok().and_then(|mut m| m.remove(&r.id)).unwrap_or_default();
+        let text = texts
+            .lock()
+            .ok()
+            .and_then(|mut m| m.remove(&r.id))
+            .unwrap_or_default();
         match r.outcome {
             Some(stream_classify_response::Outcome::Result(result)) => {
                 println!("[{}] {text}\n  {}", r.id, describe(&result))
             }
             Some(stream_classify_response::Outcome::Error(e)) => {
-                println!("[{}] {text}\n  error {}: {}", r.id, tonic::Code::from(e.code), e.message)
+                println!(
+                    "[{}] {text}\n  error {}: {}",
+                    r.id,
+                    tonic::Code::from(e.code),
+                    e.message
+                )
             }
             None => {}
         }
@@ -385,7 +444,10 @@ async fn info(args: ClientArgs) -> anyhow::Result<()> {
         .await
         .map_err(|s| anyhow::anyhow!("GetModelInfo failed: {}: {}", s.code(), s.message()))?
         .into_inner();
-    println!("model {} version {} (base {}, pooling {}, max length {})", info.model_name, info.version, info.base_model, info.pooling, info.max_length);
+    println!(
+        "model {} version {} (base {}, pooling {}, max length {})",
+        info.model_name, info.version, info.base_model, info.pooling, info.max_length
+    );
     println!("source {}", info.source_uri);
     for (i, (label, t)) in info.labels.iter().zip(&info.thresholds).enumerate() {
         println!("  {i:2} {label:<15} threshold {t:.2}");

@@ -23,7 +23,10 @@ pub struct ModelSlot {
 
 impl ModelSlot {
     pub fn get(&self) -> Option<Arc<ServingModel>> {
-        self.current.read().map(|g| g.clone()).unwrap_or_else(|p| p.into_inner().clone())
+        self.current
+            .read()
+            .map(|g| g.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
     }
 
     fn set(&self, model: Arc<ServingModel>) -> Option<Arc<ServingModel>> {
@@ -64,11 +67,21 @@ impl Reloader {
         let previous = self.slot.set(Arc::new(model));
         self.metrics.reloads.with_label_values(&["ok"]).inc();
         if let Some(prev) = &previous {
-            let _ = self.metrics.model_version.remove_label_values(&[prev.version()]);
+            let _ = self
+                .metrics
+                .model_version
+                .remove_label_values(&[prev.version()]);
         }
-        self.metrics.model_version.with_label_values(&[&new_version]).set(1);
-        self.health.set_service_status("", ServingStatus::Serving).await;
-        self.health.set_service_status(SERVICE_NAME, ServingStatus::Serving).await;
+        self.metrics
+            .model_version
+            .with_label_values(&[&new_version])
+            .set(1);
+        self.health
+            .set_service_status("", ServingStatus::Serving)
+            .await;
+        self.health
+            .set_service_status(SERVICE_NAME, ServingStatus::Serving)
+            .await;
         tracing::info!(
             version = %new_version,
             previous = previous.as_ref().map(|p| p.version().to_string()),

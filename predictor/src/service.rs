@@ -6,8 +6,8 @@ use std::time::Instant;
 use futures::Stream;
 use proto::v1::predictor_server::Predictor;
 use proto::v1::{
-    stream_classify_response, ClassifyRequest, ClassifyResponse, GetModelInfoRequest, ItemError, ModelInfo,
-    StreamClassifyRequest, StreamClassifyResponse, TextResult,
+    stream_classify_response, ClassifyRequest, ClassifyResponse, GetModelInfoRequest, ItemError,
+    ModelInfo, StreamClassifyRequest, StreamClassifyResponse, TextResult,
 };
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
@@ -32,7 +32,10 @@ pub struct PredictorService {
 /// A text on its way through the batcher.
 enum Pending {
     Empty,
-    Queued { encoded: common::tokenizer::Encoded, rx: oneshot::Receiver<ScoreResult> },
+    Queued {
+        encoded: common::tokenizer::Encoded,
+        rx: oneshot::Receiver<ScoreResult>,
+    },
 }
 
 fn code_name(code: Code) -> String {
@@ -41,7 +44,9 @@ fn code_name(code: Code) -> String {
 
 impl PredictorService {
     fn current(&self) -> Result<Arc<ServingModel>, Status> {
-        self.slot.get().ok_or_else(|| Status::unavailable("no model loaded yet; the predictor is starting"))
+        self.slot
+            .get()
+            .ok_or_else(|| Status::unavailable("no model loaded yet; the predictor is starting"))
     }
 
     fn check_text(&self, text: &str, what: &str) -> Result<(), Status> {
@@ -60,7 +65,9 @@ impl PredictorService {
         if text.trim().is_empty() {
             return Ok(Pending::Empty);
         }
-        let encoded = model.encode(text).map_err(|e| Status::invalid_argument(format!("cannot tokenize: {e}")))?;
+        let encoded = model
+            .encode(text)
+            .map_err(|e| Status::invalid_argument(format!("cannot tokenize: {e}")))?;
         let rx = self
             .batcher
             .submit(model.clone(), encoded.clone())
@@ -69,12 +76,22 @@ impl PredictorService {
     }
 
     fn record(&self, method: &str, code: Code, started: Instant) {
-        self.metrics.requests.with_label_values(&[method, &code_name(code)]).inc();
-        self.metrics.request_seconds.with_label_values(&[method]).observe(started.elapsed().as_secs_f64());
+        self.metrics
+            .requests
+            .with_label_values(&[method, &code_name(code)])
+            .inc();
+        self.metrics
+            .request_seconds
+            .with_label_values(&[method])
+            .observe(started.elapsed().as_secs_f64());
     }
 }
 
-async fn finish(model: &ServingModel, pending: Pending, opts: OutputOptions) -> Result<TextResult, Status> {
+async fn finish(
+    model: &ServingModel,
+    pending: Pending,
+    opts: OutputOptions,
+) -> Result<TextResult, Status> {
     match pending {
         Pending::Empty => Ok(engine::empty_result()),
         Pending::Queued { encoded, rx } => {
@@ -91,7 +108,10 @@ type ResponseStream = Pin<Box<dyn Stream<Item = Result<StreamClassifyResponse, S
 
 #[tonic::async_trait]
 impl Predictor for PredictorService {
-    async fn classify(&self, request: Request<ClassifyRequest>) -> Result<Response<ClassifyResponse>, Status> {
+    async fn classify(
+        &self,
+        request: Request<ClassifyRequest>,
+    ) -> Result<Response<ClassifyResponse>, Status> {
         let started = Instant::now();
         let result = async {
             let req = request.into_inner();
@@ -118,7 +138,14 @@ impl Predictor for PredictorService {
             Ok(ClassifyResponse { results, model_version: model.version().to_string() })
         }
         .await;
-        self.record("Classify", result.as_ref().map(|_| Code::Ok).unwrap_or_else(|s| s.code()), started);
+        self.record(
+            "Classify",
+            result
+                .as_ref()
+                .map(|_| Code::Ok)
+                .unwrap_or_else(|s| s.code()),
+            started,
+        );
         result.map(Response::new)
     }
 
@@ -167,18 +194,28 @@ impl Predictor for PredictorService {
                     let outcome = async {
                         let model = service.current()?;
                         service.check_text(&item.text, &format!("text of item {id:?}"))?;
-                        let opts = OutputOptions::from_proto(item.options.as_ref(), model.manifest.labels.len())
-                            .map_err(Status::invalid_argument)?;
+                        let opts = OutputOptions::from_proto(
+                            item.options.as_ref(),
+                            model.manifest.labels.len(),
+                        )
+                        .map_err(Status::invalid_argument)?;
                         let pending = service.enqueue(&model, &item.text)?;
                         let result = finish(&model, pending, opts).await?;
                         Ok::<_, Status>((result, model.version().to_string()))
                     }
                     .await;
-                    let code = outcome.as_ref().map(|_| Code::Ok).unwrap_or_else(|s| s.code());
+                    let code = outcome
+                        .as_ref()
+                        .map(|_| Code::Ok)
+                        .unwrap_or_else(|s| s.code());
                     service.record("ClassifyStream", code, started);
                     let response = match outcome {
                         Ok((result, version)) => {
-                            service.metrics.texts.with_label_values(&["ClassifyStream"]).inc();
+                            service
+                                .metrics
+                                .texts
+                                .with_label_values(&["ClassifyStream"])
+                                .inc();
                             StreamClassifyResponse {
                                 id,
                                 outcome: Some(stream_classify_response::Outcome::Result(result)),
@@ -205,7 +242,10 @@ impl Predictor for PredictorService {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
-    async fn get_model_info(&self, _request: Request<GetModelInfoRequest>) -> Result<Response<ModelInfo>, Status> {
+    async fn get_model_info(
+        &self,
+        _request: Request<GetModelInfoRequest>,
+    ) -> Result<Response<ModelInfo>, Status> {
         let started = Instant::now();
         let result = self.current().map(|model| {
             let m = &model.manifest;
@@ -226,7 +266,14 @@ impl Predictor for PredictorService {
                 max_in_flight_per_stream: self.limits.max_in_flight_per_stream as u32,
             }
         });
-        self.record("GetModelInfo", result.as_ref().map(|_| Code::Ok).unwrap_or_else(|s| s.code()), started);
+        self.record(
+            "GetModelInfo",
+            result
+                .as_ref()
+                .map(|_| Code::Ok)
+                .unwrap_or_else(|s| s.code()),
+            started,
+        );
         result.map(Response::new)
     }
 }

@@ -2,7 +2,8 @@
 use std::net::SocketAddr;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 #[derive(Clone)]
@@ -26,19 +27,31 @@ impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
         let requests = IntCounterVec::new(
-            Opts::new("predictor_requests_total", "Finished RPCs by method and status code"),
+            Opts::new(
+                "predictor_requests_total",
+                "Finished RPCs by method and status code",
+            ),
             &["method", "code"],
         )
         .expect("metric");
-        let texts = IntCounterVec::new(Opts::new("predictor_texts_total", "Texts classified by method"), &["method"])
-            .expect("metric");
-        let request_seconds = HistogramVec::new(
-            HistogramOpts::new("predictor_request_duration_seconds", "RPC latency (unary) or per-item latency (stream)")
-                .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0]),
+        let texts = IntCounterVec::new(
+            Opts::new("predictor_texts_total", "Texts classified by method"),
             &["method"],
         )
         .expect("metric");
-        let queue_depth = IntGauge::new("predictor_queue_depth", "Texts waiting for inference").expect("metric");
+        let request_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "predictor_request_duration_seconds",
+                "RPC latency (unary) or per-item latency (stream)",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ]),
+            &["method"],
+        )
+        .expect("metric");
+        let queue_depth =
+            IntGauge::new("predictor_queue_depth", "Texts waiting for inference").expect("metric");
         let batch_size = Histogram::with_opts(
             HistogramOpts::new("predictor_batch_size", "Texts per forward pass")
                 .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]),
@@ -54,12 +67,18 @@ impl Metrics {
                 .buckets(prometheus::exponential_buckets(0.0005, 2.0, 14).expect("buckets")),
         )
         .expect("metric");
-        let model_version =
-            IntGaugeVec::new(Opts::new("predictor_model_version", "1 for the served model version"), &["version"])
-                .expect("metric");
-        let reloads = IntCounterVec::new(Opts::new("predictor_reloads_total", "Model loads by result"), &["result"])
-            .expect("metric");
-        let open_streams = IntGauge::new("predictor_open_streams", "Open ClassifyStream calls").expect("metric");
+        let model_version = IntGaugeVec::new(
+            Opts::new("predictor_model_version", "1 for the served model version"),
+            &["version"],
+        )
+        .expect("metric");
+        let reloads = IntCounterVec::new(
+            Opts::new("predictor_reloads_total", "Model loads by result"),
+            &["result"],
+        )
+        .expect("metric");
+        let open_streams =
+            IntGauge::new("predictor_open_streams", "Open ClassifyStream calls").expect("metric");
         for m in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(texts.clone()),
@@ -91,7 +110,9 @@ impl Metrics {
 
     pub fn render(&self) -> String {
         let mut buf = Vec::new();
-        TextEncoder::new().encode(&self.registry.gather(), &mut buf).expect("encode metrics");
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .expect("encode metrics");
         String::from_utf8(buf).unwrap_or_default()
     }
 }
@@ -117,5 +138,7 @@ pub async fn serve_metrics(
     );
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(%addr, "metrics endpoint listening");
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
 }

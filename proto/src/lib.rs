@@ -5,5 +5,6 @@ pub mod v1 {
     tonic::include_proto!("goemotions.v1");
 
     /// Encoded file descriptor set of goemotions.v1, for server reflection.
-    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("goemotions_descriptor");
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        tonic::include_file_descriptor_set!("goemotions_descriptor");
 }

@@ -13,9 +13,16 @@ use tonic_health::pb::HealthCheckRequest;
 /// A workspace binary built by `cargo build --bins` (scripts/test.sh does this first).
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
-    let dir = exe.parent().and_then(Path::parent).expect("target/<profile>");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>");
     let path = dir.join(name);
-    assert!(path.exists(), "{} is missing: run `cargo build --bins` first (scripts/test.sh does)", path.display());
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --bins` first (scripts/test.sh does)",
+        path.display()
+    );
     path
 }
 
@@ -36,7 +43,11 @@ pub fn base_model() -> PathBuf {
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
 }
 
 /// A child process killed (SIGKILL) when dropped.
@@ -48,8 +59,11 @@ pub struct Proc {
 impl Proc {
     pub fn spawn(mut cmd: Command, log: PathBuf) -> Self {
         let file = std::fs::File::create(&log).expect("log file");
-        cmd.stdout(Stdio::from(file.try_clone().expect("dup"))).stderr(Stdio::from(file));
-        let child = cmd.spawn().unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
+        cmd.stdout(Stdio::from(file.try_clone().expect("dup")))
+            .stderr(Stdio::from(file));
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
         Self { child, log }
     }
 
@@ -93,17 +107,36 @@ impl Drop for Proc {
 pub fn train_small_checkpoint(registry: &Path, name: &str, extra: &[&str]) -> String {
     let report = registry.join(format!("report-{name}"));
     let mut cmd = Command::new(bin("trainer"));
-    cmd.args(["train", "--train-limit", "200", "--dev-limit", "100", "--test-limit", "50", "--epochs", "1"])
-        .args(["--baseline", "false", "--threads", "2", "--device", "cpu", "--model-name", name])
-        .arg("--registry")
-        .arg(registry)
-        .arg("--report-dir")
-        .arg(&report)
-        .arg("--data-dir")
-        .arg(data_dir())
-        .arg("--base-model")
-        .arg(base_model())
-        .args(extra);
+    cmd.args([
+        "train",
+        "--train-limit",
+        "200",
+        "--dev-limit",
+        "100",
+        "--test-limit",
+        "50",
+        "--epochs",
+        "1",
+    ])
+    .args([
+        "--baseline",
+        "false",
+        "--threads",
+        "2",
+        "--device",
+        "cpu",
+        "--model-name",
+        name,
+    ])
+    .arg("--registry")
+    .arg(registry)
+    .arg("--report-dir")
+    .arg(&report)
+    .arg("--data-dir")
+    .arg(data_dir())
+    .arg("--base-model")
+    .arg(base_model())
+    .args(extra);
     let out = cmd.output().expect("run trainer");
     assert!(
         out.status.success(),
@@ -112,7 +145,8 @@ pub fn train_small_checkpoint(registry: &Path, name: &str, extra: &[&str]) -> St
         String::from_utf8_lossy(&out.stderr)
     );
     let alias: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(registry.join(format!("models/{name}/aliases/latest.json"))).expect("alias written"),
+        &std::fs::read(registry.join(format!("models/{name}/aliases/latest.json")))
+            .expect("alias written"),
     )
     .expect("alias json");
     alias["version"].as_str().expect("version").to_string()
@@ -131,30 +165,67 @@ pub fn copy_version(registry: &Path, name: &str, from: &str, to: &str) {
         }
     }
     let mut manifest: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(src.join("manifest.json")).expect("manifest")).expect("json");
+        serde_json::from_slice(&std::fs::read(src.join("manifest.json")).expect("manifest"))
+            .expect("json");
     manifest["version"] = to.into();
-    std::fs::write(dst.join("manifest.json"), serde_json::to_vec_pretty(&manifest).expect("json")).expect("write");
+    std::fs::write(
+        dst.join("manifest.json"),
+        serde_json::to_vec_pretty(&manifest).expect("json"),
+    )
+    .expect("write");
 }
 
 /// Starts `predictor serve` on free ports; returns the process and its gRPC address.
-pub fn spawn_predictor(model: &str, extra: &[&str], env: &[(&str, String)], log: PathBuf) -> (Proc, String, u16) {
+pub fn spawn_predictor(
+    model: &str,
+    extra: &[&str],
+    env: &[(&str, String)],
+    log: PathBuf,
+) -> (Proc, String, u16) {
     let port = free_port();
     let metrics_port = free_port();
     let mut cmd = Command::new(bin("predictor"));
-    cmd.args(["serve", "--model", model, "--threads", "1", "--device", "cpu"])
-        .args(["--listen", &format!("127.0.0.1:{port}"), "--metrics-listen", &format!("127.0.0.1:{metrics_port}")])
-        .args(extra)
-        .env("RUST_LOG", "info");
+    cmd.args([
+        "serve",
+        "--model",
+        model,
+        "--threads",
+        "1",
+        "--device",
+        "cpu",
+    ])
+    .args([
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--metrics-listen",
+        &format!("127.0.0.1:{metrics_port}"),
+    ])
+    .args(extra)
+    .env("RUST_LOG", "info");
     for (k, v) in env {
         cmd.env(k, v);
     }
-    (Proc::spawn(cmd, log), format!("http://127.0.0.1:{port}"), metrics_port)
+    (
+        Proc::spawn(cmd, log),
+        format!("http://127.0.0.1:{port}"),
+        metrics_port,
+    )
 }
 
 pub async fn health_status(addr: &str, service: &str) -> Option<i32> {
-    let channel = Channel::from_shared(addr.to_string()).ok()?.connect().await.ok()?;
+    let channel = Channel::from_shared(addr.to_string())
+        .ok()?
+        .connect()
+        .await
+        .ok()?;
     let mut client = HealthClient::new(channel);
-    client.check(HealthCheckRequest { service: service.into() }).await.ok().map(|r| r.into_inner().status)
+    client
+        .check(HealthCheckRequest {
+            service: service.into(),
+        })
+        .await
+        .ok()
+        .map(|r| r.into_inner().status)
 }
 
 /// Waits until the predictor reports SERVING (panics with its log after `timeout`).
@@ -169,11 +240,16 @@ pub async fn wait_serving(proc: &mut Proc, addr: &str, timeout: Duration) -> Dur
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    panic!("predictor not SERVING after {timeout:?}:\n{}", proc.log_text());
+    panic!(
+        "predictor not SERVING after {timeout:?}:\n{}",
+        proc.log_text()
+    );
 }
 
 pub async fn client(addr: &str) -> PredictorClient<Channel> {
-    PredictorClient::connect(addr.to_string()).await.expect("connect predictor")
+    PredictorClient::connect(addr.to_string())
+        .await
+        .expect("connect predictor")
 }
 
 /// A real S3 server (s3s-fs) on 127.0.0.1 with one bucket.
@@ -193,11 +269,21 @@ impl S3Server {
         let bin = std::env::var("S3S_FS_BIN")
             .map(PathBuf::from)
             .unwrap_or_else(|_| workspace_root().join(".cache/tools/bin/s3s-fs"));
-        assert!(bin.exists(), "{} missing: run scripts/setup.sh --with-s3", bin.display());
+        assert!(
+            bin.exists(),
+            "{} missing: run scripts/setup.sh --with-s3",
+            bin.display()
+        );
         std::fs::create_dir_all(root.join(bucket)).expect("bucket dir");
         let port = free_port();
         let proc = Self::spawn(&bin, root, port);
-        let server = Self { proc, endpoint: format!("http://127.0.0.1:{port}"), root: root.to_path_buf(), bucket: bucket.into(), port };
+        let server = Self {
+            proc,
+            endpoint: format!("http://127.0.0.1:{port}"),
+            root: root.to_path_buf(),
+            bucket: bucket.into(),
+            port,
+        };
         server.wait_ready();
         server
     }
@@ -213,7 +299,11 @@ impl S3Server {
     fn wait_ready(&self) {
         let start = Instant::now();
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(start.elapsed() < Duration::from_secs(10), "s3s-fs did not start:\n{}", self.proc.log_text());
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "s3s-fs did not start:\n{}",
+                self.proc.log_text()
+            );
             std::thread::sleep(Duration::from_millis(25));
         }
     }
@@ -265,7 +355,11 @@ pub async fn upload_dir(store: &common::store::Store, dir: &Path) {
             if path.is_dir() {
                 walk(&path, base, out);
             } else {
-                let rel = path.strip_prefix(base).expect("prefix").to_string_lossy().to_string();
+                let rel = path
+                    .strip_prefix(base)
+                    .expect("prefix")
+                    .to_string_lossy()
+                    .to_string();
                 out.push((rel, path));
             }
         }
@@ -273,9 +367,20 @@ pub async fn upload_dir(store: &common::store::Store, dir: &Path) {
     let mut files = Vec::new();
     walk(dir, dir, &mut files);
     // Manifests and aliases last, as a publisher would.
-    files.sort_by_key(|(rel, _)| (rel.ends_with("manifest.json") || rel.contains("aliases/"), rel.clone()));
+    files.sort_by_key(|(rel, _)| {
+        (
+            rel.ends_with("manifest.json") || rel.contains("aliases/"),
+            rel.clone(),
+        )
+    });
     for (rel, path) in files {
-        store.put(&rel, bytes::Bytes::from(std::fs::read(&path).expect("read"))).await.expect("upload");
+        store
+            .put(
+                &rel,
+                bytes::Bytes::from(std::fs::read(&path).expect("read")),
+            )
+            .await
+            .expect("upload");
     }
 }
 

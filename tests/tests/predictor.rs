@@ -7,7 +7,9 @@ use common::checkpoint;
 use common::registry::Registry;
 use common::store::Store;
 use goemotions_tests::*;
-use proto::v1::{stream_classify_response::Outcome, ClassifyOptions, ClassifyRequest, StreamClassifyRequest};
+use proto::v1::{
+    stream_classify_response::Outcome, ClassifyOptions, ClassifyRequest, StreamClassifyRequest,
+};
 use tch::Device;
 use tonic::Code;
 
@@ -21,19 +23,33 @@ const TEXTS: [&str; 6] = [
 ];
 
 fn all_scores() -> Option<ClassifyOptions> {
-    Some(ClassifyOptions { top_k: 3, return_all_scores: true, threshold: None })
+    Some(ClassifyOptions {
+        top_k: 3,
+        return_all_scores: true,
+        threshold: None,
+    })
 }
 
 /// Scores computed in-process with the same checkpoint.
 async fn in_process_scores(version_dir: &std::path::Path, texts: &[&str]) -> Vec<Vec<f32>> {
     let store = Store::open(version_dir.to_str().unwrap()).unwrap();
-    let loaded = checkpoint::read(&store).await.unwrap().load_model(Device::Cpu).unwrap();
+    let loaded = checkpoint::read(&store)
+        .await
+        .unwrap()
+        .load_model(Device::Cpu)
+        .unwrap();
     texts
         .iter()
         .map(|t| {
             let e = loaded.tokenizer.encode(t).unwrap();
             let b = loaded.tokenizer.batch(&[&e], Device::Cpu);
-            Vec::<f32>::try_from(loaded.model.predict_proba(&b.input_ids, &b.attention_mask).flatten(0, -1)).unwrap()
+            Vec::<f32>::try_from(
+                loaded
+                    .model
+                    .predict_proba(&b.input_ids, &b.attention_mask)
+                    .flatten(0, -1),
+            )
+            .unwrap()
         })
         .collect()
 }
@@ -50,45 +66,73 @@ async fn unary_and_streaming_results_equal_the_in_process_model() {
     let dir = tempfile::tempdir().unwrap();
     let version = shared_registry(dir.path());
     let alias = dir.path().join("models/goemotions/aliases/latest");
-    let (mut proc, addr, _) = spawn_predictor(alias.to_str().unwrap(), &[], &[], dir.path().join("p.log"));
+    let (mut proc, addr, _) =
+        spawn_predictor(alias.to_str().unwrap(), &[], &[], dir.path().join("p.log"));
     wait_serving(&mut proc, &addr, Duration::from_secs(60)).await;
-    let expected = in_process_scores(&dir.path().join(format!("models/goemotions/versions/{version}")), &TEXTS).await;
+    let expected = in_process_scores(
+        &dir.path()
+            .join(format!("models/goemotions/versions/{version}")),
+        &TEXTS,
+    )
+    .await;
 
     let mut c = client(&addr).await;
     let response = c
-        .classify(ClassifyRequest { texts: TEXTS.iter().map(|t| t.to_string()).collect(), options: all_scores() })
+        .classify(ClassifyRequest {
+            texts: TEXTS.iter().map(|t| t.to_string()).collect(),
+            options: all_scores(),
+        })
         .await
         .unwrap()
         .into_inner();
     assert_eq!(response.model_version, version);
     assert_eq!(response.results.len(), TEXTS.len());
-    let info = c.get_model_info(proto::v1::GetModelInfoRequest {}).await.unwrap().into_inner();
+    let info = c
+        .get_model_info(proto::v1::GetModelInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(info.labels.len(), 28);
     assert_eq!(info.labels[27], "neutral");
     for (i, r) in response.results.iter().enumerate() {
         assert_close(&r.scores, &expected[i], TEXTS[i]);
         // Predicted labels are exactly those at or above their own threshold, highest first.
-        let passing: Vec<u32> =
-            (0..28).filter(|&j| r.scores[j] >= info.thresholds[j]).map(|j| j as u32).collect();
+        let passing: Vec<u32> = (0..28)
+            .filter(|&j| r.scores[j] >= info.thresholds[j])
+            .map(|j| j as u32)
+            .collect();
         let mut got: Vec<u32> = r.labels.iter().map(|l| l.id).collect();
         assert!(r.labels.windows(2).all(|w| w[0].score >= w[1].score));
         got.sort();
         assert_eq!(got, passing, "{}", TEXTS[i]);
         assert_eq!(r.top_k.len(), 3);
-        assert!(r.labels.iter().all(|l| l.name == info.labels[l.id as usize]));
+        assert!(r
+            .labels
+            .iter()
+            .all(|l| l.name == info.labels[l.id as usize]));
     }
 
     // Many in flight on one stream: every id answered once, with the right scores.
     let n = 120;
     let requests: Vec<StreamClassifyRequest> = (0..n)
-        .map(|i| StreamClassifyRequest { id: format!("id-{i}"), text: TEXTS[i % TEXTS.len()].into(), options: all_scores() })
+        .map(|i| StreamClassifyRequest {
+            id: format!("id-{i}"),
+            text: TEXTS[i % TEXTS.len()].into(),
+            options: all_scores(),
+        })
         .collect();
-    let mut stream = c.classify_stream(tokio_stream::iter(requests)).await.unwrap().into_inner();
+    let mut stream = c
+        .classify_stream(tokio_stream::iter(requests))
+        .await
+        .unwrap()
+        .into_inner();
     let mut seen = HashMap::new();
     while let Some(item) = stream.message().await.unwrap() {
         let i: usize = item.id.trim_start_matches("id-").parse().unwrap();
         match item.outcome {
-            Some(Outcome::Result(r)) => assert_close(&r.scores, &expected[i % TEXTS.len()], &item.id),
+            Some(Outcome::Result(r)) => {
+                assert_close(&r.scores, &expected[i % TEXTS.len()], &item.id)
+            }
             other => panic!("{}: {other:?}", item.id),
         }
         assert!(seen.insert(item.id, ()).is_none(), "duplicate id");
@@ -106,37 +150,84 @@ async fn health_reflection_and_metrics() {
     let dir = tempfile::tempdir().unwrap();
     // Not published yet: the predictor runs but is NOT_SERVING.
     let alias = dir.path().join("models/goemotions/aliases/latest");
-    let (mut proc, addr, metrics_port) =
-        spawn_predictor(alias.to_str().unwrap(), &["--poll-interval-secs", "0.2"], &[], dir.path().join("p.log"));
+    let (mut proc, addr, metrics_port) = spawn_predictor(
+        alias.to_str().unwrap(),
+        &["--poll-interval-secs", "0.2"],
+        &[],
+        dir.path().join("p.log"),
+    );
     let start = std::time::Instant::now();
     let status = loop {
         if let Some(s) = health_status(&addr, "goemotions.v1.Predictor").await {
             break s;
         }
-        assert!(start.elapsed() < Duration::from_secs(30), "{}", proc.log_text());
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{}",
+            proc.log_text()
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert_eq!(status, 2, "NOT_SERVING before a model exists");
-    let err = client(&addr).await.classify(ClassifyRequest { texts: vec!["hi".into()], options: None }).await.unwrap_err();
+    let err = client(&addr)
+        .await
+        .classify(ClassifyRequest {
+            texts: vec!["hi".into()],
+            options: None,
+        })
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::Unavailable);
 
     shared_registry(dir.path());
     wait_serving(&mut proc, &addr, Duration::from_secs(60)).await;
-    assert_eq!(health_status(&addr, "goemotions.v1.Predictor").await, Some(1));
+    assert_eq!(
+        health_status(&addr, "goemotions.v1.Predictor").await,
+        Some(1)
+    );
 
-    let channel = tonic::transport::Channel::from_shared(addr.clone()).unwrap().connect().await.unwrap();
+    let channel = tonic::transport::Channel::from_shared(addr.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
     let mut reflection = ServerReflectionClient::new(channel);
-    let request = ServerReflectionRequest { host: String::new(), message_request: Some(MessageRequest::ListServices(String::new())) };
-    let mut responses = reflection.server_reflection_info(tokio_stream::iter(vec![request])).await.unwrap().into_inner();
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = reflection
+        .server_reflection_info(tokio_stream::iter(vec![request]))
+        .await
+        .unwrap()
+        .into_inner();
     let response = responses.message().await.unwrap().unwrap();
-    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else { panic!("{response:?}") };
+    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+        panic!("{response:?}")
+    };
     let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
-    assert!(names.contains(&"goemotions.v1.Predictor".to_string()), "{names:?}");
-    assert!(names.contains(&"grpc.health.v1.Health".to_string()), "{names:?}");
+    assert!(
+        names.contains(&"goemotions.v1.Predictor".to_string()),
+        "{names:?}"
+    );
+    assert!(
+        names.contains(&"grpc.health.v1.Health".to_string()),
+        "{names:?}"
+    );
 
-    client(&addr).await.classify(ClassifyRequest { texts: vec!["hello".into()], options: None }).await.unwrap();
+    client(&addr)
+        .await
+        .classify(ClassifyRequest {
+            texts: vec!["hello".into()],
+            options: None,
+        })
+        .await
+        .unwrap();
     let body = reqwest_lite(metrics_port).await;
-    assert!(body.contains("predictor_requests_total{code=\"Ok\",method=\"Classify\"} 1"), "{body}");
+    assert!(
+        body.contains("predictor_requests_total{code=\"Ok\",method=\"Classify\"} 1"),
+        "{body}"
+    );
     assert!(body.contains("predictor_model_version{version="), "{body}");
     assert!(body.contains("predictor_batch_size_bucket"), "{body}");
 }
@@ -144,8 +235,12 @@ async fn health_reflection_and_metrics() {
 /// GET /metrics with a plain TCP request (no HTTP client dependency needed).
 async fn reqwest_lite(port: u16) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").await.unwrap();
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).await.unwrap();
     out
@@ -158,57 +253,142 @@ async fn limits_and_bad_input_get_documented_status_codes() {
     let alias = dir.path().join("models/goemotions/aliases/latest");
     let (mut proc, addr, _) = spawn_predictor(
         alias.to_str().unwrap(),
-        &["--max-texts-per-request", "4", "--max-text-bytes", "2000", "--auth-token", "s3cret"],
+        &[
+            "--max-texts-per-request",
+            "4",
+            "--max-text-bytes",
+            "2000",
+            "--auth-token",
+            "s3cret",
+        ],
         &[],
         dir.path().join("p.log"),
     );
     wait_serving(&mut proc, &addr, Duration::from_secs(60)).await;
-    let channel = tonic::transport::Channel::from_shared(addr.clone()).unwrap().connect().await.unwrap();
+    let channel = tonic::transport::Channel::from_shared(addr.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
     let mut anonymous = proto::v1::predictor_client::PredictorClient::new(channel.clone());
     let req = |texts: Vec<String>, options| ClassifyRequest { texts, options };
-    let err = anonymous.classify(req(vec!["hi".into()], None)).await.unwrap_err();
+    let err = anonymous
+        .classify(req(vec!["hi".into()], None))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated);
-    let mut c = proto::v1::predictor_client::PredictorClient::with_interceptor(channel, |mut r: tonic::Request<()>| {
-        r.metadata_mut().insert("authorization", "Bearer s3cret".parse().unwrap());
-        Ok(r)
-    });
+    let mut c = proto::v1::predictor_client::PredictorClient::with_interceptor(
+        channel,
+        |mut r: tonic::Request<()>| {
+            r.metadata_mut()
+                .insert("authorization", "Bearer s3cret".parse().unwrap());
+            Ok(r)
+        },
+    );
 
-    let err = c.classify(req(vec!["a".into(); 5], None)).await.unwrap_err();
+    let err = c
+        .classify(req(vec!["a".into(); 5], None))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(err.message().contains("limit is 4"), "{}", err.message());
 
-    let err = c.classify(req(vec!["x".repeat(2001)], None)).await.unwrap_err();
+    let err = c
+        .classify(req(vec!["x".repeat(2001)], None))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
-    assert!(err.message().contains("2001 bytes") && err.message().contains("2000"), "{}", err.message());
+    assert!(
+        err.message().contains("2001 bytes") && err.message().contains("2000"),
+        "{}",
+        err.message()
+    );
 
-    let bad = Some(ClassifyOptions { top_k: 0, return_all_scores: false, threshold: Some(1.5) });
-    assert_eq!(c.classify(req(vec!["a".into()], bad)).await.unwrap_err().code(), Code::InvalidArgument);
-    let bad = Some(ClassifyOptions { top_k: 29, return_all_scores: false, threshold: None });
-    assert_eq!(c.classify(req(vec!["a".into()], bad)).await.unwrap_err().code(), Code::InvalidArgument);
+    let bad = Some(ClassifyOptions {
+        top_k: 0,
+        return_all_scores: false,
+        threshold: Some(1.5),
+    });
+    assert_eq!(
+        c.classify(req(vec!["a".into()], bad))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::InvalidArgument
+    );
+    let bad = Some(ClassifyOptions {
+        top_k: 29,
+        return_all_scores: false,
+        threshold: None,
+    });
+    assert_eq!(
+        c.classify(req(vec!["a".into()], bad))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::InvalidArgument
+    );
 
     // Empty text: a defined, empty answer. Long text: truncated to max length and reported.
     let long = "so happy and grateful today ".repeat(60);
-    let r = c.classify(req(vec!["   ".into(), long, "fine".into()], all_scores())).await.unwrap().into_inner();
-    assert!(r.results[0].labels.is_empty() && r.results[0].scores.is_empty() && r.results[0].num_tokens == 0);
-    assert!(r.results[1].truncated && r.results[1].num_tokens == 128, "{:?}", r.results[1]);
+    let r = c
+        .classify(req(vec!["   ".into(), long, "fine".into()], all_scores()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        r.results[0].labels.is_empty()
+            && r.results[0].scores.is_empty()
+            && r.results[0].num_tokens == 0
+    );
+    assert!(
+        r.results[1].truncated && r.results[1].num_tokens == 128,
+        "{:?}",
+        r.results[1]
+    );
     assert!(!r.results[2].truncated && r.results[2].scores.len() == 28);
 
     // A global threshold override changes which labels pass.
-    let low = Some(ClassifyOptions { top_k: 1, return_all_scores: true, threshold: Some(0.01) });
-    let r = c.classify(req(vec!["fine".into()], low)).await.unwrap().into_inner();
-    assert_eq!(r.results[0].labels.len(), r.results[0].scores.iter().filter(|&&s| s >= 0.01).count());
+    let low = Some(ClassifyOptions {
+        top_k: 1,
+        return_all_scores: true,
+        threshold: Some(0.01),
+    });
+    let r = c
+        .classify(req(vec!["fine".into()], low))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        r.results[0].labels.len(),
+        r.results[0].scores.iter().filter(|&&s| s >= 0.01).count()
+    );
 
     // Per-item errors on a stream leave the stream open.
     let items = vec![
-        StreamClassifyRequest { id: "too-long".into(), text: "y".repeat(3000), options: None },
-        StreamClassifyRequest { id: "ok".into(), text: "great!".into(), options: None },
+        StreamClassifyRequest {
+            id: "too-long".into(),
+            text: "y".repeat(3000),
+            options: None,
+        },
+        StreamClassifyRequest {
+            id: "ok".into(),
+            text: "great!".into(),
+            options: None,
+        },
     ];
-    let mut s = c.classify_stream(tokio_stream::iter(items)).await.unwrap().into_inner();
+    let mut s = c
+        .classify_stream(tokio_stream::iter(items))
+        .await
+        .unwrap()
+        .into_inner();
     let mut outcomes = HashMap::new();
     while let Some(m) = s.message().await.unwrap() {
         outcomes.insert(m.id.clone(), m.outcome.unwrap());
     }
-    assert!(matches!(&outcomes["too-long"], Outcome::Error(e) if e.code == Code::InvalidArgument as i32));
+    assert!(
+        matches!(&outcomes["too-long"], Outcome::Error(e) if e.code == Code::InvalidArgument as i32)
+    );
     assert!(matches!(&outcomes["ok"], Outcome::Result(_)));
 }
 
@@ -219,7 +399,14 @@ async fn full_queue_answers_resource_exhausted() {
     let alias = dir.path().join("models/goemotions/aliases/latest");
     let (mut proc, addr, _) = spawn_predictor(
         alias.to_str().unwrap(),
-        &["--queue-capacity", "2", "--max-batch-size", "1", "--max-texts-per-request", "64"],
+        &[
+            "--queue-capacity",
+            "2",
+            "--max-batch-size",
+            "1",
+            "--max-texts-per-request",
+            "64",
+        ],
         &[],
         dir.path().join("p.log"),
     );
@@ -229,17 +416,38 @@ async fn full_queue_answers_resource_exhausted() {
     let calls = (0..8).map(|_| {
         let mut c = c.clone();
         let texts = vec![long.clone(); 16];
-        tokio::spawn(async move { c.classify(ClassifyRequest { texts, options: None }).await.map(|_| ()) })
+        tokio::spawn(async move {
+            c.classify(ClassifyRequest {
+                texts,
+                options: None,
+            })
+            .await
+            .map(|_| ())
+        })
     });
     let results = futures::future::join_all(calls).await;
-    let codes: Vec<Code> = results.into_iter().map(|r| r.unwrap().err().map(|s| s.code()).unwrap_or(Code::Ok)).collect();
+    let codes: Vec<Code> = results
+        .into_iter()
+        .map(|r| r.unwrap().err().map(|s| s.code()).unwrap_or(Code::Ok))
+        .collect();
     assert!(codes.contains(&Code::ResourceExhausted), "{codes:?}");
-    assert!(codes.iter().all(|c| matches!(c, Code::Ok | Code::ResourceExhausted)), "{codes:?}");
+    assert!(
+        codes
+            .iter()
+            .all(|c| matches!(c, Code::Ok | Code::ResourceExhausted)),
+        "{codes:?}"
+    );
     // The predictor recovers once the queue drains (texts of rejected requests are skipped).
     let mut c = client(&addr).await;
     let mut recovered = false;
     for _ in 0..100 {
-        if c.classify(ClassifyRequest { texts: vec!["fine".into()], options: None }).await.is_ok() {
+        if c.classify(ClassifyRequest {
+            texts: vec!["fine".into()],
+            options: None,
+        })
+        .await
+        .is_ok()
+        {
             recovered = true;
             break;
         }
@@ -254,8 +462,12 @@ async fn hot_reload_under_streaming_load_and_corrupt_versions_refused() {
     let v1 = shared_registry(dir.path());
     let registry = Registry::open(dir.path().to_str().unwrap()).unwrap();
     let alias = dir.path().join("models/goemotions/aliases/latest");
-    let (mut proc, addr, _) =
-        spawn_predictor(alias.to_str().unwrap(), &["--poll-interval-secs", "0.2"], &[], dir.path().join("p.log"));
+    let (mut proc, addr, _) = spawn_predictor(
+        alias.to_str().unwrap(),
+        &["--poll-interval-secs", "0.2"],
+        &[],
+        dir.path().join("p.log"),
+    );
     wait_serving(&mut proc, &addr, Duration::from_secs(60)).await;
 
     // Continuous load: 3 streams sending texts until told to stop.
@@ -269,7 +481,11 @@ async fn hot_reload_under_streaming_load_and_corrupt_versions_refused() {
             let producer = tokio::spawn(async move {
                 let mut i = 0;
                 while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-                    let item = StreamClassifyRequest { id: format!("{s}-{i}"), text: TEXTS[i % TEXTS.len()].into(), options: None };
+                    let item = StreamClassifyRequest {
+                        id: format!("{s}-{i}"),
+                        text: TEXTS[i % TEXTS.len()].into(),
+                        options: None,
+                    };
                     if tx.send(item).await.is_err() {
                         break;
                     }
@@ -278,7 +494,11 @@ async fn hot_reload_under_streaming_load_and_corrupt_versions_refused() {
                 }
                 i
             });
-            let mut stream = c.classify_stream(tokio_stream::wrappers::ReceiverStream::new(rx)).await.unwrap().into_inner();
+            let mut stream = c
+                .classify_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+                .await
+                .unwrap()
+                .into_inner();
             let mut versions = HashMap::<String, usize>::new();
             let mut failures = Vec::new();
             while let Some(m) = stream.message().await.expect("stream must not fail") {
@@ -293,13 +513,25 @@ async fn hot_reload_under_streaming_load_and_corrupt_versions_refused() {
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     copy_version(dir.path(), "goemotions", &v1, "v2-same-weights");
-    registry.set_alias("goemotions", "latest", "v2-same-weights", Some(Some(v1.clone()))).await.unwrap();
+    registry
+        .set_alias(
+            "goemotions",
+            "latest",
+            "v2-same-weights",
+            Some(Some(v1.clone())),
+        )
+        .await
+        .unwrap();
     let mut c = client(&addr).await;
     let wait_version = |want: &'static str| {
         let mut c = c.clone();
         async move {
             for _ in 0..200 {
-                let info = c.get_model_info(proto::v1::GetModelInfoRequest {}).await.unwrap().into_inner();
+                let info = c
+                    .get_model_info(proto::v1::GetModelInfoRequest {})
+                    .await
+                    .unwrap()
+                    .into_inner();
                 if info.version == want {
                     return;
                 }
@@ -313,25 +545,45 @@ async fn hot_reload_under_streaming_load_and_corrupt_versions_refused() {
 
     // A corrupt version: the weights do not match the manifest's sha256. It is refused and v2 stays.
     copy_version(dir.path(), "goemotions", &v1, "v3-corrupt");
-    let weights = dir.path().join("models/goemotions/versions/v3-corrupt/model.safetensors");
+    let weights = dir
+        .path()
+        .join("models/goemotions/versions/v3-corrupt/model.safetensors");
     let mut bytes = std::fs::read(&weights).unwrap();
     let n = bytes.len();
     bytes[n - 10] ^= 0xff;
     std::fs::write(&weights, bytes).unwrap();
-    registry.set_alias("goemotions", "latest", "v3-corrupt", None).await.unwrap();
+    registry
+        .set_alias("goemotions", "latest", "v3-corrupt", None)
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let info = c.get_model_info(proto::v1::GetModelInfoRequest {}).await.unwrap().into_inner();
+    let info = c
+        .get_model_info(proto::v1::GetModelInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(info.version, "v2-same-weights");
     let log = proc.log_text();
-    assert!(log.contains("sha256 mismatch") && log.contains("model.safetensors"), "{log}");
-    c.classify(ClassifyRequest { texts: vec!["still serving".into()], options: None }).await.unwrap();
+    assert!(
+        log.contains("sha256 mismatch") && log.contains("model.safetensors"),
+        "{log}"
+    );
+    c.classify(ClassifyRequest {
+        texts: vec!["still serving".into()],
+        options: None,
+    })
+    .await
+    .unwrap();
 
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     let mut total = 0;
     let mut all_versions = HashMap::new();
     for l in loaders {
         let (sent, versions, failures) = l.await.unwrap();
-        assert!(failures.is_empty(), "failed items during reload: {failures:?}");
+        assert!(
+            failures.is_empty(),
+            "failed items during reload: {failures:?}"
+        );
         let answered: usize = versions.values().sum();
         assert_eq!(answered, sent, "every text sent got a result");
         total += answered;
@@ -340,7 +592,10 @@ async fn hot_reload_under_streaming_load_and_corrupt_versions_refused() {
         }
     }
     assert!(total > 50, "load was continuous ({total} texts)");
-    assert!(all_versions.contains_key(&v1) && all_versions.contains_key("v2-same-weights"), "{all_versions:?}");
+    assert!(
+        all_versions.contains_key(&v1) && all_versions.contains_key("v2-same-weights"),
+        "{all_versions:?}"
+    );
     assert!(!all_versions.contains_key("v3-corrupt"));
 }
 
@@ -349,14 +604,25 @@ async fn sigterm_drains_in_flight_stream_then_exits() {
     let dir = tempfile::tempdir().unwrap();
     shared_registry(dir.path());
     let alias = dir.path().join("models/goemotions/aliases/latest");
-    let (mut proc, addr, _) = spawn_predictor(alias.to_str().unwrap(), &[], &[], dir.path().join("p.log"));
+    let (mut proc, addr, _) =
+        spawn_predictor(alias.to_str().unwrap(), &[], &[], dir.path().join("p.log"));
     wait_serving(&mut proc, &addr, Duration::from_secs(60)).await;
     let mut c = client(&addr).await;
     let (tx, rx) = tokio::sync::mpsc::channel(64);
-    let mut stream = c.classify_stream(tokio_stream::wrappers::ReceiverStream::new(rx)).await.unwrap().into_inner();
+    let mut stream = c
+        .classify_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
     let long = "I can't believe how amazing this turned out, thank you all ".repeat(4);
     for i in 0..40 {
-        tx.send(StreamClassifyRequest { id: i.to_string(), text: long.clone(), options: None }).await.unwrap();
+        tx.send(StreamClassifyRequest {
+            id: i.to_string(),
+            text: long.clone(),
+            options: None,
+        })
+        .await
+        .unwrap();
     }
     // Wait for the first result so the stream is surely in flight, then SIGTERM.
     let first = stream.message().await.unwrap().unwrap();
@@ -367,7 +633,9 @@ async fn sigterm_drains_in_flight_stream_then_exits() {
         answered += 1;
     }
     drop(tx);
-    let status = proc.wait_timeout(Duration::from_secs(30)).expect("predictor exits after draining");
+    let status = proc
+        .wait_timeout(Duration::from_secs(30))
+        .expect("predictor exits after draining");
     assert!(status.success(), "{status}\n{}", proc.log_text());
     assert!(answered >= 1, "in-flight texts answered");
     // Every text the server had read was answered before the stream closed.
@@ -383,13 +651,20 @@ async fn serves_a_checkpoint_from_a_real_s3_server() {
     s3.export_env();
     let root = Store::open(&s3.uri("registry")).unwrap();
     upload_dir(&root, &dir.path().join("local")).await;
-    let (mut proc, addr, _) =
-        spawn_predictor(&s3.uri("registry/models/goemotions/aliases/latest"), &[], &s3.env(), dir.path().join("p.log"));
+    let (mut proc, addr, _) = spawn_predictor(
+        &s3.uri("registry/models/goemotions/aliases/latest"),
+        &[],
+        &s3.env(),
+        dir.path().join("p.log"),
+    );
     let cold_start = wait_serving(&mut proc, &addr, Duration::from_secs(60)).await;
     eprintln!("cold start from S3 to SERVING: {cold_start:?}");
     let r = client(&addr)
         .await
-        .classify(ClassifyRequest { texts: vec![TEXTS[0].into()], options: all_scores() })
+        .classify(ClassifyRequest {
+            texts: vec![TEXTS[0].into()],
+            options: all_scores(),
+        })
         .await
         .unwrap()
         .into_inner();

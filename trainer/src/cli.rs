@@ -8,7 +8,11 @@ use crate::train::{PosWeight, TrainConfig};
 #[derive(Args, Debug, Clone)]
 pub struct DataArgs {
     /// Folder with train.tsv, dev.tsv, test.tsv, emotions.txt, ekman_mapping.json, sentiment_dict.json.
-    #[arg(long, env = "GOEMOTIONS_DATA_DIR", default_value = ".cache/data/goemotions")]
+    #[arg(
+        long,
+        env = "GOEMOTIONS_DATA_DIR",
+        default_value = ".cache/data/goemotions"
+    )]
     pub data_dir: PathBuf,
     /// Use a stratified subsample (by labels per example) of this many training examples.
     #[arg(long, env = "GOEMOTIONS_TRAIN_LIMIT")]

@@ -52,7 +52,10 @@ pub enum JobError {
     #[error("publishing failed: {0}")]
     Registry(#[from] registry::RegistryError),
     #[error("writing report to {path}: {source}")]
-    Report { path: String, source: std::io::Error },
+    Report {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 pub struct JobOutput {
@@ -77,8 +80,10 @@ impl Dataset {
         let mut splits = Vec::new();
         for (split, limit) in data::SPLITS.iter().zip(limits) {
             let path = data::split_path(dir, split);
-            let bytes = std::fs::read(&path)
-                .map_err(|source| data::DataError::Io { path: path.display().to_string(), source })?;
+            let bytes = std::fs::read(&path).map_err(|source| data::DataError::Io {
+                path: path.display().to_string(),
+                source,
+            })?;
             sha256.insert(format!("{split}.tsv"), common::sha256_hex(&bytes));
             let all = data::load_split(&path, labels.len())?;
             splits.push(match limit {
@@ -89,7 +94,13 @@ impl Dataset {
         let test = splits.pop().unwrap_or_default();
         let dev = splits.pop().unwrap_or_default();
         let train = splits.pop().unwrap_or_default();
-        Ok(Self { labels, train, dev, test, sha256 })
+        Ok(Self {
+            labels,
+            train,
+            dev,
+            test,
+            sha256,
+        })
     }
 }
 
@@ -103,15 +114,23 @@ impl StateSink {
     pub const META: &'static str = "state.json";
 
     pub async fn load(&self) -> Result<Option<ResumeState>, JobError> {
-        let Some((meta, _)) = self.store.get_opt(Self::META).await? else { return Ok(None) };
+        let Some((meta, _)) = self.store.get_opt(Self::META).await? else {
+            return Ok(None);
+        };
         let tensors = self.store.get(Self::TENSORS).await?;
         Ok(Some(ResumeState::decode(&tensors, &meta)?))
     }
 
     pub async fn save(&self, state: &ResumeState) -> Result<(), String> {
         let (tensors, meta) = state.encode().map_err(|e| e.to_string())?;
-        self.store.put(Self::TENSORS, Bytes::from(tensors)).await.map_err(|e| e.to_string())?;
-        self.store.put(Self::META, Bytes::from(meta)).await.map_err(|e| e.to_string())
+        self.store
+            .put(Self::TENSORS, Bytes::from(tensors))
+            .await
+            .map_err(|e| e.to_string())?;
+        self.store
+            .put(Self::META, Bytes::from(meta))
+            .await
+            .map_err(|e| e.to_string())
     }
 }
 
@@ -123,7 +142,11 @@ pub fn run(
     resume: Option<ResumeState>,
 ) -> Result<JobOutput, JobError> {
     let seed = spec.train.seed;
-    let data = Dataset::load(&spec.data_dir, [spec.train_limit, spec.dev_limit, spec.test_limit], seed)?;
+    let data = Dataset::load(
+        &spec.data_dir,
+        [spec.train_limit, spec.dev_limit, spec.test_limit],
+        seed,
+    )?;
     tracing::info!(
         train = data.train.len(),
         dev = data.dev.len(),
@@ -133,7 +156,16 @@ pub fn run(
     );
     let base = handle.block_on(checkpoint::read_base(&Store::open(&spec.base_model)?))?;
     let (model, tokenizer) = train::build_model(&base, &data.labels, &spec.train, spec.device)?;
-    let outcome = train::fine_tune(model, tokenizer, &data.train, &data.dev, &data.labels, &spec.train, resume, observer)?;
+    let outcome = train::fine_tune(
+        model,
+        tokenizer,
+        &data.train,
+        &data.dev,
+        &data.labels,
+        &spec.train,
+        resume,
+        observer,
+    )?;
 
     // Test evaluation.
     observer.phase(Phase::Evaluating);
@@ -141,8 +173,16 @@ pub fn run(
     let test_texts: Vec<&str> = data.test.iter().map(|e| e.text.as_str()).collect();
     let test_targets = train::targets(&data.test, l);
     let started = Instant::now();
-    let encoded = outcome.tokenizer.encode_all(&test_texts).map_err(TrainError::from)?;
-    let test_scores = train::score(&outcome.model, &outcome.tokenizer, &encoded, spec.train.eval_batch_size);
+    let encoded = outcome
+        .tokenizer
+        .encode_all(&test_texts)
+        .map_err(TrainError::from)?;
+    let test_scores = train::score(
+        &outcome.model,
+        &outcome.tokenizer,
+        &encoded,
+        spec.train.eval_batch_size,
+    );
     let infer_rate = data.test.len() as f64 / started.elapsed().as_secs_f64().max(1e-9);
     let fine_tuned = ModelResults::evaluate(
         "fine-tuned",
@@ -155,15 +195,29 @@ pub fn run(
         outcome.samples_per_second,
         infer_rate,
     );
-    let baseline = spec.run_baseline.then(|| run_baseline(&data, &test_targets));
+    let baseline = spec
+        .run_baseline
+        .then(|| run_baseline(&data, &test_targets));
 
-    let version = spec.version.clone().unwrap_or_else(registry::new_version_id);
+    let version = spec
+        .version
+        .clone()
+        .unwrap_or_else(registry::new_version_id);
     let dev_targets = train::targets(&data.dev, l);
-    let dev_eval = common::metrics::evaluate(&outcome.dev_scores, &dev_targets, &data.labels, &outcome.thresholds);
+    let dev_eval = common::metrics::evaluate(
+        &outcome.dev_scores,
+        &dev_targets,
+        &data.labels,
+        &outcome.thresholds,
+    );
     let mut metrics = BTreeMap::new();
     metrics.insert("dev.macro_f1.per_label".into(), dev_eval.macro_f1);
     metrics.insert("dev.micro_f1.per_label".into(), dev_eval.micro_f1);
-    for (key, e) in [("half", &fine_tuned.at_half), ("global", &fine_tuned.at_global), ("per_label", &fine_tuned.at_per_label)] {
+    for (key, e) in [
+        ("half", &fine_tuned.at_half),
+        ("global", &fine_tuned.at_global),
+        ("per_label", &fine_tuned.at_per_label),
+    ] {
         metrics.insert(format!("test.macro_f1.{key}"), e.macro_f1);
         metrics.insert(format!("test.micro_f1.{key}"), e.micro_f1);
     }
@@ -187,15 +241,24 @@ pub fn run(
         baseline,
     };
     if let Some(dir) = &spec.report_dir {
-        report.write(dir).map_err(|source| JobError::Report { path: dir.display().to_string(), source })?;
+        report.write(dir).map_err(|source| JobError::Report {
+            path: dir.display().to_string(),
+            source,
+        })?;
         tracing::info!(path = %dir.join("report.md").display(), "report written");
     }
 
     // Publish: every file first, the manifest last, then the alias.
     observer.phase(Phase::Publishing);
     let mut files = vec![
-        (CONFIG.to_string(), Bytes::from(outcome.model.config().to_json())),
-        (WEIGHTS.to_string(), Bytes::from(outcome.model.to_safetensors().map_err(TrainError::from)?)),
+        (
+            CONFIG.to_string(),
+            Bytes::from(outcome.model.config().to_json()),
+        ),
+        (
+            WEIGHTS.to_string(),
+            Bytes::from(outcome.model.to_safetensors().map_err(TrainError::from)?),
+        ),
         (TOKENIZER.to_string(), base.files[TOKENIZER].clone()),
     ];
     for extra in TOKENIZER_EXTRAS {

@@ -13,7 +13,11 @@ use trainer::report::{ModelResults, Report};
 use trainer::train::{self, EpochRecord, Observer, Progress};
 
 #[derive(Parser)]
-#[command(name = "trainer", version, about = "Fine-tunes BERT encoders on GoEmotions and publishes checkpoints")]
+#[command(
+    name = "trainer",
+    version,
+    about = "Fine-tunes BERT encoders on GoEmotions and publishes checkpoints"
+)]
 struct Cli {
     /// Log format: text or json.
     #[arg(long, env = "LOG_FORMAT", default_value = "text", global = true)]
@@ -45,10 +49,18 @@ struct ServeCmd {
     #[arg(long, env = "GOEMOTIONS_REGISTRY", default_value = "output/registry")]
     registry: String,
     /// Default base encoder for jobs that name none.
-    #[arg(long, env = "GOEMOTIONS_BASE_MODEL", default_value = ".cache/models/all-MiniLM-L6-v2")]
+    #[arg(
+        long,
+        env = "GOEMOTIONS_BASE_MODEL",
+        default_value = ".cache/models/all-MiniLM-L6-v2"
+    )]
     base_model: String,
     /// Default data folder for jobs that name none.
-    #[arg(long, env = "GOEMOTIONS_DATA_DIR", default_value = ".cache/data/goemotions")]
+    #[arg(
+        long,
+        env = "GOEMOTIONS_DATA_DIR",
+        default_value = ".cache/data/goemotions"
+    )]
     data_dir: PathBuf,
     #[command(flatten)]
     device: DeviceArgs,
@@ -71,7 +83,11 @@ struct TrainCmd {
     #[command(flatten)]
     hyper: HyperArgs,
     /// Base encoder: a Hugging Face model folder or object-store URI with config.json, model.safetensors, tokenizer.json.
-    #[arg(long, env = "GOEMOTIONS_BASE_MODEL", default_value = ".cache/models/all-MiniLM-L6-v2")]
+    #[arg(
+        long,
+        env = "GOEMOTIONS_BASE_MODEL",
+        default_value = ".cache/models/all-MiniLM-L6-v2"
+    )]
     base_model: String,
     /// Registry root (file:///path, a path, or s3://bucket/prefix).
     #[arg(long, env = "GOEMOTIONS_REGISTRY", default_value = "output/registry")]
@@ -128,7 +144,11 @@ struct BenchCmd {
     #[command(flatten)]
     hyper: HyperArgs,
     /// Base encoder folder or URI.
-    #[arg(long, env = "GOEMOTIONS_BASE_MODEL", default_value = ".cache/models/all-MiniLM-L6-v2")]
+    #[arg(
+        long,
+        env = "GOEMOTIONS_BASE_MODEL",
+        default_value = ".cache/models/all-MiniLM-L6-v2"
+    )]
     base_model: String,
     /// Optimizer steps to time (after 3 warm-up steps).
     #[arg(long, default_value_t = 30)]
@@ -147,9 +167,11 @@ impl BarObserver {
     fn new() -> Self {
         let bar = ProgressBar::new(0);
         bar.set_style(
-            ProgressStyle::with_template("{spinner} epoch {prefix} [{bar:30}] {pos}/{len} steps {msg} ETA {eta}")
-                .expect("template")
-                .progress_chars("=> "),
+            ProgressStyle::with_template(
+                "{spinner} epoch {prefix} [{bar:30}] {pos}/{len} steps {msg} ETA {eta}",
+            )
+            .expect("template")
+            .progress_chars("=> "),
         );
         Self { bar }
     }
@@ -174,8 +196,11 @@ impl Observer for BarObserver {
 }
 
 fn init_logging(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if format == "json" {
         builder.json().init();
     } else {
@@ -186,7 +211,10 @@ fn init_logging(format: &str) {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_logging(&cli.log_format);
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
     match cli.command {
         Command::Train(cmd) => train_cmd(cmd, runtime.handle()),
         Command::Eval(cmd) => eval_cmd(cmd, runtime.handle()),
@@ -239,7 +267,9 @@ fn eval_cmd(cmd: EvalCmd, handle: &tokio::runtime::Handle) -> anyhow::Result<()>
     let device = cmd.device.init()?;
     let reference = ModelRef::parse(&cmd.checkpoint)?;
     let (store, _) = handle.block_on(reference.resolve())?;
-    let ck = handle.block_on(checkpoint::read(&store)).with_context(|| format!("reading {}", store.uri()))?;
+    let ck = handle
+        .block_on(checkpoint::read(&store))
+        .with_context(|| format!("reading {}", store.uri()))?;
     let loaded = ck.load_model(device)?;
     let limits = match cmd.split.as_str() {
         "train" => [cmd.data.train_limit, Some(1), Some(1)],
@@ -301,7 +331,15 @@ fn eval_cmd(cmd: EvalCmd, handle: &tokio::runtime::Handle) -> anyhow::Result<()>
 }
 
 fn baseline_cmd(cmd: BaselineCmd) -> anyhow::Result<()> {
-    let data = Dataset::load(&cmd.data.data_dir, [cmd.data.train_limit, cmd.data.dev_limit, cmd.data.test_limit], 42)?;
+    let data = Dataset::load(
+        &cmd.data.data_dir,
+        [
+            cmd.data.train_limit,
+            cmd.data.dev_limit,
+            cmd.data.test_limit,
+        ],
+        42,
+    )?;
     let targets = train::targets(&data.test, data.labels.len());
     let results = job::run_baseline(&data, &targets);
     println!(
@@ -332,10 +370,17 @@ fn baseline_cmd(cmd: BaselineCmd) -> anyhow::Result<()> {
 
 fn bench_cmd(cmd: BenchCmd, handle: &tokio::runtime::Handle) -> anyhow::Result<()> {
     let device = cmd.device.init()?;
-    let data = Dataset::load(&cmd.data.data_dir, [cmd.data.train_limit, Some(64), Some(1)], 42)?;
-    let base = handle.block_on(checkpoint::read_base(&common::store::Store::open(&cmd.base_model)?))?;
+    let data = Dataset::load(
+        &cmd.data.data_dir,
+        [cmd.data.train_limit, Some(64), Some(1)],
+        42,
+    )?;
+    let base = handle.block_on(checkpoint::read_base(&common::store::Store::open(
+        &cmd.base_model,
+    )?))?;
     let mut cfg = cmd.hyper.config();
-    let report = trainer::train::throughput(&base, &data, &mut cfg, device, cmd.steps, !cmd.no_bucketing)?;
+    let report =
+        trainer::train::throughput(&base, &data, &mut cfg, device, cmd.steps, !cmd.no_bucketing)?;
     println!(
         "rust-tch train: {:.1} samples/s over {} steps (batch {}, max-len {}, threads {}, bucketing {}, device {})",
         report.samples_per_second,
@@ -362,10 +407,15 @@ async fn serve_cmd(cmd: ServeCmd) -> anyhow::Result<()> {
         state_every_steps: cmd.state_every_steps,
         report_root: cmd.report_root,
     })?;
-    service.recover().await.map_err(|s| anyhow::anyhow!("reading job records: {}", s.message()))?;
+    service
+        .recover()
+        .await
+        .map_err(|s| anyhow::anyhow!("reading job records: {}", s.message()))?;
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_service_status("", ServingStatus::Serving).await;
-    health.set_service_status("goemotions.v1.Trainer", ServingStatus::Serving).await;
+    health
+        .set_service_status("goemotions.v1.Trainer", ServingStatus::Serving)
+        .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(proto::v1::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)

@@ -21,7 +21,17 @@ impl AdamW {
         let exp_avg = params.iter().map(|(p, _)| p.zeros_like()).collect();
         let exp_avg_sq = params.iter().map(|(p, _)| p.zeros_like()).collect();
         let (params, decay) = params.into_iter().unzip();
-        Self { params, decay, exp_avg, exp_avg_sq, step: 0, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay }
+        Self {
+            params,
+            decay,
+            exp_avg,
+            exp_avg_sq,
+            step: 0,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay,
+        }
     }
 
     pub fn zero_grad(&mut self) {
@@ -33,8 +43,13 @@ impl AdamW {
     /// Scales gradients so their global L2 norm is at most `max_norm`; returns the norm before clipping.
     pub fn clip_grad_norm(&mut self, max_norm: f64) -> f64 {
         tch::no_grad(|| {
-            let norms: Vec<Tensor> =
-                self.params.iter().map(|p| p.grad()).filter(|g| g.defined()).map(|g| g.norm()).collect();
+            let norms: Vec<Tensor> = self
+                .params
+                .iter()
+                .map(|p| p.grad())
+                .filter(|g| g.defined())
+                .map(|g| g.norm())
+                .collect();
             if norms.is_empty() {
                 return 0.0;
             }
@@ -94,12 +109,20 @@ impl AdamW {
 
     pub fn load_state(&mut self, step: i64, tensors: &[(String, Tensor)]) -> Result<(), String> {
         let find = |name: &str| {
-            tensors.iter().find(|(n, _)| n == name).map(|(_, t)| t).ok_or_else(|| format!("optimizer state lacks {name}"))
+            tensors
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, t)| t)
+                .ok_or_else(|| format!("optimizer state lacks {name}"))
         };
         tch::no_grad(|| -> Result<(), String> {
             for i in 0..self.params.len() {
-                self.exp_avg[i].shallow_clone().copy_(&find(&format!("exp_avg.{i}"))?.to_kind(Kind::Float));
-                self.exp_avg_sq[i].shallow_clone().copy_(&find(&format!("exp_avg_sq.{i}"))?.to_kind(Kind::Float));
+                self.exp_avg[i]
+                    .shallow_clone()
+                    .copy_(&find(&format!("exp_avg.{i}"))?.to_kind(Kind::Float));
+                self.exp_avg_sq[i]
+                    .shallow_clone()
+                    .copy_(&find(&format!("exp_avg_sq.{i}"))?.to_kind(Kind::Float));
             }
             Ok(())
         })?;
@@ -152,7 +175,9 @@ mod tests {
     fn clipping_bounds_the_global_norm() {
         let w = Tensor::from_slice(&[0.0f32, 0.0]).set_requires_grad(true);
         let mut opt = AdamW::new(vec![(w.shallow_clone(), false)], 0.0);
-        (&w * Tensor::from_slice(&[3.0f32, 4.0])).sum(Kind::Float).backward();
+        (&w * Tensor::from_slice(&[3.0f32, 4.0]))
+            .sum(Kind::Float)
+            .backward();
         let before = opt.clip_grad_norm(1.0);
         assert!((before - 5.0).abs() < 1e-6);
         let after = w.grad().norm().double_value(&[]);

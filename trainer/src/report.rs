@@ -81,7 +81,10 @@ impl Report {
             self.split,
             self.examples,
             self.created_at,
-            self.model_version.as_ref().map(|v| format!(", model version `{v}`")).unwrap_or_default(),
+            self.model_version
+                .as_ref()
+                .map(|v| format!(", model version `{v}`"))
+                .unwrap_or_default(),
             self.device
         );
         let _ = writeln!(out, "## Overall\n");
@@ -92,7 +95,11 @@ impl Report {
         let mut header = vec!["metric".to_string()];
         let mut sep = vec!["---".to_string()];
         for m in &models {
-            for (label, t) in [("0.5", None), ("global", Some(m.global_threshold)), ("per-label", None)] {
+            for (label, t) in [
+                ("0.5", None),
+                ("global", Some(m.global_threshold)),
+                ("per-label", None),
+            ] {
                 header.push(match t {
                     Some(t) => format!("{} @ {label} ({t:.2})", m.name),
                     None => format!("{} @ {label}", m.name),
@@ -127,15 +134,37 @@ impl Report {
             row(&mut out, &cells);
         }
         let _ = writeln!(out, "\n## Per label (per-label thresholds tuned on dev)\n");
-        let mut header = vec!["label", "support", "fine-tuned F1", "precision", "recall", "threshold"];
+        let mut header = vec![
+            "label",
+            "support",
+            "fine-tuned F1",
+            "precision",
+            "recall",
+            "threshold",
+        ];
         if self.baseline.is_some() {
             header.extend(["baseline F1", "Δ F1"]);
         }
-        row(&mut out, &header.iter().map(|s| s.to_string()).collect::<Vec<_>>());
-        row(&mut out, &header.iter().map(|_| "---:".to_string()).collect::<Vec<_>>());
+        row(
+            &mut out,
+            &header.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+        );
+        row(
+            &mut out,
+            &header
+                .iter()
+                .map(|_| "---:".to_string())
+                .collect::<Vec<_>>(),
+        );
         for (i, m) in self.fine_tuned.at_per_label.per_label.iter().enumerate() {
-            let mut cells =
-                vec![m.name.clone(), m.support.to_string(), f(m.f1), f(m.precision), f(m.recall), format!("{:.2}", m.threshold)];
+            let mut cells = vec![
+                m.name.clone(),
+                m.support.to_string(),
+                f(m.f1),
+                f(m.precision),
+                f(m.recall),
+                format!("{:.2}", m.threshold),
+            ];
             if let Some(b) = &self.baseline {
                 let bf = b.at_per_label.per_label[i].f1;
                 cells.push(f(bf));
@@ -146,12 +175,28 @@ impl Report {
         let _ = writeln!(out, "\n![Per-label F1](per_label_f1.svg)\n");
         if !self.history.is_empty() {
             let _ = writeln!(out, "## Training\n");
-            row(&mut out, &["epoch", "train loss", "dev macro F1 (tuned)", "dev micro F1 (global)", "seconds"].map(String::from));
+            row(
+                &mut out,
+                &[
+                    "epoch",
+                    "train loss",
+                    "dev macro F1 (tuned)",
+                    "dev micro F1 (global)",
+                    "seconds",
+                ]
+                .map(String::from),
+            );
             row(&mut out, &["---:"; 5].map(String::from));
             for h in &self.history {
                 row(
                     &mut out,
-                    &[h.epoch.to_string(), f(h.train_loss), f(h.dev_macro_f1), f(h.dev_micro_f1), format!("{:.0}", h.seconds)],
+                    &[
+                        h.epoch.to_string(),
+                        f(h.train_loss),
+                        f(h.dev_macro_f1),
+                        f(h.dev_micro_f1),
+                        format!("{:.0}", h.seconds),
+                    ],
                 );
             }
             if let Some(b) = self.best_epoch {
@@ -159,7 +204,16 @@ impl Report {
             }
         }
         let _ = writeln!(out, "\n## Cost\n");
-        row(&mut out, &["model", "train wall time (s)", "train samples/s", "inference texts/s"].map(String::from));
+        row(
+            &mut out,
+            &[
+                "model",
+                "train wall time (s)",
+                "train samples/s",
+                "inference texts/s",
+            ]
+            .map(String::from),
+        );
         row(&mut out, &["---", "---:", "---:", "---:"].map(String::from));
         for m in &models {
             row(
@@ -178,7 +232,13 @@ impl Report {
 
     /// Horizontal grouped bars: per-label F1 of each model at per-label thresholds.
     pub fn svg(&self) -> String {
-        let labels: Vec<&str> = self.fine_tuned.at_per_label.per_label.iter().map(|m| m.name.as_str()).collect();
+        let labels: Vec<&str> = self
+            .fine_tuned
+            .at_per_label
+            .per_label
+            .iter()
+            .map(|m| m.name.as_str())
+            .collect();
         let mut series = vec![(&self.fine_tuned, "#1f77b4")];
         if let Some(b) = &self.baseline {
             series.push((b, "#ff7f0e"));
@@ -193,20 +253,41 @@ impl Report {
             left + width + 40.0
         );
         let _ = write!(s, r#"<rect width="100%" height="100%" fill="white"/>"#);
-        let _ = write!(s, r#"<text x="{left}" y="16" font-size="13">Per-label test F1 (per-label thresholds)</text>"#);
+        let _ = write!(
+            s,
+            r#"<text x="{left}" y="16" font-size="13">Per-label test F1 (per-label thresholds)</text>"#
+        );
         for (k, (m, color)) in series.iter().enumerate() {
             let x = left + 260.0 + 130.0 * k as f64;
-            let _ = write!(s, r#"<rect x="{x}" y="24" width="10" height="10" fill="{color}"/><text x="{}" y="33">{}</text>"#, x + 14.0, m.name);
+            let _ = write!(
+                s,
+                r#"<rect x="{x}" y="24" width="10" height="10" fill="{color}"/><text x="{}" y="33">{}</text>"#,
+                x + 14.0,
+                m.name
+            );
         }
         for tick in 0..=5 {
             let v = tick as f64 / 5.0;
             let x = left + v * width;
-            let _ = write!(s, r##"<line x1="{x}" x2="{x}" y1="{top}" y2="{}" stroke="#ddd"/>"##, height - 30.0);
-            let _ = write!(s, r#"<text x="{x}" y="{}" text-anchor="middle">{v:.1}</text>"#, height - 16.0);
+            let _ = write!(
+                s,
+                r##"<line x1="{x}" x2="{x}" y1="{top}" y2="{}" stroke="#ddd"/>"##,
+                height - 30.0
+            );
+            let _ = write!(
+                s,
+                r#"<text x="{x}" y="{}" text-anchor="middle">{v:.1}</text>"#,
+                height - 16.0
+            );
         }
         for (i, name) in labels.iter().enumerate() {
             let y0 = top + group * i as f64;
-            let _ = write!(s, r#"<text x="{}" y="{}" text-anchor="end">{name}</text>"#, left - 6.0, y0 + group / 2.0);
+            let _ = write!(
+                s,
+                r#"<text x="{}" y="{}" text-anchor="end">{name}</text>"#,
+                left - 6.0,
+                y0 + group / 2.0
+            );
             for (k, (m, color)) in series.iter().enumerate() {
                 let f1 = m.at_per_label.per_label[i].f1;
                 let _ = write!(
@@ -225,7 +306,10 @@ impl Report {
     pub fn write(&self, dir: &Path) -> std::io::Result<()> {
         std::fs::create_dir_all(dir)?;
         std::fs::write(dir.join("report.md"), self.markdown())?;
-        std::fs::write(dir.join("report.json"), serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?)?;
+        std::fs::write(
+            dir.join("report.json"),
+            serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?,
+        )?;
         std::fs::write(dir.join("per_label_f1.svg"), self.svg())?;
         Ok(())
     }

@@ -14,9 +14,10 @@ use common::store::Store;
 use futures::Stream;
 use proto::v1::trainer_server::Trainer;
 use proto::v1::{
-    CancelJobRequest, EpochMetrics, GetJobRequest, Job, JobEvent, JobState, ListJobsRequest, ListJobsResponse,
-    ListModelVersionsRequest, ListModelVersionsResponse, ModelVersion, Progress as ProgressMsg, SetAliasRequest,
-    SetAliasResponse, StartTrainingResponse, TrainingSpec, WatchJobRequest,
+    CancelJobRequest, EpochMetrics, GetJobRequest, Job, JobEvent, JobState, ListJobsRequest,
+    ListJobsResponse, ListModelVersionsRequest, ListModelVersionsResponse, ModelVersion,
+    Progress as ProgressMsg, SetAliasRequest, SetAliasResponse, StartTrainingResponse,
+    TrainingSpec, WatchJobRequest,
 };
 use serde::{Deserialize, Serialize};
 use tch::Device;
@@ -85,7 +86,11 @@ impl JobEntry {
                     dev_micro_f1: e.dev_micro_f1 as f32,
                 })
                 .collect(),
-            model_version: if self.record.state == JobState::Succeeded as i32 { self.record.version.clone() } else { String::new() },
+            model_version: if self.record.state == JobState::Succeeded as i32 {
+                self.record.version.clone()
+            } else {
+                String::new()
+            },
             error: self.record.error.clone(),
             created_at: self.record.created_at.clone(),
             device: device.to_string(),
@@ -108,12 +113,16 @@ pub struct TrainerService {
 }
 
 fn terminal(state: i32) -> bool {
-    state == JobState::Succeeded as i32 || state == JobState::Failed as i32 || state == JobState::Cancelled as i32
+    state == JobState::Succeeded as i32
+        || state == JobState::Failed as i32
+        || state == JobState::Cancelled as i32
 }
 
 fn registry_status(e: RegistryError) -> Status {
     match e {
-        RegistryError::UnknownVersion { .. } | RegistryError::UnknownAlias { .. } => Status::not_found(e.to_string()),
+        RegistryError::UnknownVersion { .. } | RegistryError::UnknownAlias { .. } => {
+            Status::not_found(e.to_string())
+        }
         RegistryError::AliasMoved { .. } => Status::failed_precondition(e.to_string()),
         RegistryError::InvalidName(_) => Status::invalid_argument(e.to_string()),
         other => Status::unavailable(other.to_string()),
@@ -139,7 +148,12 @@ impl TrainerService {
 
     /// Loads recorded jobs; an unfinished one (the trainer crashed) is resumed from its last state.
     pub async fn recover(&self) -> Result<Option<String>, Status> {
-        let ids = self.inner.jobs_root.list_children("").await.map_err(|e| Status::unavailable(e.to_string()))?;
+        let ids = self
+            .inner
+            .jobs_root
+            .list_children("")
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
         let mut resume = None;
         for id in ids {
             let Some((bytes, _)) = self
@@ -187,9 +201,13 @@ impl TrainerService {
     fn update(&self, id: &str, f: impl FnOnce(&mut JobEntry)) {
         let record = {
             let mut jobs = self.inner.jobs.lock().expect("jobs lock");
-            let Some(entry) = jobs.get_mut(id) else { return };
+            let Some(entry) = jobs.get_mut(id) else {
+                return;
+            };
             f(entry);
-            entry.events.send_replace(entry.snapshot(&self.inner.device_name));
+            entry
+                .events
+                .send_replace(entry.snapshot(&self.inner.device_name));
             entry.record.clone()
         };
         let store = self.inner.jobs_root.child(id);
@@ -206,7 +224,9 @@ impl TrainerService {
         let mut jobs = self.inner.jobs.lock().expect("jobs lock");
         if let Some(entry) = jobs.get_mut(id) {
             entry.progress = Some(p);
-            entry.events.send_replace(entry.snapshot(&self.inner.device_name));
+            entry
+                .events
+                .send_replace(entry.snapshot(&self.inner.device_name));
         }
     }
 
@@ -222,9 +242,18 @@ impl TrainerService {
                 (e.record.clone(), e.cancel.clone())
             };
             let cfg = &service.inner.config;
-            let sink = StateSink { store: service.inner.jobs_root.child(&id) };
-            let version_store = service.inner.registry.version_store(&record.model_name, &record.version);
-            if version_store.exists(common::checkpoint::MANIFEST).await.unwrap_or(false) {
+            let sink = StateSink {
+                store: service.inner.jobs_root.child(&id),
+            };
+            let version_store = service
+                .inner
+                .registry
+                .version_store(&record.model_name, &record.version);
+            if version_store
+                .exists(common::checkpoint::MANIFEST)
+                .await
+                .unwrap_or(false)
+            {
                 // Published just before a crash: nothing left to do.
                 service.update(&id, |e| e.record.state = JobState::Succeeded as i32);
                 *service.inner.running.lock().expect("running lock") = None;
@@ -256,7 +285,13 @@ impl TrainerService {
             let worker = service.clone();
             let job_id = id.clone();
             let result = tokio::task::spawn_blocking(move || {
-                let mut observer = JobObserver { service: worker, id: job_id, cancel, sink, handle: handle.clone() };
+                let mut observer = JobObserver {
+                    service: worker,
+                    id: job_id,
+                    cancel,
+                    sink,
+                    handle: handle.clone(),
+                };
                 job::run(&spec, &handle, &mut observer, resume)
             })
             .await;
@@ -270,7 +305,9 @@ impl TrainerService {
             };
             match &outcome {
                 Ok(version) => tracing::info!(job = %id, version = %version, "job succeeded"),
-                Err((_, error)) => tracing::warn!(job = %id, error = %error, "job ended without publishing"),
+                Err((_, error)) => {
+                    tracing::warn!(job = %id, error = %error, "job ended without publishing")
+                }
             }
             service.update(&id, |e| match outcome {
                 Ok(_) => e.record.state = JobState::Succeeded as i32,
@@ -293,7 +330,10 @@ impl TrainerService {
 
 fn spec_from_json(json: &str) -> TrainingSpec {
     // The spec is stored as its prost encoding in hex to survive restarts without serde on prost types.
-    hex::decode(json).ok().and_then(|b| prost::Message::decode(b.as_slice()).ok()).unwrap_or_default()
+    hex::decode(json)
+        .ok()
+        .and_then(|b| prost::Message::decode(b.as_slice()).ok())
+        .unwrap_or_default()
 }
 
 fn spec_to_json(spec: &TrainingSpec) -> String {
@@ -330,7 +370,8 @@ impl Observer for JobObserver {
         let r = r.clone();
         let service = self.service.clone();
         let id = self.id.clone();
-        self.handle.block_on(async move { service.update(&id, |e| e.record.epochs.push(r)) });
+        self.handle
+            .block_on(async move { service.update(&id, |e| e.record.epochs.push(r)) });
     }
 
     fn cancelled(&self) -> bool {
@@ -349,7 +390,9 @@ impl Observer for JobObserver {
         if phase == Phase::Publishing {
             let service = self.service.clone();
             let id = self.id.clone();
-            self.handle.block_on(async move { service.update(&id, |e| e.record.state = JobState::Publishing as i32) });
+            self.handle.block_on(async move {
+                service.update(&id, |e| e.record.state = JobState::Publishing as i32)
+            });
         }
     }
 }
@@ -358,14 +401,19 @@ type EventStream = Pin<Box<dyn Stream<Item = Result<JobEvent, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl Trainer for TrainerService {
-    async fn start_training(&self, request: Request<TrainingSpec>) -> Result<Response<StartTrainingResponse>, Status> {
+    async fn start_training(
+        &self,
+        request: Request<TrainingSpec>,
+    ) -> Result<Response<StartTrainingResponse>, Status> {
         let spec = request.into_inner();
         let cfg = &self.inner.config;
         let h = spec.hyperparameters.clone().unwrap_or_default();
         let d = &cfg.defaults;
         let pooling = h.pooling.clone().unwrap_or_else(|| d.pooling.clone());
         if pooling.parse::<common::model::Pooling>().is_err() {
-            return Err(Status::invalid_argument(format!("pooling must be mean or cls, got {pooling:?}")));
+            return Err(Status::invalid_argument(format!(
+                "pooling must be mean or cls, got {pooling:?}"
+            )));
         }
         let train = TrainConfig {
             epochs: h.epochs.unwrap_or(d.epochs),
@@ -382,10 +430,20 @@ impl Trainer for TrainerService {
             state_every_steps: cfg.state_every_steps,
             ..d.clone()
         };
-        if train.epochs == 0 || train.batch_size == 0 || !(train.learning_rate > 0.0) {
-            return Err(Status::invalid_argument("epochs, batch_size and learning_rate must be positive"));
+        if train.epochs == 0
+            || train.batch_size == 0
+            || train.learning_rate.is_nan()
+            || train.learning_rate <= 0.0
+        {
+            return Err(Status::invalid_argument(
+                "epochs, batch_size and learning_rate must be positive",
+            ));
         }
-        let model_name = if spec.model_name.is_empty() { "goemotions".to_string() } else { spec.model_name.clone() };
+        let model_name = if spec.model_name.is_empty() {
+            "goemotions".to_string()
+        } else {
+            spec.model_name.clone()
+        };
         let alias = match spec.alias.as_str() {
             "" => Some("latest".to_string()),
             "-" => None,
@@ -401,12 +459,24 @@ impl Trainer for TrainerService {
             // Reserve the slot before releasing the lock.
             *running = Some(String::new());
         }
-        let id = format!("{}-{}", chrono::Utc::now().format("%Y%m%dT%H%M%SZ"), &uuid::Uuid::new_v4().simple().to_string()[..8]);
+        let id = format!(
+            "{}-{}",
+            chrono::Utc::now().format("%Y%m%dT%H%M%SZ"),
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        );
         let record = JobRecord {
             id: id.clone(),
             state: JobState::Queued as i32,
-            base_model: if spec.base_model.is_empty() { cfg.base_model.clone() } else { spec.base_model.clone() },
-            data_dir: if spec.data_dir.is_empty() { cfg.data_dir.clone() } else { PathBuf::from(&spec.data_dir) },
+            base_model: if spec.base_model.is_empty() {
+                cfg.base_model.clone()
+            } else {
+                spec.base_model.clone()
+            },
+            data_dir: if spec.data_dir.is_empty() {
+                cfg.data_dir.clone()
+            } else {
+                PathBuf::from(&spec.data_dir)
+            },
             model_name,
             alias,
             train,
@@ -419,8 +489,15 @@ impl Trainer for TrainerService {
             epochs: vec![],
             spec_json: spec_to_json(&spec),
         };
-        let bytes = serde_json::to_vec_pretty(&record).map_err(|e| Status::internal(e.to_string()))?;
-        if let Err(e) = self.inner.jobs_root.child(&id).put("job.json", Bytes::from(bytes)).await {
+        let bytes =
+            serde_json::to_vec_pretty(&record).map_err(|e| Status::internal(e.to_string()))?;
+        if let Err(e) = self
+            .inner
+            .jobs_root
+            .child(&id)
+            .put("job.json", Bytes::from(bytes))
+            .await
+        {
             *self.inner.running.lock().expect("running lock") = None;
             return Err(Status::unavailable(format!("cannot record the job: {e}")));
         }
@@ -432,11 +509,16 @@ impl Trainer for TrainerService {
 
     type WatchJobStream = EventStream;
 
-    async fn watch_job(&self, request: Request<WatchJobRequest>) -> Result<Response<Self::WatchJobStream>, Status> {
+    async fn watch_job(
+        &self,
+        request: Request<WatchJobRequest>,
+    ) -> Result<Response<Self::WatchJobStream>, Status> {
         let id = request.into_inner().job_id;
         let rx = {
             let jobs = self.inner.jobs.lock().expect("jobs lock");
-            jobs.get(&id).map(|e| e.events.subscribe()).ok_or_else(|| Status::not_found(format!("no job {id:?}")))?
+            jobs.get(&id)
+                .map(|e| e.events.subscribe())
+                .ok_or_else(|| Status::not_found(format!("no job {id:?}")))?
         };
         let stream = event_stream(rx);
         Ok(Response::new(stream))
@@ -446,22 +528,37 @@ impl Trainer for TrainerService {
         self.job(&request.into_inner().job_id).map(Response::new)
     }
 
-    async fn list_jobs(&self, _request: Request<ListJobsRequest>) -> Result<Response<ListJobsResponse>, Status> {
+    async fn list_jobs(
+        &self,
+        _request: Request<ListJobsRequest>,
+    ) -> Result<Response<ListJobsResponse>, Status> {
         let jobs = self.inner.jobs.lock().expect("jobs lock");
-        let jobs = jobs.values().map(|e| e.snapshot(&self.inner.device_name)).collect();
+        let jobs = jobs
+            .values()
+            .map(|e| e.snapshot(&self.inner.device_name))
+            .collect();
         Ok(Response::new(ListJobsResponse { jobs }))
     }
 
-    async fn cancel_job(&self, request: Request<CancelJobRequest>) -> Result<Response<Job>, Status> {
+    async fn cancel_job(
+        &self,
+        request: Request<CancelJobRequest>,
+    ) -> Result<Response<Job>, Status> {
         let id = request.into_inner().job_id;
         {
             let jobs = self.inner.jobs.lock().expect("jobs lock");
-            let entry = jobs.get(&id).ok_or_else(|| Status::not_found(format!("no job {id:?}")))?;
+            let entry = jobs
+                .get(&id)
+                .ok_or_else(|| Status::not_found(format!("no job {id:?}")))?;
             if terminal(entry.record.state) {
-                return Err(Status::failed_precondition(format!("job {id} has already ended")));
+                return Err(Status::failed_precondition(format!(
+                    "job {id} has already ended"
+                )));
             }
             if entry.record.state == JobState::Publishing as i32 {
-                return Err(Status::failed_precondition(format!("job {id} is already publishing")));
+                return Err(Status::failed_precondition(format!(
+                    "job {id} is already publishing"
+                )));
             }
             entry.cancel.store(true, Ordering::SeqCst);
         }
@@ -473,13 +570,31 @@ impl Trainer for TrainerService {
         request: Request<ListModelVersionsRequest>,
     ) -> Result<Response<ListModelVersionsResponse>, Status> {
         let name = request.into_inner().model_name;
-        let name = if name.is_empty() { "goemotions".to_string() } else { name };
-        let manifests = self.inner.registry.list_versions(&name).await.map_err(registry_status)?;
-        let aliases = self.inner.registry.list_aliases(&name).await.map_err(registry_status)?;
+        let name = if name.is_empty() {
+            "goemotions".to_string()
+        } else {
+            name
+        };
+        let manifests = self
+            .inner
+            .registry
+            .list_versions(&name)
+            .await
+            .map_err(registry_status)?;
+        let aliases = self
+            .inner
+            .registry
+            .list_aliases(&name)
+            .await
+            .map_err(registry_status)?;
         let versions = manifests
             .into_iter()
             .map(|m| ModelVersion {
-                aliases: aliases.iter().filter(|(_, v)| *v == m.version).map(|(a, _)| a.clone()).collect(),
+                aliases: aliases
+                    .iter()
+                    .filter(|(_, v)| *v == m.version)
+                    .map(|(a, _)| a.clone())
+                    .collect(),
                 version: m.version,
                 created_at: m.created_at,
                 metrics: m.metrics.into_iter().collect(),
@@ -488,33 +603,51 @@ impl Trainer for TrainerService {
         Ok(Response::new(ListModelVersionsResponse { versions }))
     }
 
-    async fn set_alias(&self, request: Request<SetAliasRequest>) -> Result<Response<SetAliasResponse>, Status> {
+    async fn set_alias(
+        &self,
+        request: Request<SetAliasRequest>,
+    ) -> Result<Response<SetAliasResponse>, Status> {
         let r = request.into_inner();
-        let name = if r.model_name.is_empty() { "goemotions".to_string() } else { r.model_name };
-        let expected = r.expected_version.map(|v| if v.is_empty() { None } else { Some(v) });
-        let previous =
-            self.inner.registry.set_alias(&name, &r.alias, &r.version, expected).await.map_err(registry_status)?;
+        let name = if r.model_name.is_empty() {
+            "goemotions".to_string()
+        } else {
+            r.model_name
+        };
+        let expected = r
+            .expected_version
+            .map(|v| if v.is_empty() { None } else { Some(v) });
+        let previous = self
+            .inner
+            .registry
+            .set_alias(&name, &r.alias, &r.version, expected)
+            .await
+            .map_err(registry_status)?;
         tracing::info!(model = %name, alias = %r.alias, version = %r.version, previous = ?previous, "alias set");
-        Ok(Response::new(SetAliasResponse { previous_version: previous.unwrap_or_default() }))
+        Ok(Response::new(SetAliasResponse {
+            previous_version: previous.unwrap_or_default(),
+        }))
     }
 }
 
 /// Streams a job's snapshots: the current one first, then each change, ending after a terminal state.
 fn event_stream(mut rx: watch::Receiver<Job>) -> EventStream {
     let first = rx.borrow_and_update().clone();
-    let stream = futures::stream::unfold((rx, Some(first), false), |(mut rx, first, done)| async move {
-        if done {
-            return None;
-        }
-        let job = match first {
-            Some(job) => job,
-            None => {
-                rx.changed().await.ok()?;
-                rx.borrow_and_update().clone()
+    let stream = futures::stream::unfold(
+        (rx, Some(first), false),
+        |(mut rx, first, done)| async move {
+            if done {
+                return None;
             }
-        };
-        let end = terminal(job.state);
-        Some((Ok(JobEvent { job: Some(job) }), (rx, None, end)))
-    });
+            let job = match first {
+                Some(job) => job,
+                None => {
+                    rx.changed().await.ok()?;
+                    rx.borrow_and_update().clone()
+                }
+            };
+            let end = terminal(job.state);
+            Some((Ok(JobEvent { job: Some(job) }), (rx, None, end)))
+        },
+    );
     Box::pin(stream)
 }

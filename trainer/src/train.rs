@@ -148,18 +148,32 @@ impl ResumeState {
     /// Serialises to (tensors, meta JSON); the JSON goes last when storing, as the commit point.
     pub fn encode(&self) -> Result<(Vec<u8>, Vec<u8>), TrainError> {
         let mut tensors: Vec<(String, Tensor)> = Vec::new();
-        tensors.extend(self.weights.iter().map(|(n, t)| (format!("model.{n}"), t.shallow_clone())));
-        tensors.extend(self.optimizer.iter().map(|(n, t)| (format!("optim.{n}"), t.shallow_clone())));
+        tensors.extend(
+            self.weights
+                .iter()
+                .map(|(n, t)| (format!("model.{n}"), t.shallow_clone())),
+        );
+        tensors.extend(
+            self.optimizer
+                .iter()
+                .map(|(n, t)| (format!("optim.{n}"), t.shallow_clone())),
+        );
         if let Some(best) = &self.best_weights {
-            tensors.extend(best.iter().map(|(n, t)| (format!("best.{n}"), t.shallow_clone())));
+            tensors.extend(
+                best.iter()
+                    .map(|(n, t)| (format!("best.{n}"), t.shallow_clone())),
+            );
         }
-        let bytes = safetensors_io::encode(&tensors).map_err(|e| TrainError::Resume(e.to_string()))?;
-        let meta = serde_json::to_vec_pretty(&self.meta).map_err(|e| TrainError::Resume(e.to_string()))?;
+        let bytes =
+            safetensors_io::encode(&tensors).map_err(|e| TrainError::Resume(e.to_string()))?;
+        let meta =
+            serde_json::to_vec_pretty(&self.meta).map_err(|e| TrainError::Resume(e.to_string()))?;
         Ok((bytes, meta))
     }
 
     pub fn decode(tensors: &[u8], meta: &[u8]) -> Result<Self, TrainError> {
-        let meta: ResumeMeta = serde_json::from_slice(meta).map_err(|e| TrainError::Resume(e.to_string()))?;
+        let meta: ResumeMeta =
+            serde_json::from_slice(meta).map_err(|e| TrainError::Resume(e.to_string()))?;
         let all = safetensors_io::decode(tensors).map_err(|e| TrainError::Resume(e.to_string()))?;
         let mut weights = Vec::new();
         let mut optimizer = Vec::new();
@@ -173,7 +187,12 @@ impl ResumeState {
                 best.push((n.to_string(), t));
             }
         }
-        Ok(Self { meta, weights, optimizer, best_weights: if best.is_empty() { None } else { Some(best) } })
+        Ok(Self {
+            meta,
+            weights,
+            optimizer,
+            best_weights: if best.is_empty() { None } else { Some(best) },
+        })
     }
 }
 
@@ -233,7 +252,12 @@ pub fn targets(examples: &[Example], num_labels: usize) -> Vec<u8> {
 }
 
 /// Sigmoid scores of `encoded` texts, row-major `[n × labels]`, batched by length.
-pub fn score(model: &BertClassifier, tokenizer: &TextTokenizer, encoded: &[Encoded], batch_size: usize) -> Vec<f32> {
+pub fn score(
+    model: &BertClassifier,
+    tokenizer: &TextTokenizer,
+    encoded: &[Encoded],
+    batch_size: usize,
+) -> Vec<f32> {
     let l = model.num_labels();
     let mut out = vec![0f32; encoded.len() * l];
     let lengths: Vec<usize> = encoded.iter().map(|e| e.ids.len()).collect();
@@ -241,7 +265,9 @@ pub fn score(model: &BertClassifier, tokenizer: &TextTokenizer, encoded: &[Encod
     for batch in batches::sorted_batches(&lengths, batch_size) {
         let items: Vec<&Encoded> = batch.iter().map(|&i| &encoded[i]).collect();
         let b = tokenizer.batch(&items, device);
-        let probs = tch::autocast(device.is_cuda(), || model.predict_proba(&b.input_ids, &b.attention_mask));
+        let probs = tch::autocast(device.is_cuda(), || {
+            model.predict_proba(&b.input_ids, &b.attention_mask)
+        });
         let flat: Vec<f32> = Vec::try_from(probs.flatten(0, -1)).expect("float scores");
         for (row, &i) in batch.iter().enumerate() {
             out[i * l..(i + 1) * l].copy_from_slice(&flat[row * l..(row + 1) * l]);
@@ -250,7 +276,12 @@ pub fn score(model: &BertClassifier, tokenizer: &TextTokenizer, encoded: &[Encod
     out
 }
 
-fn pos_weight(train: &[Example], num_labels: usize, mode: PosWeight, device: Device) -> Option<Tensor> {
+fn pos_weight(
+    train: &[Example],
+    num_labels: usize,
+    mode: PosWeight,
+    device: Device,
+) -> Option<Tensor> {
     match mode {
         PosWeight::None => None,
         PosWeight::Sqrt => {
@@ -261,21 +292,30 @@ fn pos_weight(train: &[Example], num_labels: usize, mode: PosWeight, device: Dev
                     pos[l as usize] += 1.0;
                 }
             }
-            let w: Vec<f32> = pos.iter().map(|&p| ((n - p) / p.max(1.0)).sqrt().clamp(1.0, 30.0) as f32).collect();
+            let w: Vec<f32> = pos
+                .iter()
+                .map(|&p| ((n - p) / p.max(1.0)).sqrt().clamp(1.0, 30.0) as f32)
+                .collect();
             Some(Tensor::from_slice(&w).to_device(device))
         }
     }
 }
 
 fn snapshot(model: &BertClassifier) -> Vec<(String, Tensor)> {
-    model.named_parameters().into_iter().map(|(n, t)| (n, t.detach().to_device(Device::Cpu).copy())).collect()
+    model
+        .named_parameters()
+        .into_iter()
+        .map(|(n, t)| (n, t.detach().to_device(Device::Cpu).copy()))
+        .collect()
 }
 
 fn restore(model: &BertClassifier, weights: &[(String, Tensor)]) -> Result<(), TrainError> {
     let vars = model.var_store().variables();
     tch::no_grad(|| {
         for (name, t) in weights {
-            let var = vars.get(name).ok_or_else(|| TrainError::Resume(format!("unknown tensor {name}")))?;
+            let var = vars
+                .get(name)
+                .ok_or_else(|| TrainError::Resume(format!("unknown tensor {name}")))?;
             var.shallow_clone().copy_(t);
         }
         Ok(())
@@ -290,19 +330,24 @@ pub fn build_model(
     device: Device,
 ) -> Result<(BertClassifier, TextTokenizer), TrainError> {
     let file = |name: &str| {
-        base.files
-            .get(name)
-            .ok_or_else(|| TrainError::Base { uri: base.uri.clone(), message: format!("lacks {name}") })
+        base.files.get(name).ok_or_else(|| TrainError::Base {
+            uri: base.uri.clone(),
+            message: format!("lacks {name}"),
+        })
     };
     let pooling: Pooling = cfg.pooling.parse().map_err(TrainError::Config)?;
-    let mut config: serde_json::Value = serde_json::from_slice(file(CONFIG)?)
-        .map_err(|e| TrainError::Base { uri: base.uri.clone(), message: format!("config.json: {e}") })?;
+    let mut config: serde_json::Value =
+        serde_json::from_slice(file(CONFIG)?).map_err(|e| TrainError::Base {
+            uri: base.uri.clone(),
+            message: format!("config.json: {e}"),
+        })?;
     if let Some(p) = cfg.dropout {
         config["hidden_dropout_prob"] = p.into();
         config["attention_probs_dropout_prob"] = p.into();
     }
     let config = serde_json::to_vec(&config).expect("json");
-    let (mut model, report) = BertClassifier::load(&config, file(WEIGHTS)?, labels.len(), pooling, device)?;
+    let (mut model, report) =
+        BertClassifier::load(&config, file(WEIGHTS)?, labels.len(), pooling, device)?;
     if !report.initialised.is_empty() {
         tracing::info!(tensors = ?report.initialised, "initialised new tensors (classification head)");
     }
@@ -327,10 +372,14 @@ pub fn fine_tune(
     observer: &mut dyn Observer,
 ) -> Result<TrainOutcome, TrainError> {
     if cfg.batch_size == 0 || cfg.epochs == 0 {
-        return Err(TrainError::Config("batch size and epochs must be positive".into()));
+        return Err(TrainError::Config(
+            "batch size and epochs must be positive".into(),
+        ));
     }
     if train.is_empty() || dev.is_empty() {
-        return Err(TrainError::Config("train and dev sets must not be empty".into()));
+        return Err(TrainError::Config(
+            "train and dev sets must not be empty".into(),
+        ));
     }
     let device = model.device();
     let l = labels.len();
@@ -344,12 +393,18 @@ pub fn fine_tune(
     let pos_weight = pos_weight(train, l, cfg.pos_weight, device);
 
     let steps_per_epoch = train.len().div_ceil(cfg.batch_size) as u64;
-    let total_steps = cfg.max_steps.unwrap_or(u64::MAX).min(steps_per_epoch * cfg.epochs as u64);
+    let total_steps = cfg
+        .max_steps
+        .unwrap_or(u64::MAX)
+        .min(steps_per_epoch * cfg.epochs as u64);
     let warmup = (cfg.warmup_ratio * total_steps as f64).round() as u64;
 
     let no_decay = model.no_decay_names();
-    let params: Vec<(Tensor, bool)> =
-        model.named_parameters().into_iter().map(|(n, t)| (t, !no_decay.contains(&n))).collect();
+    let params: Vec<(Tensor, bool)> = model
+        .named_parameters()
+        .into_iter()
+        .map(|(n, t)| (t, !no_decay.contains(&n)))
+        .collect();
     let mut opt = AdamW::new(params, cfg.weight_decay);
 
     let mut meta = ResumeMeta {
@@ -368,10 +423,15 @@ pub fn fine_tune(
     let mut best_weights: Option<Vec<(String, Tensor)>> = None;
     if let Some(state) = resume {
         restore(&model, &state.weights)?;
-        opt.load_state(state.meta.optimizer_step, &state.optimizer).map_err(TrainError::Resume)?;
+        opt.load_state(state.meta.optimizer_step, &state.optimizer)
+            .map_err(TrainError::Resume)?;
         best_weights = state.best_weights;
         meta = state.meta;
-        tracing::info!(epoch = meta.epoch, step = meta.global_step, "resuming from saved state");
+        tracing::info!(
+            epoch = meta.epoch,
+            step = meta.global_step,
+            "resuming from saved state"
+        );
     }
 
     let started = Instant::now();
@@ -394,10 +454,23 @@ pub fn fine_tune(
             for &i in batch {
                 y.extend_from_slice(&train_targets[i * l..(i + 1) * l]);
             }
-            let y = Tensor::from_slice(&y).view([batch.len() as i64, l as i64]).to_device(device);
-            let loss_value = train_step(&model, &mut opt, &b, &y, pos_weight.as_ref(), cfg.max_grad_norm, None);
+            let y = Tensor::from_slice(&y)
+                .view([batch.len() as i64, l as i64])
+                .to_device(device);
+            let loss_value = train_step(
+                &model,
+                &mut opt,
+                &b,
+                &y,
+                pos_weight.as_ref(),
+                cfg.max_grad_norm,
+                None,
+            );
             if !loss_value.is_finite() {
-                return Err(TrainError::NonFinite { step: meta.global_step, loss: loss_value });
+                return Err(TrainError::NonFinite {
+                    step: meta.global_step,
+                    loss: loss_value,
+                });
             }
             let lr = linear_schedule(meta.global_step, warmup, total_steps, cfg.learning_rate);
             opt.step(lr);
@@ -408,10 +481,11 @@ pub fn fine_tune(
             meta.loss_count += 1;
             meta.samples_seen += batch.len() as u64;
 
-            if meta.global_step % 5 == 0 || meta.global_step == total_steps {
+            if meta.global_step.is_multiple_of(5) || meta.global_step == total_steps {
                 let elapsed = started.elapsed().as_secs_f64().max(1e-9);
                 let rate = (meta.samples_seen - samples_at_start) as f64 / elapsed;
-                let remaining = (total_steps - meta.global_step) as f64 * cfg.batch_size as f64 / rate.max(1e-9);
+                let remaining = (total_steps - meta.global_step) as f64 * cfg.batch_size as f64
+                    / rate.max(1e-9);
                 observer.progress(&Progress {
                     epoch: meta.epoch + 1,
                     epochs: cfg.epochs,
@@ -427,7 +501,7 @@ pub fn fine_tune(
             if observer.wants_state()
                 && mid_epoch
                 && cfg.state_every_steps > 0
-                && meta.global_step % cfg.state_every_steps == 0
+                && meta.global_step.is_multiple_of(cfg.state_every_steps)
             {
                 save_state(observer, &model, &opt, &meta, &best_weights)?;
             }
@@ -437,7 +511,8 @@ pub fn fine_tune(
         let per_label = metrics::tune_per_label(&dev_scores, &dev_targets, l);
         let global = metrics::tune_global(&dev_scores, &dev_targets);
         let macro_f1 = metrics::evaluate(&dev_scores, &dev_targets, labels, &per_label).macro_f1;
-        let micro_f1 = metrics::evaluate(&dev_scores, &dev_targets, labels, &vec![global; l]).micro_f1;
+        let micro_f1 =
+            metrics::evaluate(&dev_scores, &dev_targets, labels, &vec![global; l]).micro_f1;
         let record = EpochRecord {
             epoch: meta.epoch + 1,
             train_loss: meta.loss_sum / meta.loss_count.max(1) as f64,
@@ -471,12 +546,16 @@ pub fn fine_tune(
             save_state(observer, &model, &opt, &meta, &best_weights)?;
         }
         if meta.epochs_without_improvement >= cfg.patience && meta.epoch < cfg.epochs {
-            tracing::info!(patience = cfg.patience, "dev macro-F1 stopped improving: early stop");
+            tracing::info!(
+                patience = cfg.patience,
+                "dev macro-F1 stopped improving: early stop"
+            );
             break;
         }
     }
     let train_seconds = started.elapsed().as_secs_f64();
-    let samples_per_second = (meta.samples_seen - samples_at_start) as f64 / train_seconds.max(1e-9);
+    let samples_per_second =
+        (meta.samples_seen - samples_at_start) as f64 / train_seconds.max(1e-9);
 
     if let Some(best) = &best_weights {
         restore(&model, best)?;
@@ -489,7 +568,9 @@ pub fn fine_tune(
     let global_threshold = metrics::tune_global(&dev_scores, &dev_targets);
     let at_tuned = metrics::evaluate(&dev_scores, &dev_targets, labels, &thresholds);
     if at_tuned.empty_prediction_rate >= 1.0 {
-        return Err(TrainError::Degenerate { examples: dev.len() });
+        return Err(TrainError::Degenerate {
+            examples: dev.len(),
+        });
     }
     Ok(TrainOutcome {
         model,
@@ -517,9 +598,14 @@ fn train_step(
     lr: Option<f64>,
 ) -> f64 {
     let device = model.device();
-    let logits =
-        tch::autocast(device.is_cuda(), || model.forward(&batch.input_ids, &batch.attention_mask, true).logits);
-    let loss = logits.to_kind(Kind::Float).binary_cross_entropy_with_logits(targets, None, pos_weight, Reduction::Mean);
+    let logits = tch::autocast(device.is_cuda(), || {
+        model
+            .forward(&batch.input_ids, &batch.attention_mask, true)
+            .logits
+    });
+    let loss = logits
+        .to_kind(Kind::Float)
+        .binary_cross_entropy_with_logits(targets, None, pos_weight, Reduction::Mean);
     let value = loss.double_value(&[]);
     if !value.is_finite() {
         return value;
@@ -563,12 +649,21 @@ pub fn throughput(
     };
     let all_targets = targets(&data.train, l);
     let no_decay = model.no_decay_names();
-    let params = model.named_parameters().into_iter().map(|(n, t)| (t, !no_decay.contains(&n))).collect();
+    let params = model
+        .named_parameters()
+        .into_iter()
+        .map(|(n, t)| (t, !no_decay.contains(&n)))
+        .collect();
     let mut opt = AdamW::new(params, cfg.weight_decay);
     let warmup = 3;
     let mut started = Instant::now();
     let mut samples = 0usize;
-    for (step, batch) in order.iter().cycle().take((steps + warmup) as usize).enumerate() {
+    for (step, batch) in order
+        .iter()
+        .cycle()
+        .take((steps + warmup) as usize)
+        .enumerate()
+    {
         if step as u64 == warmup {
             started = Instant::now();
             samples = 0;
@@ -577,17 +672,34 @@ pub fn throughput(
         let b = tokenizer.batch(&items, device);
         let mut y = Vec::with_capacity(batch.len() * l);
         for &i in batch {
-            y.extend(all_targets[i * l..(i + 1) * l].iter().map(|&v| f32::from(v)));
+            y.extend(
+                all_targets[i * l..(i + 1) * l]
+                    .iter()
+                    .map(|&v| f32::from(v)),
+            );
         }
-        let y = Tensor::from_slice(&y).view([batch.len() as i64, l as i64]).to_device(device);
-        train_step(&model, &mut opt, &b, &y, None, cfg.max_grad_norm, Some(cfg.learning_rate));
+        let y = Tensor::from_slice(&y)
+            .view([batch.len() as i64, l as i64])
+            .to_device(device);
+        train_step(
+            &model,
+            &mut opt,
+            &b,
+            &y,
+            None,
+            cfg.max_grad_norm,
+            Some(cfg.learning_rate),
+        );
         samples += batch.len();
     }
     if device.is_cuda() {
         tch::Cuda::synchronize(0);
     }
     let seconds = started.elapsed().as_secs_f64();
-    Ok(Throughput { samples_per_second: samples as f64 / seconds, seconds })
+    Ok(Throughput {
+        samples_per_second: samples as f64 / seconds,
+        seconds,
+    })
 }
 
 fn save_state(
@@ -602,7 +714,11 @@ fn save_state(
         meta: meta.clone(),
         weights: snapshot(model),
         optimizer,
-        best_weights: best.as_ref().map(|b| b.iter().map(|(n, t)| (n.clone(), t.shallow_clone())).collect()),
+        best_weights: best.as_ref().map(|b| {
+            b.iter()
+                .map(|(n, t)| (n.clone(), t.shallow_clone()))
+                .collect()
+        }),
     };
     observer.save_state(&state).map_err(TrainError::Resume)
 }

@@ -4,7 +4,13 @@ use std::process::Command;
 fn write_data(dir: &std::path::Path, train: &str) {
     let src = std::env::var("GOEMOTIONS_DATA_DIR")
         .unwrap_or_else(|_| format!("{}/../.cache/data/goemotions", env!("CARGO_MANIFEST_DIR")));
-    for f in ["emotions.txt", "ekman_mapping.json", "sentiment_dict.json", "dev.tsv", "test.tsv"] {
+    for f in [
+        "emotions.txt",
+        "ekman_mapping.json",
+        "sentiment_dict.json",
+        "dev.tsv",
+        "test.tsv",
+    ] {
         std::fs::copy(format!("{src}/{f}"), dir.join(f)).unwrap();
     }
     std::fs::write(dir.join("train.tsv"), train).unwrap();
@@ -21,14 +27,28 @@ fn malformed_training_data_is_reported_with_file_and_line() {
         .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("train.tsv:2:") && stderr.contains("label id 99"), "{stderr}");
+    assert!(
+        stderr.contains("train.tsv:2:") && stderr.contains("label id 99"),
+        "{stderr}"
+    );
 }
 
 #[test]
 fn help_documents_every_flag() {
-    let out = Command::new(env!("CARGO_BIN_EXE_trainer")).args(["train", "--help"]).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_trainer"))
+        .args(["train", "--help"])
+        .output()
+        .unwrap();
     let help = String::from_utf8_lossy(&out.stdout);
-    for flag in ["--lr", "--epochs", "--pooling", "--registry", "--pos-weight", "--patience", "--train-limit"] {
+    for flag in [
+        "--lr",
+        "--epochs",
+        "--pooling",
+        "--registry",
+        "--pos-weight",
+        "--patience",
+        "--train-limit",
+    ] {
         assert!(help.contains(flag), "{flag} missing from help");
     }
     assert!(help.contains("GOEMOTIONS_LR"), "env overrides are shown");

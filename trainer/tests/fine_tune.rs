@@ -14,14 +14,24 @@ use trainer::train::{self, EpochRecord, Observer, Progress, ResumeState, TrainCo
 fn data_dir() -> PathBuf {
     std::env::var("GOEMOTIONS_DATA_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.cache/data/goemotions"))
+        .unwrap_or_else(|_| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.cache/data/goemotions")
+        })
 }
 
 fn base() -> BaseModel {
-    let dir = std::env::var("GOEMOTIONS_BASE_MODEL")
-        .unwrap_or_else(|_| format!("{}/../.cache/models/all-MiniLM-L6-v2", env!("CARGO_MANIFEST_DIR")));
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    rt.block_on(checkpoint::read_base(&Store::open(&dir).unwrap())).expect("run scripts/setup.sh first")
+    let dir = std::env::var("GOEMOTIONS_BASE_MODEL").unwrap_or_else(|_| {
+        format!(
+            "{}/../.cache/models/all-MiniLM-L6-v2",
+            env!("CARGO_MANIFEST_DIR")
+        )
+    });
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(checkpoint::read_base(&Store::open(&dir).unwrap()))
+        .expect("run scripts/setup.sh first")
 }
 
 #[derive(Default)]
@@ -50,7 +60,13 @@ impl Observer for Recorder {
 }
 
 fn small_config() -> TrainConfig {
-    TrainConfig { epochs: 1, batch_size: 16, learning_rate: 2e-4, eval_batch_size: 64, ..TrainConfig::default() }
+    TrainConfig {
+        epochs: 1,
+        batch_size: 16,
+        learning_rate: 2e-4,
+        eval_batch_size: 64,
+        ..TrainConfig::default()
+    }
 }
 
 #[test]
@@ -60,7 +76,17 @@ fn subset_fine_tune_learns_and_beats_all_neutral() {
     let cfg = small_config();
     let (model, tokenizer) = train::build_model(&base(), &data.labels, &cfg, Device::Cpu).unwrap();
     let mut rec = Recorder::default();
-    let out = train::fine_tune(model, tokenizer, &data.train, &data.dev, &data.labels, &cfg, None, &mut rec).unwrap();
+    let out = train::fine_tune(
+        model,
+        tokenizer,
+        &data.train,
+        &data.dev,
+        &data.labels,
+        &cfg,
+        None,
+        &mut rec,
+    )
+    .unwrap();
 
     // Running mean loss at the end is below the first reports.
     assert!(rec.losses.len() >= 4, "{:?}", rec.losses);
@@ -74,7 +100,9 @@ fn subset_fine_tune_learns_and_beats_all_neutral() {
     let model_eval = metrics::evaluate(&out.dev_scores, &targets, &data.labels, &out.thresholds);
     // All-neutral: neutral scores 1, everything else 0.
     let neutral = data.labels.index_of("neutral").unwrap();
-    let all_neutral: Vec<f32> = (0..data.dev.len() * l).map(|i| if i % l == neutral { 1.0 } else { 0.0 }).collect();
+    let all_neutral: Vec<f32> = (0..data.dev.len() * l)
+        .map(|i| if i % l == neutral { 1.0 } else { 0.0 })
+        .collect();
     let baseline = metrics::evaluate(&all_neutral, &targets, &data.labels, &vec![0.5; l]);
     assert!(
         model_eval.macro_f1 > baseline.macro_f1 + 0.02,
@@ -84,7 +112,10 @@ fn subset_fine_tune_learns_and_beats_all_neutral() {
     );
     assert!(model_eval.empty_prediction_rate < 1.0);
     // Thresholds are the per-label maximisers on dev.
-    assert_eq!(out.thresholds, metrics::tune_per_label(&out.dev_scores, &targets, l));
+    assert_eq!(
+        out.thresholds,
+        metrics::tune_per_label(&out.dev_scores, &targets, l)
+    );
     // Label names travel in config.json (never LABEL_27).
     let names = out.model.config().label_names().unwrap();
     assert_eq!(names[27], "neutral");
@@ -94,11 +125,25 @@ fn subset_fine_tune_learns_and_beats_all_neutral() {
 fn divergence_is_reported_not_published() {
     tch::set_num_threads(2);
     let data = Dataset::load(&data_dir(), [Some(64), Some(32), Some(1)], 1).unwrap();
-    let cfg = TrainConfig { learning_rate: 1e30, warmup_ratio: 0.0, max_grad_norm: 1e30, ..small_config() };
+    let cfg = TrainConfig {
+        learning_rate: 1e30,
+        warmup_ratio: 0.0,
+        max_grad_norm: 1e30,
+        ..small_config()
+    };
     let (model, tokenizer) = train::build_model(&base(), &data.labels, &cfg, Device::Cpu).unwrap();
-    let err = train::fine_tune(model, tokenizer, &data.train, &data.dev, &data.labels, &cfg, None, &mut Recorder::default())
-        .err()
-        .expect("must fail");
+    let err = train::fine_tune(
+        model,
+        tokenizer,
+        &data.train,
+        &data.dev,
+        &data.labels,
+        &cfg,
+        None,
+        &mut Recorder::default(),
+    )
+    .err()
+    .expect("must fail");
     assert!(matches!(err, TrainError::NonFinite { .. }), "{err}");
     assert!(err.to_string().contains("diverged"));
 }
@@ -112,12 +157,30 @@ fn resumed_run_equals_uninterrupted_run() {
     tch::set_num_threads(2);
     let data = Dataset::load(&data_dir(), [Some(96), Some(48), Some(1)], 3).unwrap();
     let labels: &LabelSet = &data.labels;
-    let cfg = TrainConfig { epochs: 2, state_every_steps: 4, patience: 5, ..small_config() };
+    let cfg = TrainConfig {
+        epochs: 2,
+        state_every_steps: 4,
+        patience: 5,
+        ..small_config()
+    };
     let run = |resume: Option<ResumeState>, rec: &mut Recorder| {
         let (model, tokenizer) = train::build_model(&base(), labels, &cfg, Device::Cpu).unwrap();
-        train::fine_tune(model, tokenizer, &data.train, &data.dev, labels, &cfg, resume, rec).unwrap()
+        train::fine_tune(
+            model,
+            tokenizer,
+            &data.train,
+            &data.dev,
+            labels,
+            &cfg,
+            resume,
+            rec,
+        )
+        .unwrap()
     };
-    let mut full_rec = Recorder { keep_states: true, ..Default::default() };
+    let mut full_rec = Recorder {
+        keep_states: true,
+        ..Default::default()
+    };
     let full = run(None, &mut full_rec);
     // 6 steps per epoch: states every 4 steps within an epoch and at each epoch end.
     let steps: Vec<u64> = full_rec.states.iter().map(|s| s.0).collect();

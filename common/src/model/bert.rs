@@ -18,7 +18,11 @@ pub enum ModelError {
     #[error("model.safetensors lacks encoder tensor(s): {0}")]
     Missing(String),
     #[error("tensor {name}: checkpoint shape {found:?}, model expects {expected:?}")]
-    Shape { name: String, found: Vec<i64>, expected: Vec<i64> },
+    Shape {
+        name: String,
+        found: Vec<i64>,
+        expected: Vec<i64>,
+    },
     #[error("torch error: {0}")]
     Torch(#[from] tch::TchError),
 }
@@ -100,13 +104,23 @@ pub struct BertClassifier {
 }
 
 fn layer_norm(p: nn::Path, c: &BertConfig) -> nn::LayerNorm {
-    nn::layer_norm(p, vec![c.hidden_size], nn::LayerNormConfig { eps: c.layer_norm_eps, ..Default::default() })
+    nn::layer_norm(
+        p,
+        vec![c.hidden_size],
+        nn::LayerNormConfig {
+            eps: c.layer_norm_eps,
+            ..Default::default()
+        },
+    )
 }
 
 /// Hugging Face's initialisation for new weights: N(0, 0.02), zero bias.
 fn hf_linear(p: nn::Path, input: i64, output: i64) -> nn::Linear {
     let config = nn::LinearConfig {
-        ws_init: nn::Init::Randn { mean: 0.0, stdev: 0.02 },
+        ws_init: nn::Init::Randn {
+            mean: 0.0,
+            stdev: 0.02,
+        },
         bs_init: Some(nn::Init::Const(0.0)),
         bias: true,
     };
@@ -115,7 +129,12 @@ fn hf_linear(p: nn::Path, input: i64, output: i64) -> nn::Linear {
 
 impl BertClassifier {
     /// A freshly initialised model with `num_labels` outputs.
-    pub fn new(config: BertConfig, num_labels: usize, pooling: Pooling, device: Device) -> Result<Self, ModelError> {
+    pub fn new(
+        config: BertConfig,
+        num_labels: usize,
+        pooling: Pooling,
+        device: Device,
+    ) -> Result<Self, ModelError> {
         let c = &config;
         if c.hidden_size % c.num_attention_heads != 0 {
             return Err(ModelError::Config(format!(
@@ -123,8 +142,14 @@ impl BertClassifier {
                 c.hidden_size, c.num_attention_heads
             )));
         }
-        if !matches!(c.hidden_act.as_str(), "gelu" | "gelu_new" | "gelu_pytorch_tanh" | "relu") {
-            return Err(ModelError::Config(format!("unsupported hidden_act {:?}", c.hidden_act)));
+        if !matches!(
+            c.hidden_act.as_str(),
+            "gelu" | "gelu_new" | "gelu_pytorch_tanh" | "relu"
+        ) {
+            return Err(ModelError::Config(format!(
+                "unsupported hidden_act {:?}",
+                c.hidden_act
+            )));
         }
         let vs = nn::VarStore::new(device);
         let root = vs.root();
@@ -132,9 +157,24 @@ impl BertClassifier {
         let emb = &bert / "embeddings";
         let h = c.hidden_size;
         let embeddings = Embeddings {
-            word: nn::embedding(&emb / "word_embeddings", c.vocab_size, h, Default::default()),
-            position: nn::embedding(&emb / "position_embeddings", c.max_position_embeddings, h, Default::default()),
-            token_type: nn::embedding(&emb / "token_type_embeddings", c.type_vocab_size, h, Default::default()),
+            word: nn::embedding(
+                &emb / "word_embeddings",
+                c.vocab_size,
+                h,
+                Default::default(),
+            ),
+            position: nn::embedding(
+                &emb / "position_embeddings",
+                c.max_position_embeddings,
+                h,
+                Default::default(),
+            ),
+            token_type: nn::embedding(
+                &emb / "token_type_embeddings",
+                c.type_vocab_size,
+                h,
+                Default::default(),
+            ),
             norm: layer_norm(&emb / "LayerNorm", c),
         };
         let layers = (0..c.num_hidden_layers)
@@ -179,7 +219,8 @@ impl BertClassifier {
         pooling: Pooling,
         device: Device,
     ) -> Result<(Self, LoadReport), ModelError> {
-        let config = BertConfig::from_json(config_json).map_err(|e| ModelError::Config(e.to_string()))?;
+        let config =
+            BertConfig::from_json(config_json).map_err(|e| ModelError::Config(e.to_string()))?;
         let model = Self::new(config, num_labels, pooling, device)?;
         let tensors = safetensors_io::decode(weights)?;
         let report = model.assign(tensors)?;
@@ -209,7 +250,11 @@ impl BertClassifier {
             match by_name.remove(name) {
                 Some(src) => {
                     if src.size() != var.size() {
-                        return Err(ModelError::Shape { name: name.clone(), found: src.size(), expected: var.size() });
+                        return Err(ModelError::Shape {
+                            name: name.clone(),
+                            found: src.size(),
+                            expected: var.size(),
+                        });
                     }
                     tch::no_grad(|| var.shallow_clone().f_copy_(&src.to_kind(var.kind())))?;
                 }
@@ -224,7 +269,10 @@ impl BertClassifier {
         }
         unused.extend(by_name.into_keys());
         unused.sort();
-        Ok(LoadReport { initialised, unused })
+        Ok(LoadReport {
+            initialised,
+            unused,
+        })
     }
 
     pub fn config(&self) -> &BertConfig {
@@ -265,8 +313,11 @@ impl BertClassifier {
 
     /// The weights as a Hugging Face `model.safetensors` (fp32, CPU).
     pub fn to_safetensors(&self) -> Result<Vec<u8>, ModelError> {
-        let tensors: Vec<(String, Tensor)> =
-            self.named_parameters().into_iter().map(|(n, t)| (n, t.detach().to_kind(Kind::Float))).collect();
+        let tensors: Vec<(String, Tensor)> = self
+            .named_parameters()
+            .into_iter()
+            .map(|(n, t)| (n, t.detach().to_kind(Kind::Float)))
+            .collect();
         Ok(safetensors_io::encode(&tensors)?)
     }
 
@@ -287,12 +338,18 @@ impl BertClassifier {
         let heads = c.num_attention_heads;
         let head_dim = c.hidden_size / heads;
         let hidden_p = c.hidden_dropout_prob;
-        let attn_p = if train { c.attention_probs_dropout_prob } else { 0.0 };
+        let attn_p = if train {
+            c.attention_probs_dropout_prob
+        } else {
+            0.0
+        };
 
         let positions = Tensor::arange(seq, (Kind::Int64, device)).unsqueeze(0);
         let token_types = input_ids.zeros_like();
         let e = &self.embeddings;
-        let mut hidden = e.word.forward(input_ids) + e.position.forward(&positions) + e.token_type.forward(&token_types);
+        let mut hidden = e.word.forward(input_ids)
+            + e.position.forward(&positions)
+            + e.token_type.forward(&token_types);
         hidden = e.norm.forward(&hidden).dropout(hidden_p, train);
 
         let key_mask = attention_mask.to_kind(Kind::Bool).view([batch, 1, 1, seq]);
@@ -302,24 +359,41 @@ impl BertClassifier {
             let q = split(a.query.forward(&hidden));
             let k = split(a.key.forward(&hidden));
             let v = split(a.value.forward(&hidden));
-            let context = Tensor::scaled_dot_product_attention(&q, &k, &v, Some(&key_mask), attn_p, false, None, false)
-                .transpose(1, 2)
-                .reshape([batch, seq, c.hidden_size]);
-            let attended = a.norm.forward(&(a.output.forward(&context).dropout(hidden_p, train) + &hidden));
+            let context = Tensor::scaled_dot_product_attention(
+                &q,
+                &k,
+                &v,
+                Some(&key_mask),
+                attn_p,
+                false,
+                None,
+                false,
+            )
+            .transpose(1, 2)
+            .reshape([batch, seq, c.hidden_size]);
+            let attended = a
+                .norm
+                .forward(&(a.output.forward(&context).dropout(hidden_p, train) + &hidden));
             let inner = self.activation(&layer.intermediate.forward(&attended));
-            hidden = layer.norm.forward(&(layer.output.forward(&inner).dropout(hidden_p, train) + &attended));
+            hidden = layer
+                .norm
+                .forward(&(layer.output.forward(&inner).dropout(hidden_p, train) + &attended));
         }
 
         let pooled = match self.pooling {
             Pooling::Mean => {
                 let m = attention_mask.unsqueeze(-1).to_kind(hidden.kind());
-                (&hidden * &m).sum_dim_intlist(1, false, None) / m.sum_dim_intlist(1, false, None).clamp_min(1e-9)
+                (&hidden * &m).sum_dim_intlist(1, false, None)
+                    / m.sum_dim_intlist(1, false, None).clamp_min(1e-9)
             }
             Pooling::Cls => self.pooler.forward(&hidden.select(1, 0)).tanh(),
         };
         let p = c.classifier_dropout.unwrap_or(hidden_p);
         let logits = self.classifier.forward(&pooled.dropout(p, train));
-        ModelOutput { last_hidden_state: hidden, logits }
+        ModelOutput {
+            last_hidden_state: hidden,
+            logits,
+        }
     }
 
     /// Sigmoid probabilities `[batch, num_labels]` in fp32 on the CPU, without gradients.
@@ -348,10 +422,15 @@ fn canonical_name(name: &str) -> Option<String> {
     if name.ends_with("position_ids") {
         return None;
     }
-    let name = name.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta", "LayerNorm.bias");
+    let name = name
+        .replace("LayerNorm.gamma", "LayerNorm.weight")
+        .replace("LayerNorm.beta", "LayerNorm.bias");
     if name.starts_with("bert.") || name.starts_with("classifier.") {
         Some(name)
-    } else if name.starts_with("embeddings.") || name.starts_with("encoder.") || name.starts_with("pooler.") {
+    } else if name.starts_with("embeddings.")
+        || name.starts_with("encoder.")
+        || name.starts_with("pooler.")
+    {
         Some(format!("bert.{name}"))
     } else {
         Some(name)
@@ -383,9 +462,15 @@ mod tests {
             "bert.pooler.dense.weight",
             "classifier.weight",
         ] {
-            assert!(names.iter().any(|n| n == expected), "missing {expected}: {names:?}");
+            assert!(
+                names.iter().any(|n| n == expected),
+                "missing {expected}: {names:?}"
+            );
         }
-        assert_eq!(m.var_store().variables()["classifier.weight"].size(), vec![5, 16]);
+        assert_eq!(
+            m.var_store().variables()["classifier.weight"].size(),
+            vec![5, 16]
+        );
     }
 
     #[test]
@@ -407,11 +492,17 @@ mod tests {
         let m = BertClassifier::new(tiny_config(), 3, Pooling::Cls, Device::Cpu).unwrap();
         let bytes = m.to_safetensors().unwrap();
         let config = tiny_config().to_json();
-        let (back, report) = BertClassifier::load(&config, &bytes, 3, Pooling::Cls, Device::Cpu).unwrap();
-        assert!(report.initialised.is_empty() && report.unused.is_empty(), "{report:?}");
+        let (back, report) =
+            BertClassifier::load(&config, &bytes, 3, Pooling::Cls, Device::Cpu).unwrap();
+        assert!(
+            report.initialised.is_empty() && report.unused.is_empty(),
+            "{report:?}"
+        );
         let ids = Tensor::from_slice(&[2i64, 7, 9, 3, 4, 5]).view([2, 3]);
         let mask = ids.ones_like();
-        assert!(m.predict_proba(&ids, &mask).equal(&back.predict_proba(&ids, &mask)));
+        assert!(m
+            .predict_proba(&ids, &mask)
+            .equal(&back.predict_proba(&ids, &mask)));
     }
 
     #[test]
@@ -426,13 +517,25 @@ mod tests {
             .collect();
         let bytes = safetensors_io::encode(&bare).unwrap();
         let config = tiny_config().to_json();
-        let (_, report) = BertClassifier::load(&config, &bytes, 28, Pooling::Mean, Device::Cpu).unwrap();
-        assert_eq!(report.initialised, vec!["classifier.bias", "classifier.weight"]);
+        let (_, report) =
+            BertClassifier::load(&config, &bytes, 28, Pooling::Mean, Device::Cpu).unwrap();
+        assert_eq!(
+            report.initialised,
+            vec!["classifier.bias", "classifier.weight"]
+        );
 
-        let partial: Vec<(String, Tensor)> =
-            bare.into_iter().filter(|(n, _)| !n.contains("layer.1.output.dense.weight")).collect();
+        let partial: Vec<(String, Tensor)> = bare
+            .into_iter()
+            .filter(|(n, _)| !n.contains("layer.1.output.dense.weight"))
+            .collect();
         let bytes = safetensors_io::encode(&partial).unwrap();
-        let err = BertClassifier::load(&config, &bytes, 28, Pooling::Mean, Device::Cpu).err().unwrap();
-        assert!(err.to_string().contains("bert.encoder.layer.1.output.dense.weight"), "{err}");
+        let err = BertClassifier::load(&config, &bytes, 28, Pooling::Mean, Device::Cpu)
+            .err()
+            .unwrap();
+        assert!(
+            err.to_string()
+                .contains("bert.encoder.layer.1.output.dense.weight"),
+            "{err}"
+        );
     }
 }

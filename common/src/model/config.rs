@@ -70,17 +70,32 @@ impl BertConfig {
     /// Label names in id order, when the config carries `id2label` for ids 0..n.
     pub fn label_names(&self) -> Option<Vec<String>> {
         let map = self.id2label.as_ref()?;
-        (0..map.len()).map(|i| map.get(&i.to_string()).cloned()).collect()
+        (0..map.len())
+            .map(|i| map.get(&i.to_string()).cloned())
+            .collect()
     }
 
     /// Fills the classification fields for multi-label classification over `labels`.
     pub fn set_classification(&mut self, labels: &[String], pooling: &str) {
-        self.id2label = Some(labels.iter().enumerate().map(|(i, l)| (i.to_string(), l.clone())).collect());
-        self.label2id = Some(labels.iter().enumerate().map(|(i, l)| (l.clone(), i as i64)).collect());
+        self.id2label = Some(
+            labels
+                .iter()
+                .enumerate()
+                .map(|(i, l)| (i.to_string(), l.clone()))
+                .collect(),
+        );
+        self.label2id = Some(
+            labels
+                .iter()
+                .enumerate()
+                .map(|(i, l)| (l.clone(), i as i64))
+                .collect(),
+        );
         self.problem_type = Some("multi_label_classification".into());
         self.architectures = Some(vec!["BertForSequenceClassification".into()]);
         self.classifier_pooling = Some(pooling.into());
-        self.extra.insert("model_type".into(), Value::String("bert".into()));
+        self.extra
+            .insert("model_type".into(), Value::String("bert".into()));
     }
 }
 
@@ -98,6 +113,9 @@ mod tests {
         assert_eq!(back.extra["foo"], serde_json::json!([1]));
         assert_eq!(back.label_names().unwrap(), vec!["joy", "neutral"]);
         assert_eq!(back.label2id.unwrap()["neutral"], 1);
-        assert_eq!(back.problem_type.as_deref(), Some("multi_label_classification"));
+        assert_eq!(
+            back.problem_type.as_deref(),
+            Some("multi_label_classification")
+        );
     }
 }

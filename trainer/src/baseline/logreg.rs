@@ -95,7 +95,10 @@ impl LogisticRegression {
             let mut candidate = vec![0.0; n];
             let mut f_new;
             loop {
-                candidate.iter_mut().zip(theta.iter().zip(&dir)).for_each(|(c, (t, d))| *c = t + step * d);
+                candidate
+                    .iter_mut()
+                    .zip(theta.iter().zip(&dir))
+                    .for_each(|(c, (t, d))| *c = t + step * d);
                 f_new = objective(x, y, c, &candidate, &mut new_grad);
                 if f_new <= f + 1e-4 * step * slope || step < 1e-10 {
                     break;
@@ -121,7 +124,10 @@ impl LogisticRegression {
         }
         let intercept = theta[num_features];
         theta.truncate(num_features);
-        Self { weights: theta, intercept }
+        Self {
+            weights: theta,
+            intercept,
+        }
     }
 
     pub fn predict_proba(&self, row: &SparseRow) -> f64 {
@@ -140,16 +146,23 @@ impl OneVsRest {
         let models = std::thread::scope(|scope| {
             let handles: Vec<_> = y
                 .iter()
-                .map(|labels| scope.spawn(move || LogisticRegression::fit(x, num_features, labels, c)))
+                .map(|labels| {
+                    scope.spawn(move || LogisticRegression::fit(x, num_features, labels, c))
+                })
                 .collect();
-            handles.into_iter().map(|h| h.join().expect("fit thread")).collect()
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("fit thread"))
+                .collect()
         });
         Self { models }
     }
 
     /// Row-major `[examples × labels]` probabilities.
     pub fn predict_proba(&self, x: &[SparseRow]) -> Vec<f32> {
-        x.iter().flat_map(|row| self.models.iter().map(move |m| m.predict_proba(row) as f32)).collect()
+        x.iter()
+            .flat_map(|row| self.models.iter().map(move |m| m.predict_proba(row) as f32))
+            .collect()
     }
 }
 

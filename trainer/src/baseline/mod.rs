@@ -21,15 +21,24 @@ impl Baseline {
         let vectorizer = TfidfVectorizer::fit(&texts, max_features);
         let x = vectorizer.transform(&texts);
         let y: Vec<Vec<bool>> = (0..num_labels)
-            .map(|j| train.iter().map(|e| e.labels.contains(&(j as u8))).collect())
+            .map(|j| {
+                train
+                    .iter()
+                    .map(|e| e.labels.contains(&(j as u8)))
+                    .collect()
+            })
             .collect();
         let classifier = OneVsRest::fit(&x, vectorizer.num_features(), &y, c);
-        Self { vectorizer, classifier }
+        Self {
+            vectorizer,
+            classifier,
+        }
     }
 
     /// Probabilities, row-major `[examples × labels]`.
     pub fn predict_proba(&self, examples: &[Example]) -> Vec<f32> {
         let texts: Vec<&str> = examples.iter().map(|e| e.text.as_str()).collect();
-        self.classifier.predict_proba(&self.vectorizer.transform(&texts))
+        self.classifier
+            .predict_proba(&self.vectorizer.transform(&texts))
     }
 }

@@ -10,7 +10,12 @@ pub type SparseRow = Vec<(u32, f32)>;
 fn stop_words() -> &'static HashSet<&'static str> {
     static WORDS: OnceLock<HashSet<&'static str>> = OnceLock::new();
     // scikit-learn's ENGLISH_STOP_WORDS (the Glasgow Information Retrieval Group list).
-    WORDS.get_or_init(|| include_str!("stop_words_en.txt").lines().filter(|w| !w.is_empty()).collect())
+    WORDS.get_or_init(|| {
+        include_str!("stop_words_en.txt")
+            .lines()
+            .filter(|w| !w.is_empty())
+            .collect()
+    })
 }
 
 /// Lowercased tokens of two or more word characters (letters, digits, underscore), stop words kept.
@@ -45,8 +50,15 @@ impl TfidfVectorizer {
         terms.truncate(max_features);
         terms.sort_by(|a, b| a.0.cmp(&b.0));
         let n = texts.len() as f64;
-        let idf = terms.iter().map(|(t, _)| (((1.0 + n) / (1.0 + doc_freq[t] as f64)).ln() + 1.0) as f32).collect();
-        let vocabulary = terms.into_iter().enumerate().map(|(i, (t, _))| (t, i as u32)).collect();
+        let idf = terms
+            .iter()
+            .map(|(t, _)| (((1.0 + n) / (1.0 + doc_freq[t] as f64)).ln() + 1.0) as f32)
+            .collect();
+        let vocabulary = terms
+            .into_iter()
+            .enumerate()
+            .map(|(i, (t, _))| (t, i as u32))
+            .collect();
         Self { vocabulary, idf }
     }
 
@@ -64,7 +76,10 @@ impl TfidfVectorizer {
                         *counts.entry(i).or_default() += 1.0;
                     }
                 }
-                let mut row: SparseRow = counts.into_iter().map(|(i, c)| (i, c * self.idf[i as usize])).collect();
+                let mut row: SparseRow = counts
+                    .into_iter()
+                    .map(|(i, c)| (i, c * self.idf[i as usize]))
+                    .collect();
                 row.sort_by_key(|&(i, _)| i);
                 let norm = row.iter().map(|&(_, v)| v * v).sum::<f32>().sqrt();
                 if norm > 0.0 {
@@ -101,8 +116,16 @@ mod tests {
         assert!((norm - 1.0).abs() < 1e-6);
         assert!(rows[1].is_empty());
         // idf(cat) = ln(5/4)+1 < idf(ran) = ln(5/3)+1, so "ran" weighs more in "cat ran".
-        let cat = rows[0].iter().find(|(i, _)| *i == v.vocabulary["cat"]).unwrap().1;
-        let ran = rows[0].iter().find(|(i, _)| *i == v.vocabulary["ran"]).unwrap().1;
+        let cat = rows[0]
+            .iter()
+            .find(|(i, _)| *i == v.vocabulary["cat"])
+            .unwrap()
+            .1;
+        let ran = rows[0]
+            .iter()
+            .find(|(i, _)| *i == v.vocabulary["ran"])
+            .unwrap()
+            .1;
         assert!(ran > cat);
     }
 }
