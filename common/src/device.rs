@@ -9,10 +9,23 @@ static CUDA_LOADED: OnceLock<bool> = OnceLock::new();
 /// Opens libtorch's CUDA backend if it is installed; returns whether it was loaded.
 pub fn load_cuda_backend() -> bool {
     *CUDA_LOADED.get_or_init(|| {
-        let mut candidates = vec!["libtorch_cuda.so".to_string()];
-        if let Some(dir) = option_env!("LIBTORCH_LIB_DIR") {
-            candidates.insert(0, format!("{dir}/libtorch_cuda.so"));
+        // Next to the binary (container layout), where it was built, then the library path.
+        let mut candidates = Vec::new();
+        if let Some(bin_dir) = std::env::current_exe()
+            .ok()
+            .and_then(|p| p.parent().map(|d| d.to_path_buf()))
+        {
+            candidates.push(
+                bin_dir
+                    .join("../lib/torch/lib/libtorch_cuda.so")
+                    .display()
+                    .to_string(),
+            );
         }
+        if let Some(dir) = option_env!("LIBTORCH_LIB_DIR") {
+            candidates.push(format!("{dir}/libtorch_cuda.so"));
+        }
+        candidates.push("libtorch_cuda.so".to_string());
         for name in candidates {
             let Ok(c_name) = std::ffi::CString::new(name) else {
                 continue;
