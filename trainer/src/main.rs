@@ -38,6 +38,20 @@ enum Command {
     Bench(BenchCmd),
     /// Run the gRPC Trainer service (jobs, registry versions and aliases).
     Serve(ServeCmd),
+    /// Print a checkpoint's sigmoid scores for the given texts as JSON (for cross-checks).
+    Score(ScoreCmd),
+}
+
+#[derive(clap::Args)]
+struct ScoreCmd {
+    /// Checkpoint URI: a version folder or an alias (…/models/NAME/aliases/A).
+    #[arg(long, env = "GOEMOTIONS_CHECKPOINT")]
+    checkpoint: String,
+    #[command(flatten)]
+    device: DeviceArgs,
+    /// Texts to score.
+    #[arg(required = true)]
+    texts: Vec<String>,
 }
 
 #[derive(clap::Args)]
@@ -221,6 +235,7 @@ fn main() -> anyhow::Result<()> {
         Command::Baseline(cmd) => baseline_cmd(cmd),
         Command::Bench(cmd) => bench_cmd(cmd, runtime.handle()),
         Command::Serve(cmd) => runtime.block_on(serve_cmd(cmd)),
+        Command::Score(cmd) => score_cmd(cmd, runtime.handle()),
     }
 }
 
@@ -429,5 +444,19 @@ async fn serve_cmd(cmd: ServeCmd) -> anyhow::Result<()> {
             let _ = tokio::signal::ctrl_c().await;
         })
         .await?;
+    Ok(())
+}
+
+fn score_cmd(cmd: ScoreCmd, handle: &tokio::runtime::Handle) -> anyhow::Result<()> {
+    let device = cmd.device.init()?;
+    let (store, _) = handle.block_on(ModelRef::parse(&cmd.checkpoint)?.resolve())?;
+    let ck = handle.block_on(checkpoint::read(&store)).with_context(|| format!("reading {}", store.uri()))?;
+    let loaded = ck.load_model(device)?;
+    let encoded = loaded.tokenizer.encode_all(&cmd.texts)?;
+    let l = loaded.manifest.labels.len();
+    let scores = train::score(&loaded.model, &loaded.tokenizer, &encoded, 32);
+    let rows: Vec<&[f32]> = scores.chunks(l).collect();
+    let out = serde_json::json!({"version": loaded.manifest.version, "labels": loaded.manifest.labels, "scores": rows});
+    println!("{out}");
     Ok(())
 }
