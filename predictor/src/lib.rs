@@ -5,6 +5,7 @@
 //! - `reload`: loading checkpoints and following an alias with atomic swaps;
 //! - `service`: the thin gRPC layer (router), `telemetry`: Prometheus metrics.
 pub mod batcher;
+pub mod bench;
 pub mod engine;
 pub mod reload;
 pub mod service;

@@ -44,6 +44,33 @@ enum Command {
     Classify(ClassifyArgs),
     /// Print the served model's version, labels, thresholds and limits.
     Info(ClientArgs),
+    /// Drive a running predictor with concurrent streams and print throughput and latency.
+    Bench(BenchArgs),
+}
+
+#[derive(clap::Args)]
+struct BenchArgs {
+    /// Predictor address (loopback).
+    #[arg(long, default_value = "http://127.0.0.1:50051")]
+    addr: String,
+    /// GoEmotions TSV (or plain text, one per line) whose texts are sent.
+    #[arg(long, default_value = ".cache/data/goemotions/test.tsv")]
+    texts: std::path::PathBuf,
+    /// Concurrent ClassifyStream calls.
+    #[arg(long, default_value_t = 8)]
+    streams: usize,
+    /// Outstanding texts per stream.
+    #[arg(long, default_value_t = 32)]
+    in_flight: usize,
+    /// Stop sending after this many seconds.
+    #[arg(long, default_value_t = 120.0)]
+    max_seconds: f64,
+    /// Sequential single-text unary calls for idle latency.
+    #[arg(long, default_value_t = 300)]
+    idle_requests: usize,
+    /// Predictor process id, to report its peak RSS (VmHWM).
+    #[arg(long)]
+    pid: Option<u32>,
 }
 
 #[derive(clap::Args)]
@@ -153,6 +180,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Serve(args) => serve(*args).await,
         Command::Classify(args) => classify(args).await,
         Command::Info(args) => info(args).await,
+        Command::Bench(args) => bench(args).await,
     }
 }
 
@@ -456,6 +484,39 @@ async fn info(args: ClientArgs) -> anyhow::Result<()> {
     metrics.sort_by(|a, b| a.0.cmp(b.0));
     for (k, v) in metrics {
         println!("  {k} = {v:.4}");
+    }
+    Ok(())
+}
+
+async fn bench(args: BenchArgs) -> anyhow::Result<()> {
+    let raw = std::fs::read_to_string(&args.texts)
+        .with_context(|| format!("reading {}", args.texts.display()))?;
+    let texts: Vec<String> = raw
+        .lines()
+        .map(|l| l.split('\t').next().unwrap_or("").to_string())
+        .collect();
+    let channel = Channel::from_shared(args.addr.clone())?.connect().await?;
+    let r = predictor::bench::run(
+        channel,
+        &texts,
+        args.streams.max(1),
+        args.in_flight.max(1),
+        args.idle_requests,
+        Duration::from_secs_f64(args.max_seconds),
+    )
+    .await?;
+    println!(
+        "predictor: {} texts in {:.1}s over {} streams = {:.1} texts/s; stream latency p50 {:.1} ms p99 {:.1} ms; idle single-text p50 {:.2} ms p99 {:.2} ms",
+        r.texts, r.seconds, args.streams, r.throughput, r.stream_p50_ms, r.stream_p99_ms, r.idle_p50_ms, r.idle_p99_ms
+    );
+    if let Some(pid) = args.pid {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+        if let Some(line) = status.lines().find(|l| l.starts_with("VmHWM")) {
+            println!(
+                "predictor peak RSS: {}",
+                line.trim_start_matches("VmHWM:").trim()
+            );
+        }
     }
     Ok(())
 }

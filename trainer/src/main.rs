@@ -450,7 +450,9 @@ async fn serve_cmd(cmd: ServeCmd) -> anyhow::Result<()> {
 fn score_cmd(cmd: ScoreCmd, handle: &tokio::runtime::Handle) -> anyhow::Result<()> {
     let device = cmd.device.init()?;
     let (store, _) = handle.block_on(ModelRef::parse(&cmd.checkpoint)?.resolve())?;
-    let ck = handle.block_on(checkpoint::read(&store)).with_context(|| format!("reading {}", store.uri()))?;
+    let ck = handle
+        .block_on(checkpoint::read(&store))
+        .with_context(|| format!("reading {}", store.uri()))?;
     let loaded = ck.load_model(device)?;
     let encoded = loaded.tokenizer.encode_all(&cmd.texts)?;
     let l = loaded.manifest.labels.len();
