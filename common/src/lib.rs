@@ -4,6 +4,7 @@ pub mod checkpoint;
 pub mod data;
 pub mod device;
 pub mod labels;
+pub mod logging;
 pub mod metrics;
 pub mod model;
 pub mod registry;

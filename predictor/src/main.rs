@@ -159,23 +159,10 @@ struct ClassifyArgs {
     texts: Vec<String>,
 }
 
-fn init_logging(format: &str) {
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if format == "json" {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    init_logging(&cli.log_format);
+    common::logging::init(&cli.log_format);
     match cli.command {
         Command::Serve(args) => serve(*args).await,
         Command::Classify(args) => classify(args).await,

@@ -75,7 +75,11 @@ impl PredictorService {
         Ok(Pending::Queued { encoded, rx })
     }
 
-    fn record(&self, method: &str, code: Code, started: Instant) {
+    fn record<T>(&self, method: &str, result: &Result<T, Status>, started: Instant) {
+        let code = result
+            .as_ref()
+            .map(|_| Code::Ok)
+            .unwrap_or_else(|s| s.code());
         self.metrics
             .requests
             .with_label_values(&[method, &code_name(code)])
@@ -138,14 +142,7 @@ impl Predictor for PredictorService {
             Ok(ClassifyResponse { results, model_version: model.version().to_string() })
         }
         .await;
-        self.record(
-            "Classify",
-            result
-                .as_ref()
-                .map(|_| Code::Ok)
-                .unwrap_or_else(|s| s.code()),
-            started,
-        );
+        self.record("Classify", &result, started);
         result.map(Response::new)
     }
 
@@ -204,11 +201,7 @@ impl Predictor for PredictorService {
                         Ok::<_, Status>((result, model.version().to_string()))
                     }
                     .await;
-                    let code = outcome
-                        .as_ref()
-                        .map(|_| Code::Ok)
-                        .unwrap_or_else(|s| s.code());
-                    service.record("ClassifyStream", code, started);
+                    service.record("ClassifyStream", &outcome, started);
                     let response = match outcome {
                         Ok((result, version)) => {
                             service
@@ -266,14 +259,7 @@ impl Predictor for PredictorService {
                 max_in_flight_per_stream: self.limits.max_in_flight_per_stream as u32,
             }
         });
-        self.record(
-            "GetModelInfo",
-            result
-                .as_ref()
-                .map(|_| Code::Ok)
-                .unwrap_or_else(|s| s.code()),
-            started,
-        );
+        self.record("GetModelInfo", &result, started);
         result.map(Response::new)
     }
 }

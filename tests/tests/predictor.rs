@@ -22,6 +22,16 @@ const TEXTS: [&str; 6] = [
     "Why would anyone do that? I don't get it.",
 ];
 
+/// Trains (once per test binary) and serves the shared registry's `latest` from `dir`.
+async fn serve_shared(dir: &std::path::Path, extra: &[&str]) -> (Proc, String) {
+    shared_registry(dir);
+    let alias = dir.join("models/goemotions/aliases/latest");
+    let (mut proc, addr, _) =
+        spawn_predictor(alias.to_str().unwrap(), extra, &[], dir.join("p.log"));
+    wait_serving(&mut proc, &addr, Duration::from_secs(60)).await;
+    (proc, addr)
+}
+
 fn all_scores() -> Option<ClassifyOptions> {
     Some(ClassifyOptions {
         top_k: 3,
@@ -249,10 +259,8 @@ async fn reqwest_lite(port: u16) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn limits_and_bad_input_get_documented_status_codes() {
     let dir = tempfile::tempdir().unwrap();
-    shared_registry(dir.path());
-    let alias = dir.path().join("models/goemotions/aliases/latest");
-    let (mut proc, addr, _) = spawn_predictor(
-        alias.to_str().unwrap(),
+    let (_proc, addr) = serve_shared(
+        dir.path(),
         &[
             "--max-texts-per-request",
             "4",
@@ -261,10 +269,8 @@ async fn limits_and_bad_input_get_documented_status_codes() {
             "--auth-token",
             "s3cret",
         ],
-        &[],
-        dir.path().join("p.log"),
-    );
-    wait_serving(&mut proc, &addr, Duration::from_secs(60)).await;
+    )
+    .await;
     let channel = tonic::transport::Channel::from_shared(addr.clone())
         .unwrap()
         .connect()
@@ -395,10 +401,8 @@ async fn limits_and_bad_input_get_documented_status_codes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_queue_answers_resource_exhausted() {
     let dir = tempfile::tempdir().unwrap();
-    shared_registry(dir.path());
-    let alias = dir.path().join("models/goemotions/aliases/latest");
-    let (mut proc, addr, _) = spawn_predictor(
-        alias.to_str().unwrap(),
+    let (_proc, addr) = serve_shared(
+        dir.path(),
         &[
             "--queue-capacity",
             "2",
@@ -407,10 +411,8 @@ async fn full_queue_answers_resource_exhausted() {
             "--max-texts-per-request",
             "64",
         ],
-        &[],
-        dir.path().join("p.log"),
-    );
-    wait_serving(&mut proc, &addr, Duration::from_secs(60)).await;
+    )
+    .await;
     let c = client(&addr).await;
     let long = "what a wonderful and surprising day it was ".repeat(10);
     let calls = (0..8).map(|_| {

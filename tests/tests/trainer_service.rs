@@ -87,6 +87,26 @@ fn small_spec(train_limit: u32, epochs: u32) -> TrainingSpec {
     }
 }
 
+/// Polls a job until it reports at least `step` training steps.
+async fn wait_for_step(c: &mut TrainerClient<Channel>, id: &str, step: u64, timeout: Duration) {
+    let start = Instant::now();
+    loop {
+        let job = c
+            .get_job(proto::v1::GetJobRequest { job_id: id.into() })
+            .await
+            .unwrap()
+            .into_inner();
+        if job.progress.map(|p| p.step >= step).unwrap_or(false) {
+            return;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "job {id} never reached step {step}: {job:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Watches a job to its end; returns every event's job snapshot.
 async fn watch_to_end(c: &mut TrainerClient<Channel>, id: &str, timeout: Duration) -> Vec<Job> {
     let mut stream = c
@@ -216,21 +236,12 @@ async fn killed_trainer_resumes_its_job_and_cancel_publishes_nothing() {
         .job_id;
     // Wait until a resumable state exists past step 8, then kill -9.
     let state = Store::open(&s3.uri(&format!("registry/jobs/{id}"))).unwrap();
+    wait_for_step(&mut c, &id, 8, Duration::from_secs(240)).await;
     let start = Instant::now();
-    loop {
-        let job = c
-            .get_job(proto::v1::GetJobRequest { job_id: id.clone() })
-            .await
-            .unwrap()
-            .into_inner();
-        if job.progress.map(|p| p.step >= 8).unwrap_or(false)
-            && state.exists("state.json").await.unwrap()
-        {
-            break;
-        }
+    while !state.exists("state.json").await.unwrap() {
         assert!(
-            start.elapsed() < Duration::from_secs(240),
-            "no progress:\n{}",
+            start.elapsed() < Duration::from_secs(60),
+            "no state saved:\n{}",
             trainer.proc.log_text()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -280,19 +291,7 @@ async fn killed_trainer_resumes_its_job_and_cancel_publishes_nothing() {
         .unwrap()
         .into_inner()
         .job_id;
-    let start = Instant::now();
-    loop {
-        let job = c
-            .get_job(proto::v1::GetJobRequest { job_id: id.clone() })
-            .await
-            .unwrap()
-            .into_inner();
-        if job.progress.map(|p| p.step >= 2).unwrap_or(false) {
-            break;
-        }
-        assert!(start.elapsed() < Duration::from_secs(120));
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_step(&mut c, &id, 2, Duration::from_secs(120)).await;
     c.cancel_job(CancelJobRequest { job_id: id.clone() })
         .await
         .unwrap();

@@ -113,3 +113,15 @@ impl HyperArgs {
         }
     }
 }
+
+#[derive(Args, Debug, Clone)]
+pub struct BaseModelArgs {
+    /// Base encoder: a Hugging Face model folder or object-store URI with config.json,
+    /// model.safetensors and tokenizer.json.
+    #[arg(
+        long,
+        env = "GOEMOTIONS_BASE_MODEL",
+        default_value = ".cache/models/all-MiniLM-L6-v2"
+    )]
+    pub base_model: String,
+}

@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 use common::checkpoint;
 use common::registry::ModelRef;
 use indicatif::{ProgressBar, ProgressStyle};
-use trainer::cli::{DataArgs, DeviceArgs, HyperArgs};
+use trainer::cli::{BaseModelArgs, DataArgs, DeviceArgs, HyperArgs};
 use trainer::job::{self, Dataset, JobSpec};
 use trainer::report::{ModelResults, Report};
 use trainer::train::{self, EpochRecord, Observer, Progress};
@@ -96,13 +96,8 @@ struct TrainCmd {
     device: DeviceArgs,
     #[command(flatten)]
     hyper: HyperArgs,
-    /// Base encoder: a Hugging Face model folder or object-store URI with config.json, model.safetensors, tokenizer.json.
-    #[arg(
-        long,
-        env = "GOEMOTIONS_BASE_MODEL",
-        default_value = ".cache/models/all-MiniLM-L6-v2"
-    )]
-    base_model: String,
+    #[command(flatten)]
+    base: BaseModelArgs,
     /// Registry root (file:///path, a path, or s3://bucket/prefix).
     #[arg(long, env = "GOEMOTIONS_REGISTRY", default_value = "output/registry")]
     registry: String,
@@ -157,13 +152,8 @@ struct BenchCmd {
     device: DeviceArgs,
     #[command(flatten)]
     hyper: HyperArgs,
-    /// Base encoder folder or URI.
-    #[arg(
-        long,
-        env = "GOEMOTIONS_BASE_MODEL",
-        default_value = ".cache/models/all-MiniLM-L6-v2"
-    )]
-    base_model: String,
+    #[command(flatten)]
+    base: BaseModelArgs,
     /// Optimizer steps to time (after 3 warm-up steps).
     #[arg(long, default_value_t = 30)]
     steps: u64,
@@ -209,22 +199,9 @@ impl Observer for BarObserver {
     }
 }
 
-fn init_logging(format: &str) {
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if format == "json" {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
-}
-
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    init_logging(&cli.log_format);
+    common::logging::init(&cli.log_format);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -242,7 +219,7 @@ fn main() -> anyhow::Result<()> {
 fn train_cmd(cmd: TrainCmd, handle: &tokio::runtime::Handle) -> anyhow::Result<()> {
     let device = cmd.device.init()?;
     let spec = JobSpec {
-        base_model: cmd.base_model,
+        base_model: cmd.base.base_model,
         data_dir: cmd.data.data_dir,
         registry: cmd.registry,
         model_name: cmd.model_name,
@@ -391,7 +368,7 @@ fn bench_cmd(cmd: BenchCmd, handle: &tokio::runtime::Handle) -> anyhow::Result<(
         42,
     )?;
     let base = handle.block_on(checkpoint::read_base(&common::store::Store::open(
-        &cmd.base_model,
+        &cmd.base.base_model,
     )?))?;
     let mut cfg = cmd.hyper.config();
     let report =
