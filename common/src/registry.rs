@@ -42,6 +42,11 @@ pub struct AliasRecord {
     pub updated_at: String,
 }
 
+/// Alias writes of this process go one at a time: the store's conditional write guards against
+/// other processes, and this keeps a process from racing itself on servers whose conditional
+/// writes are not atomic under concurrency (seen with s3s-fs 0.14).
+static ALIAS_WRITES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// A new, sortable version id: UTC time plus a random suffix.
 pub fn new_version_id() -> String {
     let suffix: u32 = rand::random();

@@ -420,6 +420,38 @@ async fn concurrent_alias_updates_exactly_one_wins() {
             .unwrap(),
         winners[0]
     );
+    // The S3 server itself enforces the condition: a write with a stale ETag is refused.
+    let aliases = Store::open(&s3.uri("registry/models/goemotions/aliases")).unwrap();
+    let (_, seen) = aliases.get_versioned("latest.json").await.unwrap();
+    aliases
+        .put(
+            "latest.json",
+            bytes::Bytes::from_static(b"{\"version\": \"v2\", \"updated_at\": \"x\"}"),
+        )
+        .await
+        .unwrap();
+    let stale = aliases
+        .put_if(
+            "latest.json",
+            bytes::Bytes::from_static(b"{}"),
+            common::store::Expect::Version(seen),
+        )
+        .await;
+    assert!(
+        matches!(stale, Err(common::store::StoreError::Conflict { .. })),
+        "{stale:?}"
+    );
+    let absent = aliases
+        .put_if(
+            "latest.json",
+            bytes::Bytes::from_static(b"{}"),
+            common::store::Expect::Absent,
+        )
+        .await;
+    assert!(
+        matches!(absent, Err(common::store::StoreError::Conflict { .. })),
+        "{absent:?}"
+    );
     // Unknown versions are refused.
     let mut c = c.clone();
     let err = c
