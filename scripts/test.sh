@@ -10,4 +10,4 @@ scripts/setup.sh --with-s3
 source .cache/env.sh
 scripts/validate-k8s.sh | grep -v '^INFO'
 cargo build --bins
-cargo test --workspace "$@" 2>&1
+cargo test --workspace --no-fail-fast "$@" 2>&1
