@@ -88,19 +88,23 @@ impl Batcher {
         encoded: Encoded,
     ) -> Result<oneshot::Receiver<ScoreResult>, QueueFull> {
         let (reply, rx) = oneshot::channel();
+        // Count before sending: the worker may take the job before this thread runs again.
+        let depth = self.depth.fetch_add(1, Ordering::SeqCst) + 1;
         match self.tx.try_send(Job {
             model,
             encoded,
             reply,
         }) {
             Ok(()) => {
-                let d = self.depth.fetch_add(1, Ordering::SeqCst) + 1;
-                self.metrics.queue_depth.set(d as i64);
+                self.metrics.queue_depth.set(depth as i64);
                 Ok(rx)
             }
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => Err(QueueFull {
-                capacity: self.capacity,
-            }),
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                self.depth.fetch_sub(1, Ordering::SeqCst);
+                Err(QueueFull {
+                    capacity: self.capacity,
+                })
+            }
         }
     }
 
@@ -131,8 +135,10 @@ fn run(rx: mpsc::Receiver<Job>, config: BatcherConfig, depth: Arc<AtomicUsize>, 
                 Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => break,
             }
         }
-        let d = depth.fetch_sub(pending.len(), Ordering::SeqCst) - pending.len();
-        metrics.queue_depth.set(d as i64);
+        let before = depth.fetch_sub(pending.len(), Ordering::SeqCst);
+        metrics
+            .queue_depth
+            .set(before.saturating_sub(pending.len()) as i64);
         // Callers that went away (cancelled, deadline passed) cost nothing.
         pending.retain(|job| !job.reply.is_closed());
         while !pending.is_empty() {
