@@ -204,6 +204,7 @@ impl Registry {
                 version: version.into(),
             });
         }
+        let _one_at_a_time = ALIAS_WRITES.lock().await;
         let current = self.get_alias_versioned(name, alias).await?;
         let found = current.as_ref().map(|(r, _)| r.version.clone());
         if let Some(expected) = &expected {

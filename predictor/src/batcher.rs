@@ -1,5 +1,5 @@
 //! Dynamic batching. Requests queue texts (already tokenized) in a bounded queue; one inference
-//! thread takes what is waiting (up to `max_batch_size`, waiting at most `max_wait` for more),
+//! thread takes what is waiting (up to a pool of a few batches, waiting at most `max_wait` for more),
 //! drops texts whose caller has gone (cancelled or past its deadline), groups them by model
 //! version (a request finishes on the version it started with), sorts by length and cuts
 //! batches whose padded size stays within the token budget. Inference never runs on the async
@@ -37,6 +37,9 @@ impl Default for BatcherConfig {
         }
     }
 }
+
+/// How many forward batches one gathered pool may hold (texts are length-sorted across the pool).
+const POOL_BATCHES: usize = 4;
 
 /// Scores in label-id order, or an inference error message.
 pub type ScoreResult = Result<Vec<f32>, String>;
@@ -117,7 +120,9 @@ fn run(rx: mpsc::Receiver<Job>, config: BatcherConfig, depth: Arc<AtomicUsize>, 
     while let Ok(first) = rx.recv() {
         let mut pending = vec![first];
         let deadline = Instant::now() + config.max_wait;
-        'gather: while pending.len() < config.max_batch_size {
+        // Gather up to a few batches' worth: sorting a larger pool by length cuts padding.
+        let pool = config.max_batch_size * POOL_BATCHES;
+        'gather: while pending.len() < pool {
             match rx.try_recv() {
                 Ok(job) => {
                     pending.push(job);
