@@ -8,8 +8,7 @@ COPY . .
 RUN TORCH_VARIANT=cpu scripts/setup.sh \
  && . .cache/env.sh \
  && cargo build --release --bin predictor \
- && scripts/assemble-runtime.sh /out target/release/predictor \
- && rm /out/lib/torch/lib/libtorch_cuda.so 2>/dev/null || true
+ && scripts/assemble-runtime.sh /out target/release/predictor
 
 FROM debian:bookworm-slim
 RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates && rm -rf /var/lib/apt/lists/* \

@@ -30,7 +30,7 @@ pub struct BatcherConfig {
 impl Default for BatcherConfig {
     fn default() -> Self {
         Self {
-            max_batch_size: 64,
+            max_batch_size: 32,
             max_batch_tokens: 8192,
             max_wait: Duration::from_millis(1),
             queue_capacity: 1024,
@@ -39,7 +39,7 @@ impl Default for BatcherConfig {
 }
 
 /// How many forward batches one gathered pool may hold (texts are length-sorted across the pool).
-const POOL_BATCHES: usize = 4;
+const POOL_BATCHES: usize = 8;
 
 /// Scores in label-id order, or an inference error message.
 pub type ScoreResult = Result<Vec<f32>, String>;

@@ -89,7 +89,7 @@ struct ServeArgs {
     #[arg(long, env = "PREDICTOR_POLL_INTERVAL_SECS", default_value_t = 10.0)]
     poll_interval_secs: f64,
     /// Texts per forward pass at most.
-    #[arg(long, env = "PREDICTOR_MAX_BATCH_SIZE", default_value_t = 64)]
+    #[arg(long, env = "PREDICTOR_MAX_BATCH_SIZE", default_value_t = 32)]
     max_batch_size: usize,
     /// Padded tokens per forward pass at most (batch size × longest text).
     #[arg(long, env = "PREDICTOR_MAX_BATCH_TOKENS", default_value_t = 8192)]
@@ -112,6 +112,9 @@ struct ServeArgs {
     /// auto (CUDA when available), cpu, cuda or cuda:N.
     #[arg(long, env = "PREDICTOR_DEVICE", default_value = "auto")]
     device: String,
+    /// Async runtime threads for gRPC I/O and tokenization (inference has its own thread).
+    #[arg(long, env = "PREDICTOR_RUNTIME_THREADS", default_value_t = 1)]
+    runtime_threads: usize,
     /// CPU threads for inference (default: all cores).
     #[arg(long, env = "PREDICTOR_THREADS")]
     threads: Option<i32>,
@@ -159,16 +162,27 @@ struct ClassifyArgs {
     texts: Vec<String>,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     common::logging::init(&cli.log_format);
-    match cli.command {
-        Command::Serve(args) => serve(*args).await,
-        Command::Classify(args) => classify(args).await,
-        Command::Info(args) => info(args).await,
-        Command::Bench(args) => bench(args).await,
-    }
+    // The inference thread does the heavy work; on small pods more runtime threads only compete
+    // with it for cores.
+    let runtime_threads = match &cli.command {
+        Command::Serve(args) => args.runtime_threads.max(1),
+        _ => 2,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(runtime_threads)
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Serve(args) => serve(*args).await,
+            Command::Classify(args) => classify(args).await,
+            Command::Info(args) => info(args).await,
+            Command::Bench(args) => bench(args).await,
+        }
+    })
 }
 
 /// Compares in constant time so the token cannot be guessed byte by byte from timings.
