@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use common::registry::ModelRef;
 use predictor::batcher::{Batcher, BatcherConfig};
-use predictor::reload::{ModelSlot, Reloader, SERVICE_NAME};
+use predictor::reload::{set_health, ModelSlot, Reloader};
 use predictor::service::PredictorService;
 use predictor::telemetry::{self, Metrics};
 use predictor::Limits;
@@ -216,12 +216,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     );
     let slot = Arc::new(ModelSlot::default());
     let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_service_status("", ServingStatus::NotServing)
-        .await;
-    health
-        .set_service_status(SERVICE_NAME, ServingStatus::NotServing)
-        .await;
+    set_health(&health, ServingStatus::NotServing).await;
     let (drain_tx, drain_rx) = tokio::sync::watch::channel(false);
 
     let reloader = Reloader {
@@ -280,12 +275,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let shutdown = async move {
         wait_for_signal().await;
         tracing::info!("shutdown requested: NOT_SERVING, draining in-flight requests");
-        health
-            .set_service_status("", ServingStatus::NotServing)
-            .await;
-        health
-            .set_service_status(SERVICE_NAME, ServingStatus::NotServing)
-            .await;
+        set_health(&health, ServingStatus::NotServing).await;
         let _ = drain_tx.send(true);
         tokio::spawn(async move {
             tokio::time::sleep(drain_timeout).await;

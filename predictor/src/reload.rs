@@ -16,6 +16,12 @@ use crate::telemetry::Metrics;
 /// gRPC service name used for health status.
 pub const SERVICE_NAME: &str = "goemotions.v1.Predictor";
 
+/// Sets the overall ("") and the Predictor service's health status together.
+pub async fn set_health(health: &HealthReporter, status: ServingStatus) {
+    health.set_service_status("", status).await;
+    health.set_service_status(SERVICE_NAME, status).await;
+}
+
 #[derive(Default)]
 pub struct ModelSlot {
     current: RwLock<Option<Arc<ServingModel>>>,
@@ -76,12 +82,7 @@ impl Reloader {
             .model_version
             .with_label_values(&[&new_version])
             .set(1);
-        self.health
-            .set_service_status("", ServingStatus::Serving)
-            .await;
-        self.health
-            .set_service_status(SERVICE_NAME, ServingStatus::Serving)
-            .await;
+        set_health(&self.health, ServingStatus::Serving).await;
         tracing::info!(
             version = %new_version,
             previous = previous.as_ref().map(|p| p.version().to_string()),
