@@ -34,6 +34,13 @@ fn base() -> BaseModel {
         .expect("run scripts/setup.sh first")
 }
 
+/// libtorch's thread count is process-wide: these tests run one at a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 #[derive(Default)]
 struct Recorder {
     losses: Vec<f64>,
@@ -71,6 +78,7 @@ fn small_config() -> TrainConfig {
 
 #[test]
 fn subset_fine_tune_learns_and_beats_all_neutral() {
+    let _serial = serial();
     tch::set_num_threads(2);
     let data = Dataset::load(&data_dir(), [Some(400), Some(300), Some(1)], 42).unwrap();
     let cfg = small_config();
@@ -123,6 +131,7 @@ fn subset_fine_tune_learns_and_beats_all_neutral() {
 
 #[test]
 fn divergence_is_reported_not_published() {
+    let _serial = serial();
     tch::set_num_threads(2);
     let data = Dataset::load(&data_dir(), [Some(64), Some(32), Some(1)], 1).unwrap();
     let cfg = TrainConfig {
@@ -154,6 +163,7 @@ fn weights(model: &common::model::BertClassifier) -> Vec<(String, Tensor)> {
 
 #[test]
 fn resumed_run_equals_uninterrupted_run() {
+    let _serial = serial();
     tch::set_num_threads(2);
     let data = Dataset::load(&data_dir(), [Some(96), Some(48), Some(1)], 3).unwrap();
     let labels: &LabelSet = &data.labels;
@@ -191,10 +201,33 @@ fn resumed_run_equals_uninterrupted_run() {
     let mut resumed_rec = Recorder::default();
     let resumed = run(Some(state), &mut resumed_rec);
     assert_eq!(full.history.len(), resumed.history.len());
-    for (a, b) in weights(&full.model).iter().zip(weights(&resumed.model)) {
+    // Float tolerance: multi-threaded CPU kernels are not bitwise reproducible (differences of
+    // ~1e-5 were seen). 5e-5 stays 20x below what the 12 steps move the encoder (checked below).
+    let base_model = train::build_model(&base(), labels, &cfg, Device::Cpu)
+        .unwrap()
+        .0;
+    let mut largest_update = 0f64;
+    for ((a, b), (_, start)) in weights(&full.model)
+        .iter()
+        .zip(weights(&resumed.model))
+        .zip(weights(&base_model))
+    {
         assert_eq!(a.0, b.0);
         let diff = (&a.1 - &b.1).abs().max().double_value(&[]);
-        assert!(diff < 1e-5, "{} differs by {diff}", a.0);
+        assert!(diff < 5e-5, "{} differs by {diff}", a.0);
+        if !a.0.starts_with("classifier.") {
+            largest_update = largest_update.max((&a.1 - &start).abs().max().double_value(&[]));
+        }
     }
-    assert_eq!(full.thresholds, resumed.thresholds);
+    assert!(
+        largest_update > 9e-4,
+        "training moved the encoder (max update {largest_update})"
+    );
+    let scores_diff = full
+        .dev_scores
+        .iter()
+        .zip(&resumed.dev_scores)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(scores_diff < 1e-3, "dev scores differ by {scores_diff}");
 }
