@@ -58,9 +58,20 @@ pub fn load_split(path: &Path, num_labels: usize) -> Result<Vec<Example>, DataEr
         path: display.clone(),
         source,
     })?;
-    let examples = parse_split(&bytes, num_labels, &display)?;
+    parse_nonempty(&bytes, num_labels, &display)
+}
+
+/// Parses a split already read into memory (e.g. to hash it too); an empty split is an error.
+pub fn parse_nonempty(
+    bytes: &[u8],
+    num_labels: usize,
+    source: &str,
+) -> Result<Vec<Example>, DataError> {
+    let examples = parse_split(bytes, num_labels, source)?;
     if examples.is_empty() {
-        return Err(DataError::Empty { path: display });
+        return Err(DataError::Empty {
+            path: source.to_string(),
+        });
     }
     Ok(examples)
 }

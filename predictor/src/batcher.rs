@@ -110,10 +110,6 @@ impl Batcher {
             }
         }
     }
-
-    pub fn queue_depth(&self) -> usize {
-        self.depth.load(Ordering::SeqCst)
-    }
 }
 
 fn run(rx: mpsc::Receiver<Job>, config: BatcherConfig, depth: Arc<AtomicUsize>, metrics: Metrics) {

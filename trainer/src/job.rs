@@ -85,7 +85,7 @@ impl Dataset {
                 source,
             })?;
             sha256.insert(format!("{split}.tsv"), common::sha256_hex(&bytes));
-            let all = data::load_split(&path, labels.len())?;
+            let all = data::parse_nonempty(&bytes, labels.len(), &path.display().to_string())?;
             splits.push(match limit {
                 Some(n) => data::stratified_subsample(&all, n, seed),
                 None => all,

@@ -112,6 +112,18 @@ pub struct TrainerService {
     inner: Arc<Inner>,
 }
 
+/// The registry name used when a request names none.
+const DEFAULT_MODEL_NAME: &str = "goemotions";
+
+fn model_name_or_default(name: &str) -> String {
+    if name.is_empty() {
+        DEFAULT_MODEL_NAME
+    } else {
+        name
+    }
+    .to_string()
+}
+
 fn terminal(state: i32) -> bool {
     state == JobState::Succeeded as i32
         || state == JobState::Failed as i32
@@ -368,10 +380,9 @@ impl Observer for JobObserver {
 
     fn epoch_end(&mut self, r: &EpochRecord) {
         let r = r.clone();
-        let service = self.service.clone();
-        let id = self.id.clone();
-        self.handle
-            .block_on(async move { service.update(&id, |e| e.record.epochs.push(r)) });
+        // `update` persists the record on a spawned task: it needs the runtime's context.
+        let _runtime = self.handle.enter();
+        self.service.update(&self.id, |e| e.record.epochs.push(r));
     }
 
     fn cancelled(&self) -> bool {
@@ -388,11 +399,9 @@ impl Observer for JobObserver {
 
     fn phase(&mut self, phase: Phase) {
         if phase == Phase::Publishing {
-            let service = self.service.clone();
-            let id = self.id.clone();
-            self.handle.block_on(async move {
-                service.update(&id, |e| e.record.state = JobState::Publishing as i32)
-            });
+            let _runtime = self.handle.enter();
+            self.service
+                .update(&self.id, |e| e.record.state = JobState::Publishing as i32);
         }
     }
 }
@@ -439,11 +448,7 @@ impl Trainer for TrainerService {
                 "epochs, batch_size and learning_rate must be positive",
             ));
         }
-        let model_name = if spec.model_name.is_empty() {
-            "goemotions".to_string()
-        } else {
-            spec.model_name.clone()
-        };
+        let model_name = model_name_or_default(&spec.model_name);
         let alias = match spec.alias.as_str() {
             "" => Some("latest".to_string()),
             "-" => None,
@@ -570,11 +575,7 @@ impl Trainer for TrainerService {
         request: Request<ListModelVersionsRequest>,
     ) -> Result<Response<ListModelVersionsResponse>, Status> {
         let name = request.into_inner().model_name;
-        let name = if name.is_empty() {
-            "goemotions".to_string()
-        } else {
-            name
-        };
+        let name = model_name_or_default(&name);
         let manifests = self
             .inner
             .registry
@@ -608,11 +609,7 @@ impl Trainer for TrainerService {
         request: Request<SetAliasRequest>,
     ) -> Result<Response<SetAliasResponse>, Status> {
         let r = request.into_inner();
-        let name = if r.model_name.is_empty() {
-            "goemotions".to_string()
-        } else {
-            r.model_name
-        };
+        let name = model_name_or_default(&r.model_name);
         let expected = r
             .expected_version
             .map(|v| if v.is_empty() { None } else { Some(v) });

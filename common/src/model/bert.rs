@@ -300,10 +300,6 @@ impl BertClassifier {
         &self.vs
     }
 
-    pub fn var_store_mut(&mut self) -> &mut nn::VarStore {
-        &mut self.vs
-    }
-
     /// Trainable parameters by name, sorted by name.
     pub fn named_parameters(&self) -> Vec<(String, Tensor)> {
         let mut v: Vec<(String, Tensor)> = self.vs.variables().into_iter().collect();
