@@ -8,7 +8,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tch::Device;
 
-use crate::model::{BertClassifier, LoadReport, ModelError, Pooling};
+use crate::model::{BertClassifier, BertConfig, LoadReport, ModelError, Pooling, Precision};
 use crate::store::{Store, StoreError};
 use crate::tokenizer::{TextTokenizer, TokenizerError};
 
@@ -75,6 +75,9 @@ pub struct Manifest {
     /// "mean" or "cls".
     pub pooling: String,
     pub base_model: String,
+    /// Numeric precision the model was trained in ("fp32", "bf16"); empty in older checkpoints.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub precision: String,
     /// Evaluation figures, e.g. "dev.macro_f1.per_label" or "test.micro_f1.global".
     #[serde(default)]
     pub metrics: BTreeMap<String, f64>,
@@ -94,10 +97,39 @@ impl Manifest {
     }
 }
 
+/// Smallest sensible max length: [CLS], one token, [SEP].
+pub const MIN_MAX_LENGTH: usize = 3;
+
+/// Checks that texts of `max_length` tokens fit the model: `2 < max_length ≤
+/// max_position_embeddings` (longer inputs would index past the position table).
+pub fn check_max_length(config: &BertConfig, max_length: usize) -> Result<(), String> {
+    let limit = config.max_position_embeddings.max(0) as usize;
+    if max_length < MIN_MAX_LENGTH || max_length > limit {
+        return Err(format!(
+            "max_length must be in {MIN_MAX_LENGTH}..={limit} (the model's max_position_embeddings), found {max_length}"
+        ));
+    }
+    Ok(())
+}
+
+/// Checks that every token id the tokenizer can produce has a row in the embedding table.
+pub fn check_vocab(config: &BertConfig, tokenizer: &TextTokenizer) -> Result<(), String> {
+    let size = tokenizer.vocab_size();
+    if size as i64 > config.vocab_size {
+        return Err(format!(
+            "tokenizer.json has {size} tokens but config.json vocab_size is {}",
+            config.vocab_size
+        ));
+    }
+    Ok(())
+}
+
 /// A checkpoint's verified files.
 #[derive(Debug, Clone)]
 pub struct Checkpoint {
     pub manifest: Manifest,
+    /// sha256 of `manifest.json` as read: with the URI, what identifies this checkpoint.
+    pub manifest_sha256: String,
     pub files: BTreeMap<String, Bytes>,
     pub uri: String,
 }
@@ -105,6 +137,18 @@ pub struct Checkpoint {
 /// Writes `files` and then `manifest.json` (with each file's sha256 and size) under `store`.
 /// Returns the manifest as written.
 pub async fn write(
+    store: &Store,
+    files: &[(String, Bytes)],
+    manifest: Manifest,
+) -> Result<Manifest, CheckpointError> {
+    let manifest = write_files(store, files, manifest).await?;
+    write_manifest(store, &manifest).await?;
+    Ok(manifest)
+}
+
+/// Writes `files` under `store` and returns `manifest` listing them (not yet written): a
+/// checkpoint without its manifest is invisible to readers.
+pub async fn write_files(
     store: &Store,
     files: &[(String, Bytes)],
     mut manifest: Manifest,
@@ -121,18 +165,33 @@ pub async fn write(
     for (path, bytes) in files {
         store.put(path, bytes.clone()).await?;
     }
-    let json = serde_json::to_vec_pretty(&manifest).map_err(|e| CheckpointError::Manifest {
+    Ok(manifest)
+}
+
+/// Writes `manifest.json`, the commit point of a checkpoint.
+pub async fn write_manifest(store: &Store, manifest: &Manifest) -> Result<(), CheckpointError> {
+    let json = serde_json::to_vec_pretty(manifest).map_err(|e| CheckpointError::Manifest {
         uri: store.uri().to_string(),
         message: e.to_string(),
     })?;
     store.put(MANIFEST, Bytes::from(json)).await?;
-    Ok(manifest)
+    Ok(())
 }
 
 /// Reads `manifest.json` alone.
 pub async fn read_manifest(store: &Store) -> Result<Manifest, CheckpointError> {
+    Ok(read_manifest_with_sha256(store).await?.0)
+}
+
+/// Reads `manifest.json` alone, with the sha256 of its bytes.
+pub async fn read_manifest_with_sha256(
+    store: &Store,
+) -> Result<(Manifest, String), CheckpointError> {
     let bytes = store.get(MANIFEST).await?;
-    parse_manifest(&bytes, store.uri())
+    Ok((
+        parse_manifest(&bytes, store.uri())?,
+        crate::sha256_hex(&bytes),
+    ))
 }
 
 fn parse_manifest(bytes: &[u8], uri: &str) -> Result<Manifest, CheckpointError> {
@@ -150,22 +209,44 @@ fn parse_manifest(bytes: &[u8], uri: &str) -> Result<Manifest, CheckpointError> 
             ),
         });
     }
-    if manifest.thresholds.len() != manifest.labels.len() {
-        return Err(CheckpointError::Manifest {
-            uri: uri.to_string(),
-            message: format!(
-                "{} thresholds for {} labels",
-                manifest.thresholds.len(),
-                manifest.labels.len()
-            ),
-        });
+    let invalid = |message: String| CheckpointError::Manifest {
+        uri: uri.to_string(),
+        message,
+    };
+    if manifest.labels.is_empty() {
+        return Err(invalid("labels is empty".into()));
     }
+    if manifest.thresholds.len() != manifest.labels.len() {
+        return Err(invalid(format!(
+            "{} thresholds for {} labels",
+            manifest.thresholds.len(),
+            manifest.labels.len()
+        )));
+    }
+    let in_unit = |t: f32| t.is_finite() && (0.0..=1.0).contains(&t);
+    if let Some((i, t)) = manifest
+        .thresholds
+        .iter()
+        .enumerate()
+        .find(|(_, &t)| !in_unit(t))
+    {
+        return Err(invalid(format!("thresholds[{i}] is {t}, outside [0, 1]")));
+    }
+    if !in_unit(manifest.global_threshold) {
+        return Err(invalid(format!(
+            "global_threshold is {}, outside [0, 1]",
+            manifest.global_threshold
+        )));
+    }
+    manifest
+        .pooling()
+        .map_err(|e| invalid(format!("pooling: {e}")))?;
     Ok(manifest)
 }
 
 /// Reads a checkpoint and verifies every file's size and sha256 against its manifest.
 pub async fn read(store: &Store) -> Result<Checkpoint, CheckpointError> {
-    let manifest = read_manifest(store).await?;
+    let (manifest, manifest_sha256) = read_manifest_with_sha256(store).await?;
     let uri = store.uri().to_string();
     let mut files = BTreeMap::new();
     for entry in &manifest.files {
@@ -199,6 +280,7 @@ pub async fn read(store: &Store) -> Result<Checkpoint, CheckpointError> {
     }
     Ok(Checkpoint {
         manifest,
+        manifest_sha256,
         files,
         uri,
     })
@@ -245,35 +327,75 @@ pub struct LoadedModel {
 }
 
 impl Checkpoint {
-    /// Builds the model and tokenizer on `device`.
-    pub fn load_model(&self, device: Device) -> Result<LoadedModel, CheckpointError> {
+    /// Builds the model and tokenizer on `device` after checking that config, weights, tokenizer
+    /// and manifest agree: layer count and tensor shapes against config.json, a trained head with
+    /// one output per manifest label, `2 < max_length ≤ max_position_embeddings`, and a tokenizer
+    /// whose ids all fit the embedding table. Each refusal names the field.
+    pub fn load_model(
+        &self,
+        device: Device,
+        precision: Precision,
+    ) -> Result<LoadedModel, CheckpointError> {
         let uri = self.uri.clone();
-        let m = &self.manifest;
-        let pooling = m.pooling().map_err(|message| CheckpointError::Invalid {
+        let invalid = |message: String| CheckpointError::Invalid {
             uri: uri.clone(),
             message,
-        })?;
-        let (model, load_report) = BertClassifier::load(
+        };
+        let m = &self.manifest;
+        let pooling = m.pooling().map_err(&invalid)?;
+        let config = BertConfig::from_json(&self.files[CONFIG])
+            .map_err(|e| invalid(format!("config.json: {e}")))?;
+        config
+            .validate()
+            .map_err(|e| invalid(format!("config.json: {e}")))?;
+        check_max_length(&config, m.max_length)
+            .map_err(|e| invalid(format!("manifest.json: {e}")))?;
+        let tokenizer =
+            TextTokenizer::from_bytes(&self.files[TOKENIZER], m.max_length).map_err(|source| {
+                CheckpointError::Tokenizer {
+                    uri: uri.clone(),
+                    source,
+                }
+            })?;
+        check_vocab(&config, &tokenizer).map_err(&invalid)?;
+        let (mut model, load_report) = BertClassifier::load(
             &self.files[CONFIG],
             &self.files[WEIGHTS],
             m.labels.len(),
             pooling,
             device,
         )
-        .map_err(|source| CheckpointError::Model {
-            uri: uri.clone(),
-            source,
+        .map_err(|source| match source {
+            ModelError::Shape { name, found, .. } if name.starts_with("classifier.") => invalid(
+                format!(
+                    "model.safetensors: the classification head has {} outputs but manifest.json lists {} labels",
+                    found.first().copied().unwrap_or_default(),
+                    m.labels.len()
+                ),
+            ),
+            source => CheckpointError::Model {
+                uri: uri.clone(),
+                source,
+            },
         })?;
+        let head_needed = pooling == Pooling::Cls;
+        if let Some(name) = load_report
+            .initialised
+            .iter()
+            .find(|n| n.starts_with("classifier.") || head_needed)
+        {
+            return Err(invalid(format!(
+                "model.safetensors lacks {name}: not a trained classifier"
+            )));
+        }
         if let Some(names) = model.config().label_names() {
             if names != m.labels {
-                return Err(CheckpointError::Invalid {
-                    uri,
-                    message: "config.json id2label disagrees with manifest labels".into(),
-                });
+                return Err(invalid(
+                    "config.json id2label disagrees with manifest labels".into(),
+                ));
             }
         }
-        let tokenizer = TextTokenizer::from_bytes(&self.files[TOKENIZER], m.max_length)
-            .map_err(|source| CheckpointError::Tokenizer { uri, source })?;
+        model.set_precision(precision);
         Ok(LoadedModel {
             model,
             tokenizer,
@@ -298,6 +420,7 @@ mod tests {
             max_length: 16,
             pooling: "mean".into(),
             base_model: "base".into(),
+            precision: "fp32".into(),
             metrics: BTreeMap::new(),
             hyperparameters: serde_json::json!({}),
             data_sha256: BTreeMap::new(),

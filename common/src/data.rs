@@ -1,10 +1,12 @@
-//! GoEmotions TSV splits (`text<TAB>label ids<TAB>comment id`) as multi-hot examples, and
-//! stratified subsampling for quick runs.
+//! GoEmotions TSV splits (`text<TAB>label ids<TAB>comment id`) as multi-hot examples, the three
+//! splits with their labels as one `Dataset`, and stratified subsampling for quick runs.
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
+
+use crate::labels::{LabelSet, LabelsError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
@@ -45,6 +47,106 @@ impl Example {
 
 /// The official split names.
 pub const SPLITS: [&str; 3] = ["train", "dev", "test"];
+
+/// Files a GoEmotions data folder must hold.
+pub const REQUIRED_FILES: [&str; 6] = [
+    "train.tsv",
+    "dev.tsv",
+    "test.tsv",
+    "emotions.txt",
+    "ekman_mapping.json",
+    "sentiment_dict.json",
+];
+
+/// Multi-hot targets of `examples`, row-major `[examples × labels]`, as 0/1 bytes.
+pub fn targets(examples: &[Example], num_labels: usize) -> Vec<u8> {
+    let mut t = vec![0u8; examples.len() * num_labels];
+    for (i, e) in examples.iter().enumerate() {
+        for &l in &e.labels {
+            t[i * num_labels + l as usize] = 1;
+        }
+    }
+    t
+}
+
+/// Optional subsample sizes of the three splits (stratified by labels per example).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SplitLimits {
+    pub train: Option<usize>,
+    pub dev: Option<usize>,
+    pub test: Option<usize>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DatasetError {
+    #[error(transparent)]
+    Data(#[from] DataError),
+    #[error(transparent)]
+    Labels(#[from] LabelsError),
+}
+
+/// The three splits of a GoEmotions folder with their labels and the sha256 of each split file.
+pub struct Dataset {
+    pub labels: LabelSet,
+    pub train: Vec<Example>,
+    pub dev: Vec<Example>,
+    pub test: Vec<Example>,
+    /// sha256 of each split file as read (before subsampling), by file name.
+    pub sha256: BTreeMap<String, String>,
+}
+
+impl Dataset {
+    /// Loads the label files and the three splits, applying the (seeded) limits.
+    pub fn load(dir: &Path, limits: SplitLimits, seed: u64) -> Result<Self, DatasetError> {
+        let labels = LabelSet::load(dir)?;
+        let mut sha256 = BTreeMap::new();
+        let mut splits = Vec::with_capacity(3);
+        for (split, limit) in SPLITS.iter().zip([limits.train, limits.dev, limits.test]) {
+            let path = split_path(dir, split);
+            let bytes = std::fs::read(&path).map_err(|source| DataError::Io {
+                path: path.display().to_string(),
+                source,
+            })?;
+            sha256.insert(format!("{split}.tsv"), crate::sha256_hex(&bytes));
+            let all = parse_nonempty(&bytes, labels.len(), &path.display().to_string())?;
+            splits.push(match limit {
+                Some(n) => stratified_subsample(&all, n, seed),
+                None => all,
+            });
+        }
+        let test = splits.pop().unwrap_or_default();
+        let dev = splits.pop().unwrap_or_default();
+        let train = splits.pop().unwrap_or_default();
+        Ok(Self {
+            labels,
+            train,
+            dev,
+            test,
+            sha256,
+        })
+    }
+
+    /// Loads one split (and the labels) only, e.g. to evaluate a checkpoint on it.
+    pub fn load_split(
+        dir: &Path,
+        split: &str,
+        limit: Option<usize>,
+        seed: u64,
+    ) -> Result<(LabelSet, Vec<Example>), DatasetError> {
+        let labels = LabelSet::load(dir)?;
+        let all = load_split(&split_path(dir, split), labels.len())?;
+        let examples = match limit {
+            Some(n) => stratified_subsample(&all, n, seed),
+            None => all,
+        };
+        Ok((labels, examples))
+    }
+
+    /// The sizes of the three splits as used.
+    pub fn sizes(&self) -> [usize; 3] {
+        [self.train.len(), self.dev.len(), self.test.len()]
+    }
+}
 
 /// Path of a split's TSV in a data folder.
 pub fn split_path(dir: &Path, split: &str) -> PathBuf {

@@ -1,8 +1,10 @@
 //! Device selection. tch does not load `libtorch_cuda.so` by itself, so it is opened here when
 //! present (next to libtorch, or on the library path) before asking whether CUDA is available.
+//! Also: the CUDA compute capability (for bf16), and TF32 matmuls for fp32 runs on CUDA.
+use std::ffi::{c_int, CString};
 use std::sync::OnceLock;
 
-use tch::Device;
+use tch::{Device, Kind, Tensor};
 
 static CUDA_LOADED: OnceLock<bool> = OnceLock::new();
 
@@ -41,6 +43,75 @@ pub fn load_cuda_backend() -> bool {
     })
 }
 
+/// The environment switch libtorch reads at start-up to let fp32 matmuls use TF32 tensor cores
+/// (what `torch.backends.cuda.matmul.allow_tf32 = True` does in Python).
+pub const TF32_ENV: &str = "TORCH_ALLOW_TF32_CUBLAS_OVERRIDE";
+
+/// Allows TF32 tensor-core matmuls for fp32 work on CUDA, unless the environment already decides.
+/// Must run before the first CUDA operation; fp32 master weights and reductions are unaffected.
+pub fn allow_tf32() {
+    if std::env::var_os(TF32_ENV).is_none() {
+        std::env::set_var(TF32_ENV, "1");
+    }
+}
+
+/// The (major, minor) compute capability of CUDA device `index`, read from the CUDA runtime that
+/// libtorch_cuda loaded; `None` when it cannot be read.
+pub fn cuda_compute_capability(index: usize) -> Option<(i32, i32)> {
+    type GetAttribute = unsafe extern "C" fn(*mut c_int, c_int, c_int) -> c_int;
+    // cudaDevAttrComputeCapabilityMajor / Minor in the CUDA runtime API.
+    const MAJOR: c_int = 75;
+    const MINOR: c_int = 76;
+    let name = CString::new("cudaDeviceGetAttribute").ok()?;
+    // SAFETY: looks up a symbol in the libraries already loaded into the process.
+    let symbol = unsafe { libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr()) };
+    if symbol.is_null() {
+        return None;
+    }
+    // SAFETY: cudaDeviceGetAttribute(int*, cudaDeviceAttr, int) -> cudaError_t, a stable C ABI.
+    let get: GetAttribute = unsafe { std::mem::transmute(symbol) };
+    let (mut major, mut minor) = (0, 0);
+    let device = c_int::try_from(index).ok()?;
+    // SAFETY: valid out-pointers to stack integers.
+    let ok = unsafe { get(&mut major, MAJOR, device) == 0 && get(&mut minor, MINOR, device) == 0 };
+    ok.then_some((major, minor))
+}
+
+/// Whether CUDA device `index` computes in bf16 natively (compute capability 8.0 or newer). When
+/// the capability cannot be read, a small bf16 matmul on the device decides.
+pub fn cuda_bf16_supported(index: usize) -> bool {
+    match cuda_compute_capability(index) {
+        Some((major, _)) => major >= 8,
+        None => Tensor::f_ones([8, 8], (Kind::BFloat16, Device::Cuda(index)))
+            .and_then(|t| t.f_matmul(&t))
+            .is_ok(),
+    }
+}
+
+/// CPUs this process may use: the smaller of its CPU quota (cgroup `cpu.max`) and its affinity
+/// mask, as the standard library reads them. libtorch's own default (every core of the machine)
+/// oversubscribes a pod limited to a few cores.
+pub fn available_cpus() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+/// Sets libtorch's intra-op thread count: `requested`, else the CPUs available to the process.
+/// Logs the choice and returns it.
+pub fn init_threads(requested: Option<i32>) -> i32 {
+    let (threads, source) = match requested {
+        Some(n) => (n.max(1), "--threads"),
+        None => (
+            i32::try_from(available_cpus()).unwrap_or(1),
+            "CPU quota and affinity of the process",
+        ),
+    };
+    tch::set_num_threads(threads);
+    tracing::info!(threads, source, "intra-op threads");
+    threads
+}
+
 /// Parses a device preference: `auto` (CUDA when available), `cpu`, `cuda` or `cuda:N`.
 pub fn select(preference: &str) -> Result<Device, String> {
     let wants_cuda = preference != "cpu";
@@ -77,7 +148,13 @@ fn cuda(index: usize) -> Result<Device, String> {
 pub fn describe(device: Device) -> String {
     match device {
         Device::Cpu => format!("cpu ({} threads)", tch::get_num_threads()),
-        Device::Cuda(i) => format!("cuda:{i} ({} device(s) visible)", tch::Cuda::device_count()),
+        Device::Cuda(i) => match cuda_compute_capability(i) {
+            Some((major, minor)) => format!(
+                "cuda:{i} (compute capability {major}.{minor}, {} device(s) visible)",
+                tch::Cuda::device_count()
+            ),
+            None => format!("cuda:{i} ({} device(s) visible)", tch::Cuda::device_count()),
+        },
         other => format!("{other:?}"),
     }
 }

@@ -3,6 +3,8 @@
 pub mod checkpoint;
 pub mod data;
 pub mod device;
+pub mod grpc;
+pub mod inference;
 pub mod labels;
 pub mod logging;
 pub mod metrics;

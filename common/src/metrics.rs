@@ -218,6 +218,93 @@ pub fn tune_per_label(scores: &[f32], targets: &[u8], num_labels: usize) -> Vec<
         .collect()
 }
 
+/// Fewest dev positives a label needs for a threshold of its own; below, dev F1 is noise.
+pub const MIN_THRESHOLD_SUPPORT: u64 = 20;
+
+/// Why a label uses the global threshold instead of its own.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "reason")]
+pub enum Fallback {
+    /// Fewer than `MIN_THRESHOLD_SUPPORT` dev positives.
+    TinySupport { support: u64 },
+    /// Its own threshold would predict the label for (nearly) every dev text.
+    PredictsNearlyAll { threshold: f32, rate: f64 },
+    /// Its own threshold scores no better on dev than the global one.
+    NoGain { threshold: f32 },
+}
+
+impl std::fmt::Display for Fallback {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Fallback::TinySupport { support } => {
+                write!(f, "{support} dev positives (< {MIN_THRESHOLD_SUPPORT})")
+            }
+            Fallback::PredictsNearlyAll { threshold, rate } => write!(
+                f,
+                "its own threshold {threshold:.2} predicts it for {:.0} % of dev texts",
+                rate * 100.0
+            ),
+            Fallback::NoGain { threshold } => {
+                write!(f, "its own threshold {threshold:.2} gains nothing on dev")
+            }
+        }
+    }
+}
+
+/// Decision thresholds tuned on dev.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Thresholds {
+    /// One per label, in label-id order: the label's own F1-maximising threshold, or `global`
+    /// where `fallbacks` says why not.
+    pub per_label: Vec<f32>,
+    /// The one threshold maximising micro-F1 over all labels.
+    pub global: f32,
+    /// For each label, why it uses the global threshold (`None`: its own).
+    pub fallbacks: Vec<Option<Fallback>>,
+}
+
+/// Tunes the global threshold and each label's own, then falls back to the global one for labels
+/// whose own threshold cannot be trusted: tiny dev support, a threshold that predicts the label
+/// for at least half of the dev texts and 3× more often than it occurs (an under-trained label
+/// whose scores are all tiny gets 0.01 and is then predicted for every text), or no F1 gain.
+pub fn tune_thresholds(scores: &[f32], targets: &[u8], num_labels: usize) -> Thresholds {
+    let global = tune_global(scores, targets);
+    let own = tune_per_label(scores, targets, num_labels);
+    let n = scores.len() / num_labels.max(1);
+    let mut per_label = Vec::with_capacity(num_labels);
+    let mut fallbacks = Vec::with_capacity(num_labels);
+    for (j, &t) in own.iter().enumerate() {
+        let column = || {
+            scores
+                .iter()
+                .zip(targets)
+                .skip(j)
+                .step_by(num_labels)
+                .map(|(&s, &y)| (s, y != 0))
+        };
+        let support = column().filter(|&(_, y)| y).count() as u64;
+        let predicted = column().filter(|&(s, _)| s >= t).count();
+        let rate = ratio(predicted as u64, n as u64);
+        let prevalence = ratio(support, n as u64);
+        let fallback = if support < MIN_THRESHOLD_SUPPORT {
+            Some(Fallback::TinySupport { support })
+        } else if rate >= 0.5 && rate >= 3.0 * prevalence {
+            Some(Fallback::PredictsNearlyAll { threshold: t, rate })
+        } else if counts_at(column(), t).f1() <= counts_at(column(), global).f1() {
+            Some(Fallback::NoGain { threshold: t })
+        } else {
+            None
+        };
+        per_label.push(if fallback.is_some() { global } else { t });
+        fallbacks.push(fallback);
+    }
+    Thresholds {
+        per_label,
+        global,
+        fallbacks,
+    }
+}
+
 /// The one grid threshold for all labels that maximises micro-F1 (lowest on ties).
 pub fn tune_global(scores: &[f32], targets: &[u8]) -> f32 {
     let mut best = (f64::MIN, 0.5f32);
@@ -304,6 +391,55 @@ mod tests {
         // positives and rejects label 1: impossible, so it trades off; it must beat 0.5's micro-F1.
         let f = |th: f32| evaluate_micro(&scores, &targets, th);
         assert!(f(g) >= f(0.5) && f(g) >= f(0.21), "{g}");
+    }
+
+    #[test]
+    fn untrustworthy_label_thresholds_fall_back_to_the_global_one() {
+        // 100 texts × 5 labels. Label 0 is learned but scores low (positives 0.25, negatives
+        // 0.1); label 1 is under-trained (every score ~0.02, 30 positives): its own best is 0.01,
+        // which predicts it for every text; label 2 has only 5 positives; labels 3 and 4 (40
+        // positives at 0.9, negatives at 0.3) pull the global threshold above 0.3.
+        let n = 100;
+        let mut scores = Vec::new();
+        let mut targets = Vec::new();
+        for i in 0..n {
+            let pos = [i % 3 == 0, i % 10 < 3, i < 5, i % 5 < 2, i % 5 > 2];
+            scores.extend([
+                if pos[0] { 0.25 } else { 0.1 },
+                0.02 + (i % 7) as f32 * 0.0001,
+                if pos[2] { 0.9 } else { 0.05 },
+                if pos[3] { 0.9 } else { 0.3 },
+                if pos[4] { 0.9 } else { 0.3 },
+            ]);
+            targets.extend(pos.map(u8::from));
+        }
+        let own = tune_per_label(&scores, &targets, 5);
+        assert!(
+            own[1] <= 0.02,
+            "the naive tuning predicts everything: {own:?}"
+        );
+        let t = tune_thresholds(&scores, &targets, 5);
+        assert!(t.global > 0.3, "{t:?}");
+        assert!(t.fallbacks[0].is_none(), "{:?}", t.fallbacks);
+        assert_eq!(t.per_label[0], own[0]);
+        assert!(
+            matches!(t.fallbacks[1], Some(Fallback::PredictsNearlyAll { rate, .. }) if rate == 1.0),
+            "{:?}",
+            t.fallbacks
+        );
+        assert!(
+            matches!(t.fallbacks[2], Some(Fallback::TinySupport { support: 5 })),
+            "{:?}",
+            t.fallbacks
+        );
+        assert_eq!(t.per_label[1], t.global);
+        assert_eq!(t.per_label[2], t.global);
+        // No stored threshold predicts a label for half the texts.
+        let pred = decide(&scores, 5, &t.per_label);
+        for j in 0..5 {
+            let rate = pred.iter().skip(j).step_by(5).filter(|&&p| p).count() as f64 / n as f64;
+            assert!(rate < 0.5, "label {j} predicted for {rate}");
+        }
     }
 
     fn evaluate_micro(scores: &[f32], targets: &[u8], t: f32) -> f64 {

@@ -40,6 +40,10 @@ pub enum RegistryError {
 pub struct AliasRecord {
     pub version: String,
     pub updated_at: String,
+    /// Unique per write: tells a writer whether the record it reads back is its own (an HTTP
+    /// client may retry a conditional PUT whose first attempt landed, and then see a conflict).
+    #[serde(default)]
+    pub write_id: String,
 }
 
 /// Alias writes of this process go one at a time: the store's conditional write guards against
@@ -57,7 +61,9 @@ pub fn new_version_id() -> String {
     )
 }
 
-fn check_name(name: &str) -> Result<(), RegistryError> {
+/// Registry names (models, versions, aliases): 1–128 of letters, digits, '-', '_' and '.', not
+/// starting with '.', so a name can never climb out of its folder.
+pub fn check_name(name: &str) -> Result<(), RegistryError> {
     let ok = !name.is_empty()
         && name.len() <= 128
         && !name.starts_with('.')
@@ -103,6 +109,19 @@ impl Registry {
         &self,
         name: &str,
         files: &[(String, Bytes)],
+        manifest: Manifest,
+    ) -> Result<Manifest, RegistryError> {
+        let staged = self.stage_version(name, files, manifest).await?;
+        self.commit_version(&staged).await?;
+        Ok(staged)
+    }
+
+    /// Writes a new version's files (not its manifest, so it stays invisible); returns the
+    /// manifest to commit it with.
+    pub async fn stage_version(
+        &self,
+        name: &str,
+        files: &[(String, Bytes)],
         mut manifest: Manifest,
     ) -> Result<Manifest, RegistryError> {
         check_name(name)?;
@@ -115,7 +134,26 @@ impl Registry {
             });
         }
         manifest.model_name = name.to_string();
-        Ok(checkpoint::write(&store, files, manifest).await?)
+        Ok(checkpoint::write_files(&store, files, manifest).await?)
+    }
+
+    /// Writes a staged version's manifest: from now on readers see the version.
+    pub async fn commit_version(&self, manifest: &Manifest) -> Result<(), RegistryError> {
+        check_name(&manifest.model_name)?;
+        check_name(&manifest.version)?;
+        let store = self.version_store(&manifest.model_name, &manifest.version);
+        Ok(checkpoint::write_manifest(&store, manifest).await?)
+    }
+
+    /// Removes a version that must not be served (a job that failed or was cancelled after its
+    /// files were written): the manifest first, so readers stop seeing it at once, then the rest.
+    pub async fn delete_version(&self, name: &str, version: &str) -> Result<(), RegistryError> {
+        check_name(name)?;
+        check_name(version)?;
+        let store = self.version_store(name, version);
+        store.delete(checkpoint::MANIFEST).await?;
+        store.delete_all("").await?;
+        Ok(())
     }
 
     /// Versions with a manifest (i.e. completely published), oldest first.
@@ -220,6 +258,7 @@ impl Registry {
         let record = AliasRecord {
             version: version.to_string(),
             updated_at: chrono::Utc::now().to_rfc3339(),
+            write_id: format!("{:032x}", rand::random::<u128>()),
         };
         let bytes =
             Bytes::from(serde_json::to_vec_pretty(&record).expect("alias record serializes"));
@@ -234,12 +273,16 @@ impl Registry {
         {
             Ok(()) => Ok(found),
             Err(StoreError::Conflict { .. }) => {
-                let now = self.get_alias(name, alias).await?.map(|r| r.version);
+                // A retried request whose first attempt landed conflicts with itself: read back.
+                let now = self.get_alias(name, alias).await?;
+                if now.as_ref().map(|r| &r.write_id) == Some(&record.write_id) {
+                    return Ok(found);
+                }
                 Err(RegistryError::AliasMoved {
                     name: name.into(),
                     alias: alias.into(),
                     expected: found,
-                    found: now,
+                    found: now.map(|r| r.version),
                 })
             }
             Err(e) => Err(e.into()),
@@ -321,6 +364,7 @@ mod tests {
             max_length: 8,
             pooling: "mean".into(),
             base_model: "b".into(),
+            precision: String::new(),
             metrics: BTreeMap::new(),
             hyperparameters: serde_json::Value::Null,
             data_sha256: BTreeMap::new(),

@@ -71,6 +71,22 @@ fn retry_config() -> RetryConfig {
     }
 }
 
+/// Resolves `.` and `..` lexically (the folder need not exist, so it cannot be canonicalised).
+fn normalize(path: &std::path::Path) -> std::path::PathBuf {
+    use std::path::Component;
+    let mut out = std::path::PathBuf::new();
+    for part in path.components() {
+        match part {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other.as_os_str()),
+        }
+    }
+    out
+}
+
 impl Store {
     /// Opens `file:///abs/dir`, a plain filesystem path, or `s3://bucket[/prefix]`.
     pub fn open(uri: &str) -> Result<Self, StoreError> {
@@ -121,13 +137,13 @@ impl Store {
         if path.is_empty() {
             return Err(bad("empty path".into()));
         }
-        let abs = std::path::absolute(&path).map_err(|e| bad(e.to_string()))?;
-        std::fs::create_dir_all(&abs)
-            .map_err(|e| bad(format!("cannot create {}: {e}", abs.display())))?;
-        let fs = LocalFileSystem::new_with_prefix(&abs).map_err(|e| bad(e.to_string()))?;
+        // Opening never touches the filesystem: reading a missing folder gives NotFound, and only
+        // writes create folders (object_store's local puts create their parents).
+        let abs = normalize(&std::path::absolute(&path).map_err(|e| bad(e.to_string()))?);
+        let prefix = Path::from_absolute_path(&abs).map_err(|e| bad(e.to_string()))?;
         Ok(Self {
-            inner: Arc::new(fs),
-            prefix: Path::default(),
+            inner: Arc::new(LocalFileSystem::new()),
+            prefix,
             uri: format!("file://{}", abs.display()),
             local_root: Some(abs),
         })
@@ -257,6 +273,8 @@ impl Store {
         let lock_path = root.join(".conditional-put.lock");
         let lock = tokio::task::spawn_blocking(move || -> Result<std::fs::File, String> {
             use std::os::fd::AsRawFd;
+            std::fs::create_dir_all(&root)
+                .map_err(|e| format!("cannot create {}: {e}", root.display()))?;
             let file = std::fs::OpenOptions::new()
                 .create(true)
                 .truncate(false)
@@ -293,11 +311,11 @@ impl Store {
     /// Names directly below `dir` (both objects and "folders"), sorted.
     pub async fn list_children(&self, dir: &str) -> Result<Vec<String>, StoreError> {
         let prefix = self.path(dir);
-        let listing = self
-            .inner
-            .list_with_delimiter(Some(&prefix))
-            .await
-            .map_err(|e| self.err(dir, e))?;
+        let listing = match self.inner.list_with_delimiter(Some(&prefix)).await {
+            Ok(listing) => listing,
+            Err(object_store::Error::NotFound { .. }) => return Ok(Vec::new()),
+            Err(e) => return Err(self.err(dir, e)),
+        };
         let mut names: Vec<String> = listing
             .common_prefixes
             .iter()
@@ -308,15 +326,22 @@ impl Store {
         Ok(names)
     }
 
+    /// Deletes one object; a missing object is not an error.
+    pub async fn delete(&self, name: &str) -> Result<(), StoreError> {
+        match self.inner.delete(&self.path(name)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.err(name, e)),
+        }
+    }
+
     /// Deletes every object under `dir`.
     pub async fn delete_all(&self, dir: &str) -> Result<(), StoreError> {
         let prefix = self.path(dir);
-        let objects: Vec<_> = self
-            .inner
-            .list(Some(&prefix))
-            .try_collect()
-            .await
-            .map_err(|e| self.err(dir, e))?;
+        let objects: Vec<_> = match self.inner.list(Some(&prefix)).try_collect().await {
+            Ok(objects) => objects,
+            Err(object_store::Error::NotFound { .. }) => return Ok(()),
+            Err(e) => return Err(self.err(dir, e)),
+        };
         for o in objects {
             self.inner
                 .delete(&o.location)
@@ -368,6 +393,26 @@ mod tests {
             .await;
         assert!(matches!(stale, Err(StoreError::Conflict { .. })));
         assert_eq!(store.get("alias").await.unwrap(), Bytes::from_static(b"v2"));
+    }
+
+    #[tokio::test]
+    async fn opening_and_reading_a_missing_folder_creates_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("a/b/../c");
+        let store = Store::open(missing.to_str().unwrap()).unwrap();
+        assert!(store.uri().ends_with("/a/c"), "{}", store.uri());
+        assert!(matches!(
+            store.get("config.json").await,
+            Err(StoreError::NotFound { .. })
+        ));
+        assert!(!store.exists("config.json").await.unwrap());
+        assert!(store.list_children("").await.unwrap().is_empty());
+        assert!(!dir.path().join("a").exists(), "reading created folders");
+        store
+            .put("x/y.json", Bytes::from_static(b"1"))
+            .await
+            .unwrap();
+        assert!(dir.path().join("a/c/x/y.json").exists());
     }
 
     #[test]

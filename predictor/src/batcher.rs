@@ -1,16 +1,26 @@
-//! Dynamic batching. Requests queue texts (already tokenized) in a bounded queue; one inference
-//! thread takes what is waiting (up to a pool of a few batches, waiting at most `max_wait` for more),
-//! drops texts whose caller has gone (cancelled or past its deadline), groups them by model
-//! version (a request finishes on the version it started with), sorts by length and cuts
-//! batches whose padded size stays within the token budget. Inference never runs on the async
-//! runtime's threads.
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{self, RecvTimeoutError, TryRecvError, TrySendError};
+//! Dynamic batching on a dedicated inference thread (inference never runs on the async
+//! runtime's threads).
+//!
+//! - Room in the queue is reserved before a text is tokenized and queued: streams wait for it
+//!   (FIFO, so fair between streams; a waiting stream stops reading its input, and HTTP/2 flow
+//!   control pushes back to the client), unary calls wait a bounded time, then RESOURCE_EXHAUSTED.
+//! - The thread takes what is waiting (up to a pool of a few batches, waiting at most `max_wait`
+//!   for more), drops texts whose caller has gone (a cancelled call, a closed stream) before they
+//!   reach the model — at pool assembly and again before each batch —, groups by model version
+//!   (a request finishes on the version it started with), sorts by length and cuts batches within
+//!   the token budget.
+//! - A failing batch is retried text by text, so one bad text fails only its own request.
+//! - If the thread ever stops, `stopped()` resolves and new texts are refused with `Stopped`, so
+//!   the server can turn NOT_SERVING and exit instead of rejecting work forever.
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::mpsc::{self, RecvTimeoutError, TryRecvError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::inference::InferenceError;
 use common::tokenizer::Encoded;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch, OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
 
 use crate::engine::ServingModel;
 use crate::telemetry::Metrics;
@@ -23,7 +33,7 @@ pub struct BatcherConfig {
     pub max_batch_tokens: usize,
     /// How long the first text of a batch may wait for company.
     pub max_wait: Duration,
-    /// Texts waiting at most; beyond, submissions fail with `QueueFull`.
+    /// Texts queued or being scored at most.
     pub queue_capacity: usize,
 }
 
@@ -41,90 +51,193 @@ impl Default for BatcherConfig {
 /// How many forward batches one gathered pool may hold (texts are length-sorted across the pool).
 const POOL_BATCHES: usize = 8;
 
-/// Scores in label-id order, or an inference error message.
-pub type ScoreResult = Result<Vec<f32>, String>;
-
-struct Job {
-    model: Arc<ServingModel>,
-    encoded: Encoded,
-    reply: oneshot::Sender<ScoreResult>,
+/// Scores texts: a loaded model, or anything else in tests.
+pub trait Scorer: Send + Sync {
+    /// Row-major `[items × num_labels]` scores.
+    fn score(&self, items: &[&Encoded]) -> Result<Vec<f32>, InferenceError>;
+    fn num_labels(&self) -> usize;
 }
 
+impl Scorer for ServingModel {
+    fn score(&self, items: &[&Encoded]) -> Result<Vec<f32>, InferenceError> {
+        ServingModel::score(self, items)
+    }
+    fn num_labels(&self) -> usize {
+        ServingModel::num_labels(self)
+    }
+}
+
+/// Scores in label-id order, or why there are none.
+pub type ScoreResult = Result<Vec<f32>, InferenceError>;
+
 #[derive(Debug, thiserror::Error)]
-#[error("the inference queue is full ({capacity} texts waiting); retry later")]
-pub struct QueueFull {
-    pub capacity: usize,
+pub enum SubmitError {
+    #[error("the inference queue is full ({capacity} texts waiting or in progress); retry later")]
+    QueueFull { capacity: usize },
+    #[error(
+        "{requested} texts exceed the inference queue capacity ({capacity}); send fewer at once"
+    )]
+    TooMany { requested: usize, capacity: usize },
+    #[error("the inference worker has stopped; the predictor is restarting")]
+    Stopped,
+}
+
+/// Room for texts in the queue, held until their scores are out.
+pub struct Reservation(OwnedSemaphorePermit);
+
+impl Reservation {
+    /// Takes room for one text out of the reservation.
+    pub fn take_one(&mut self) -> Option<Reservation> {
+        self.0.split(1).map(Reservation)
+    }
+}
+
+struct Job {
+    scorer: Arc<dyn Scorer>,
+    encoded: Encoded,
+    reply: oneshot::Sender<ScoreResult>,
+    /// Cancelled when the caller's stream closed.
+    caller: Option<CancellationToken>,
+    _room: Reservation,
+}
+
+impl Job {
+    /// Nobody is waiting for this result any more.
+    fn abandoned(&self) -> bool {
+        self.reply.is_closed() || self.caller.as_ref().is_some_and(|c| c.is_cancelled())
+    }
 }
 
 #[derive(Clone)]
 pub struct Batcher {
-    tx: mpsc::SyncSender<Job>,
-    depth: Arc<AtomicUsize>,
+    tx: mpsc::Sender<Job>,
+    room: Arc<Semaphore>,
     capacity: usize,
-    metrics: Metrics,
+    stopped: watch::Receiver<bool>,
 }
 
 impl Batcher {
     /// Starts the inference thread.
     pub fn start(config: BatcherConfig, metrics: Metrics) -> Self {
-        let (tx, rx) = mpsc::sync_channel(config.queue_capacity);
-        let depth = Arc::new(AtomicUsize::new(0));
-        let worker_depth = depth.clone();
-        let worker_metrics = metrics.clone();
-        let capacity = config.queue_capacity;
-        std::thread::Builder::new()
+        let (tx, rx) = mpsc::channel();
+        let (stopped_tx, stopped) = watch::channel(false);
+        let capacity = config.queue_capacity.max(1);
+        let room = Arc::new(Semaphore::new(capacity));
+        let worker_room = room.clone();
+        let spawned = std::thread::Builder::new()
             .name("inference".into())
-            .spawn(move || run(rx, config, worker_depth, worker_metrics))
-            .expect("spawn inference thread");
+            .spawn(move || {
+                let result =
+                    catch_unwind(AssertUnwindSafe(|| run(rx, config, &worker_room, &metrics)));
+                if let Err(panic) = result {
+                    tracing::error!(
+                        error = common::inference::panic_message(&panic),
+                        "the inference thread panicked"
+                    );
+                }
+                worker_room.close();
+                stopped_tx.send_replace(true);
+            });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start the inference thread");
+            room.close();
+        }
         Self {
             tx,
-            depth,
+            room,
             capacity,
-            metrics,
+            stopped,
         }
     }
 
-    /// Queues one tokenized text for `model`; the receiver gets its scores.
+    /// Resolves when the inference thread has stopped (it should never, while serving).
+    pub async fn stopped(&self) {
+        let mut stopped = self.stopped.clone();
+        let _ = stopped.wait_for(|s| *s).await;
+    }
+
+    pub fn is_stopped(&self) -> bool {
+        *self.stopped.borrow() || self.room.is_closed()
+    }
+
+    /// Texts queued or being scored.
+    pub fn depth(&self) -> usize {
+        self.capacity - self.room.available_permits()
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Reserves room for `n` texts, waiting at most `wait` (`None`: as long as it takes).
+    pub async fn reserve(
+        &self,
+        n: usize,
+        wait: Option<Duration>,
+    ) -> Result<Reservation, SubmitError> {
+        if n > self.capacity {
+            return Err(SubmitError::TooMany {
+                requested: n,
+                capacity: self.capacity,
+            });
+        }
+        let n = u32::try_from(n).map_err(|_| SubmitError::TooMany {
+            requested: n,
+            capacity: self.capacity,
+        })?;
+        let acquire = self.room.clone().acquire_many_owned(n);
+        let permit = match wait {
+            None => acquire.await,
+            Some(d) => match tokio::time::timeout(d, acquire).await {
+                Ok(p) => p,
+                Err(_) => {
+                    return Err(SubmitError::QueueFull {
+                        capacity: self.capacity,
+                    })
+                }
+            },
+        };
+        permit.map(Reservation).map_err(|_| SubmitError::Stopped)
+    }
+
+    /// Queues one tokenized text (with its reserved room) for `scorer`; the receiver gets its
+    /// scores. `caller` is cancelled when whoever asked is gone.
     pub fn submit(
         &self,
-        model: Arc<ServingModel>,
+        room: Reservation,
+        scorer: Arc<dyn Scorer>,
         encoded: Encoded,
-    ) -> Result<oneshot::Receiver<ScoreResult>, QueueFull> {
+        caller: Option<CancellationToken>,
+    ) -> Result<oneshot::Receiver<ScoreResult>, SubmitError> {
         let (reply, rx) = oneshot::channel();
-        // Count before sending: the worker may take the job before this thread runs again.
-        let depth = self.depth.fetch_add(1, Ordering::SeqCst) + 1;
-        match self.tx.try_send(Job {
-            model,
-            encoded,
-            reply,
-        }) {
-            Ok(()) => {
-                self.metrics.queue_depth.set(depth as i64);
-                Ok(rx)
-            }
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                self.depth.fetch_sub(1, Ordering::SeqCst);
-                Err(QueueFull {
-                    capacity: self.capacity,
-                })
-            }
-        }
+        self.tx
+            .send(Job {
+                scorer,
+                encoded,
+                reply,
+                caller,
+                _room: room,
+            })
+            .map_err(|_| SubmitError::Stopped)?;
+        Ok(rx)
     }
 }
 
-fn run(rx: mpsc::Receiver<Job>, config: BatcherConfig, depth: Arc<AtomicUsize>, metrics: Metrics) {
+fn run(rx: mpsc::Receiver<Job>, config: BatcherConfig, room: &Semaphore, metrics: &Metrics) {
+    let capacity = config.queue_capacity.max(1);
+    let depth = || (capacity - room.available_permits()) as i64;
     while let Ok(first) = rx.recv() {
         let mut pending = vec![first];
         let deadline = Instant::now() + config.max_wait;
         // Gather up to a few batches' worth: sorting a larger pool by length cuts padding.
         let pool = config.max_batch_size * POOL_BATCHES;
-        'gather: while pending.len() < pool {
+        while pending.len() < pool {
             match rx.try_recv() {
                 Ok(job) => {
                     pending.push(job);
                     continue;
                 }
-                Err(TryRecvError::Disconnected) => break 'gather,
+                Err(TryRecvError::Disconnected) => break,
                 Err(TryRecvError::Empty) => {}
             }
             let now = Instant::now();
@@ -136,39 +249,65 @@ fn run(rx: mpsc::Receiver<Job>, config: BatcherConfig, depth: Arc<AtomicUsize>, 
                 Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => break,
             }
         }
-        let before = depth.fetch_sub(pending.len(), Ordering::SeqCst);
-        metrics
-            .queue_depth
-            .set(before.saturating_sub(pending.len()) as i64);
-        // Callers that went away (cancelled, deadline passed) cost nothing.
-        pending.retain(|job| !job.reply.is_closed());
+        metrics.queue_depth.set(depth());
+        drop_abandoned(&mut pending, metrics);
         while !pending.is_empty() {
             // One model version at a time; the rest wait for the next round of this loop.
-            let model = pending[0].model.clone();
+            let scorer = pending[0].scorer.clone();
             let (mut group, rest): (Vec<Job>, Vec<Job>) = pending
                 .into_iter()
-                .partition(|job| Arc::ptr_eq(&job.model, &model));
+                .partition(|job| Arc::ptr_eq(&job.scorer, &scorer));
             pending = rest;
             group.sort_by_key(|job| job.encoded.ids.len());
-            for batch in split_by_budget(group, config.max_batch_size, config.max_batch_tokens) {
-                infer(&model, batch, &metrics);
+            for mut batch in split_by_budget(group, config.max_batch_size, config.max_batch_tokens)
+            {
+                drop_abandoned(&mut batch, metrics);
+                if !batch.is_empty() {
+                    infer(scorer.as_ref(), batch, metrics);
+                }
+                metrics.queue_depth.set(depth());
             }
         }
     }
 }
 
-/// Cuts length-sorted jobs into batches within the size and padded-token budgets.
-fn split_by_budget(jobs: Vec<Job>, max_size: usize, max_tokens: usize) -> Vec<Vec<Job>> {
+/// Removes the texts nobody waits for any more (their room is released with them).
+fn drop_abandoned(jobs: &mut Vec<Job>, metrics: &Metrics) {
+    let before = jobs.len();
+    jobs.retain(|job| !job.abandoned());
+    let dropped = before - jobs.len();
+    if dropped > 0 {
+        metrics.abandoned_texts.inc_by(dropped as u64);
+    }
+}
+
+/// Something with a length in tokens (a queued text).
+trait TokenCount {
+    fn tokens(&self) -> usize;
+}
+
+impl TokenCount for Job {
+    fn tokens(&self) -> usize {
+        self.encoded.ids.len()
+    }
+}
+
+/// Cuts length-sorted items into batches within the size and padded-token budgets.
+fn split_by_budget<T: TokenCount>(
+    items: Vec<T>,
+    max_size: usize,
+    max_tokens: usize,
+) -> Vec<Vec<T>> {
     let mut batches = Vec::new();
-    let mut current: Vec<Job> = Vec::new();
-    for job in jobs {
-        let longest = job.encoded.ids.len().max(1);
+    let mut current: Vec<T> = Vec::new();
+    for item in items {
+        let longest = item.tokens().max(1);
         if !current.is_empty()
             && (current.len() + 1 > max_size || (current.len() + 1) * longest > max_tokens)
         {
             batches.push(std::mem::take(&mut current));
         }
-        current.push(job);
+        current.push(item);
     }
     if !current.is_empty() {
         batches.push(current);
@@ -176,38 +315,249 @@ fn split_by_budget(jobs: Vec<Job>, max_size: usize, max_tokens: usize) -> Vec<Ve
     batches
 }
 
-fn infer(model: &ServingModel, batch: Vec<Job>, metrics: &Metrics) {
+/// Scores one batch; if it fails, scores its texts one by one so only the offending ones fail.
+fn infer(scorer: &dyn Scorer, batch: Vec<Job>, metrics: &Metrics) {
     let started = Instant::now();
     let items: Vec<&Encoded> = batch.iter().map(|j| &j.encoded).collect();
     let longest = items.iter().map(|e| e.ids.len()).max().unwrap_or(0);
-    let device = model.model.device();
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        let b = model.tokenizer.batch(&items, device);
-        let probs = tch::autocast(device.is_cuda(), || {
-            model.model.predict_proba(&b.input_ids, &b.attention_mask)
-        });
-        Vec::<f32>::try_from(probs.flatten(0, -1)).map_err(|e| e.to_string())
-    }));
+    let result = scorer.score(&items);
     metrics.batch_size.observe(batch.len() as f64);
     metrics.batch_tokens.observe((longest * batch.len()) as f64);
     metrics
         .inference_seconds
         .observe(started.elapsed().as_secs_f64());
-    let l = model.manifest.labels.len();
+    let l = scorer.num_labels();
     match result {
-        Ok(Ok(flat)) => {
+        Ok(flat) if flat.len() == batch.len() * l => {
             for (i, job) in batch.into_iter().enumerate() {
                 let _ = job.reply.send(Ok(flat[i * l..(i + 1) * l].to_vec()));
             }
         }
-        Ok(Err(message)) => fail_all(batch, &message),
-        Err(_) => fail_all(batch, "inference panicked"),
+        Ok(flat) => {
+            let e = InferenceError::Shape {
+                found: flat.len(),
+                texts: batch.len(),
+                labels: l,
+            };
+            isolate(scorer, batch, e, metrics);
+        }
+        Err(e) => isolate(scorer, batch, e, metrics),
     }
 }
 
-fn fail_all(batch: Vec<Job>, message: &str) {
-    tracing::error!(error = message, texts = batch.len(), "inference failed");
+fn isolate(scorer: &dyn Scorer, batch: Vec<Job>, error: InferenceError, metrics: &Metrics) {
+    if batch.len() == 1 {
+        tracing::warn!(error = %error, tokens = batch[0].encoded.ids.len(), "inference failed for a text");
+        metrics.inference_failures.inc();
+        for job in batch {
+            let _ = job.reply.send(Err(error.clone()));
+        }
+        return;
+    }
+    tracing::warn!(error = %error, texts = batch.len(), "batch failed; scoring its texts one by one");
     for job in batch {
-        let _ = job.reply.send(Err(message.to_string()));
+        infer(scorer, vec![job], metrics);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Item(usize);
+    impl TokenCount for Item {
+        fn tokens(&self) -> usize {
+            self.0
+        }
+    }
+
+    fn sizes(batches: &[Vec<Item>]) -> Vec<Vec<usize>> {
+        batches
+            .iter()
+            .map(|b| b.iter().map(|i| i.0).collect())
+            .collect()
+    }
+
+    #[test]
+    fn batches_respect_size_and_padded_token_budgets() {
+        let items = || {
+            [2, 3, 3, 5, 8, 8, 40]
+                .into_iter()
+                .map(Item)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            sizes(&split_by_budget(items(), 3, 1000)),
+            vec![vec![2, 3, 3], vec![5, 8, 8], vec![40]]
+        );
+        // 16 padded tokens at most: [2,3,3,5] would be 4×5 = 20, [5,8,8] 3×8 = 24.
+        assert_eq!(
+            sizes(&split_by_budget(items(), 10, 16)),
+            vec![vec![2, 3, 3], vec![5, 8], vec![8], vec![40]]
+        );
+        // A text longer than the budget still gets a batch of its own.
+        assert_eq!(
+            sizes(&split_by_budget(vec![Item(50)], 4, 16)),
+            vec![vec![50]]
+        );
+        assert!(split_by_budget(Vec::<Item>::new(), 4, 16).is_empty());
+    }
+
+    /// Fails any batch holding a text of 13 tokens; scores are the text's length.
+    struct Picky {
+        labels: usize,
+    }
+    impl Scorer for Picky {
+        fn score(&self, items: &[&Encoded]) -> Result<Vec<f32>, InferenceError> {
+            if items.iter().any(|e| e.ids.len() == 13) {
+                return Err(InferenceError::Forward("index out of range".into()));
+            }
+            Ok(items
+                .iter()
+                .flat_map(|e| vec![e.ids.len() as f32; self.labels])
+                .collect())
+        }
+        fn num_labels(&self) -> usize {
+            self.labels
+        }
+    }
+
+    fn text(tokens: usize) -> Encoded {
+        Encoded {
+            ids: vec![7; tokens],
+            truncated: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_bad_text_fails_alone_and_the_rest_of_its_batch_is_answered() {
+        let batcher = Batcher::start(
+            BatcherConfig {
+                max_wait: Duration::from_millis(50),
+                ..Default::default()
+            },
+            Metrics::new(),
+        );
+        let scorer: Arc<dyn Scorer> = Arc::new(Picky { labels: 2 });
+        let mut receivers = Vec::new();
+        for tokens in [5, 13, 6, 7] {
+            let room = batcher.reserve(1, None).await.unwrap();
+            receivers.push(
+                batcher
+                    .submit(room, scorer.clone(), text(tokens), None)
+                    .unwrap(),
+            );
+        }
+        let mut results = Vec::new();
+        for rx in receivers {
+            results.push(rx.await.unwrap());
+        }
+        assert_eq!(results[0].as_ref().unwrap(), &vec![5.0, 5.0]);
+        assert!(results[1].is_err());
+        assert_eq!(results[2].as_ref().unwrap(), &vec![6.0, 6.0]);
+        assert_eq!(results[3].as_ref().unwrap(), &vec![7.0, 7.0]);
+        assert_eq!(batcher.depth(), 0, "room released");
+    }
+
+    #[tokio::test]
+    async fn texts_of_a_closed_stream_never_reach_the_model() {
+        struct Counting(std::sync::atomic::AtomicUsize);
+        impl Scorer for Counting {
+            fn score(&self, items: &[&Encoded]) -> Result<Vec<f32>, InferenceError> {
+                std::thread::sleep(Duration::from_millis(30));
+                self.0
+                    .fetch_add(items.len(), std::sync::atomic::Ordering::SeqCst);
+                Ok(vec![0.5; items.len()])
+            }
+            fn num_labels(&self) -> usize {
+                1
+            }
+        }
+        let counting = Arc::new(Counting(Default::default()));
+        let scorer: Arc<dyn Scorer> = counting.clone();
+        let batcher = Batcher::start(
+            BatcherConfig {
+                max_batch_size: 1,
+                ..Default::default()
+            },
+            Metrics::new(),
+        );
+        let gone = CancellationToken::new();
+        let mut receivers = Vec::new();
+        for _ in 0..50 {
+            let room = batcher.reserve(1, None).await.unwrap();
+            receivers.push(
+                batcher
+                    .submit(room, scorer.clone(), text(4), Some(gone.clone()))
+                    .unwrap(),
+            );
+        }
+        gone.cancel();
+        // A fresh caller is answered right away, not after the 50 abandoned texts.
+        let started = Instant::now();
+        let room = batcher.reserve(1, None).await.unwrap();
+        batcher
+            .submit(room, scorer.clone(), text(4), None)
+            .unwrap()
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            started.elapsed() < Duration::from_millis(500),
+            "{:?}",
+            started.elapsed()
+        );
+        let scored = counting.0.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(scored < 10, "{scored} abandoned texts were scored");
+        drop(receivers);
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_pushes_back_and_a_dead_worker_is_reported() {
+        struct Panics;
+        impl Scorer for Panics {
+            fn score(&self, _: &[&Encoded]) -> Result<Vec<f32>, InferenceError> {
+                panic!("worker bug")
+            }
+            fn num_labels(&self) -> usize {
+                1
+            }
+        }
+        let batcher = Batcher::start(
+            BatcherConfig {
+                queue_capacity: 2,
+                ..Default::default()
+            },
+            Metrics::new(),
+        );
+        let held = batcher.reserve(2, None).await.unwrap();
+        let err = batcher
+            .reserve(1, Some(Duration::from_millis(20)))
+            .await
+            .err()
+            .unwrap();
+        assert!(
+            matches!(err, SubmitError::QueueFull { capacity: 2 }),
+            "{err}"
+        );
+        assert!(matches!(
+            batcher.reserve(3, None).await.err().unwrap(),
+            SubmitError::TooMany { .. }
+        ));
+        drop(held);
+        // A scorer that panics outside the model's own guard kills the worker: noticed at once.
+        let room = batcher.reserve(1, None).await.unwrap();
+        let rx = batcher
+            .submit(room, Arc::new(Panics), text(3), None)
+            .unwrap();
+        assert!(rx.await.is_err(), "no answer from a dead worker");
+        tokio::time::timeout(Duration::from_secs(5), batcher.stopped())
+            .await
+            .expect("stopped() resolves");
+        assert!(batcher.is_stopped());
+        assert!(matches!(
+            batcher.reserve(1, None).await.err().unwrap(),
+            SubmitError::Stopped
+        ));
     }
 }

@@ -3,6 +3,8 @@
 use std::time::{Duration, Instant};
 
 use proto::v1::predictor_client::PredictorClient;
+
+use crate::client::ClientError;
 use proto::v1::{ClassifyRequest, StreamClassifyRequest};
 use tonic::transport::Channel;
 
@@ -32,7 +34,7 @@ pub async fn run(
     in_flight: usize,
     idle_requests: usize,
     time_limit: Duration,
-) -> anyhow::Result<BenchReport> {
+) -> Result<BenchReport, ClientError> {
     let started = Instant::now();
     let chunks: Vec<Vec<String>> = (0..streams)
         .map(|s| texts.iter().skip(s).step_by(streams).cloned().collect())
@@ -74,23 +76,31 @@ pub async fn run(
                 }
             });
             let mut latencies = Vec::new();
+            let rpc = |s: tonic::Status| ClientError::Rpc {
+                method: "ClassifyStream",
+                code: s.code(),
+                message: s.message().to_string(),
+            };
             let mut stream = client
                 .classify_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
-                .await?
+                .await
+                .map_err(rpc)?
                 .into_inner();
-            while let Some(m) = stream.message().await? {
+            while let Some(m) = stream.message().await.map_err(rpc)? {
                 if let Some(t) = sent_at.lock().ok().and_then(|mut s| s.remove(&m.id)) {
                     latencies.push(t.elapsed().as_secs_f64() * 1000.0);
                 }
                 sem.add_permits(1);
             }
-            producer.await?;
-            Ok::<_, anyhow::Error>(latencies)
+            producer
+                .await
+                .map_err(|e| ClientError::Task(e.to_string()))?;
+            Ok::<_, ClientError>(latencies)
         }));
     }
     let mut latencies = Vec::new();
     for t in tasks {
-        latencies.extend(t.await??);
+        latencies.extend(t.await.map_err(|e| ClientError::Task(e.to_string()))??);
     }
     let seconds = started.elapsed().as_secs_f64();
     latencies.sort_by(f64::total_cmp);
@@ -104,7 +114,12 @@ pub async fn run(
                 texts: vec![text.clone()],
                 options: None,
             })
-            .await?;
+            .await
+            .map_err(|s| ClientError::Rpc {
+                method: "Classify",
+                code: s.code(),
+                message: s.message().to_string(),
+            })?;
         idle.push(t.elapsed().as_secs_f64() * 1000.0);
     }
     idle.sort_by(f64::total_cmp);

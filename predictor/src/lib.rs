@@ -1,17 +1,25 @@
 //! The predictor: a stateless gRPC service that serves a GoEmotions checkpoint from object
 //! storage. Layers, following text-embeddings-inference's router / core / backends split:
 //! - `engine`: the loaded model and turning scores into labelled results (core);
-//! - `batcher`: dynamic batching on a dedicated inference thread (backend);
+//! - `batcher`: queue room, dynamic batching on a dedicated inference thread (backend);
 //! - `reload`: loading checkpoints and following an alias with atomic swaps;
-//! - `service`: the thin gRPC layer (router), `telemetry`: Prometheus metrics.
+//! - `service`: the thin gRPC layer (router), building every proto message;
+//! - `server`: assembly (auth, TLS, health, reflection, drain), `telemetry`: Prometheus metrics;
+//! - `cli`, `client`, `bench`: the command line and the client-side tools.
 pub mod batcher;
 pub mod bench;
+pub mod cli;
+pub mod client;
 pub mod engine;
 pub mod reload;
+pub mod server;
 pub mod service;
 pub mod telemetry;
 
-/// Serving limits; every one is a flag of `predictor serve` (see `--help`).
+use std::time::Duration;
+
+/// Serving limits; every one is a flag of `predictor serve` (see `--help`) and is reported by
+/// GetModelInfo.
 #[derive(Debug, Clone)]
 pub struct Limits {
     /// Texts accepted in one `Classify` request.
@@ -21,6 +29,10 @@ pub struct Limits {
     /// Texts of one `ClassifyStream` being processed at once; the server stops reading the
     /// stream (HTTP/2 back-pressure) until results go out.
     pub max_in_flight_per_stream: usize,
+    /// Largest request message (bytes); larger ones get RESOURCE_EXHAUSTED.
+    pub max_message_bytes: usize,
+    /// How long a `Classify` call waits for room in a full queue before RESOURCE_EXHAUSTED.
+    pub queue_wait: Duration,
 }
 
 impl Default for Limits {
@@ -29,6 +41,8 @@ impl Default for Limits {
             max_texts_per_request: 64,
             max_text_bytes: 4096,
             max_in_flight_per_stream: 128,
+            max_message_bytes: 4 * 1024 * 1024,
+            queue_wait: service::DEFAULT_QUEUE_WAIT,
         }
     }
 }

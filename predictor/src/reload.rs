@@ -1,12 +1,21 @@
 //! Loading the served model and following an alias: the current version lives in a `ModelSlot`
 //! and is swapped atomically; requests keep the `Arc` of the version they started on, so a swap
-//! never fails or mixes an in-flight request. A failed load (unreachable store, corrupt or
-//! incomplete checkpoint) is logged and changes nothing.
+//! never fails or mixes an in-flight request.
+//!
+//! What is served is identified by (resolved location, sha256 of its manifest), not by the
+//! version string inside the manifest, so an alias is followed by where it points and what is
+//! there. A poll reads only the alias and the manifest. A load that fails (unreachable store,
+//! corrupt or invalid checkpoint) changes nothing and is not retried for the same identity
+//! before an exponentially growing delay has passed; a new identity is tried at once. A load
+//! finishing after the server started draining never sets SERVING again.
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use common::checkpoint;
+use common::model::Precision;
 use common::registry::ModelRef;
 use tch::Device;
+use tokio::sync::watch;
 use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
 
@@ -15,6 +24,9 @@ use crate::telemetry::Metrics;
 
 /// gRPC service name used for health status.
 pub const SERVICE_NAME: &str = "goemotions.v1.Predictor";
+
+/// The longest wait before retrying a version that failed to load.
+pub const MAX_RETRY_DELAY: Duration = Duration::from_secs(600);
 
 /// Sets the overall ("") and the Predictor service's health status together.
 pub async fn set_health(health: &HealthReporter, status: ServingStatus) {
@@ -41,34 +53,112 @@ impl ModelSlot {
     }
 }
 
+/// Where a checkpoint is and what its manifest says, byte for byte.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub uri: String,
+    pub manifest_sha256: String,
+}
+
+/// A load that failed, and when the same identity may be tried again.
+struct Failure {
+    identity: Identity,
+    attempts: u32,
+    retry_at: Instant,
+}
+
+/// The delay before attempt `attempts + 1` of a failed identity: the poll interval doubled per
+/// failure, at most `MAX_RETRY_DELAY`.
+pub fn retry_delay(poll_interval: Duration, attempts: u32) -> Duration {
+    let factor = 2u32.saturating_pow(attempts.saturating_sub(1).min(16));
+    poll_interval.saturating_mul(factor).min(MAX_RETRY_DELAY)
+}
+
+/// What a check did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Checked {
+    Unchanged,
+    Loaded(String),
+    /// The identity failed before; its retry is not due yet.
+    Deferred,
+}
+
 pub struct Reloader {
     pub reference: ModelRef,
     pub device: Device,
+    pub precision: Precision,
     pub slot: Arc<ModelSlot>,
     pub metrics: Metrics,
     pub health: HealthReporter,
     pub poll_interval: Duration,
+    pub draining: watch::Receiver<bool>,
+    failure: Option<Failure>,
 }
 
 impl Reloader {
-    /// Loads the referenced version if it differs from the served one. Returns whether it swapped.
-    pub async fn check(&self) -> Result<bool, LoadError> {
-        let (store, version) = self.reference.resolve().await?;
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        reference: ModelRef,
+        device: Device,
+        precision: Precision,
+        slot: Arc<ModelSlot>,
+        metrics: Metrics,
+        health: HealthReporter,
+        poll_interval: Duration,
+        draining: watch::Receiver<bool>,
+    ) -> Self {
+        Self {
+            reference,
+            device,
+            precision,
+            slot,
+            metrics,
+            health,
+            poll_interval,
+            draining,
+            failure: None,
+        }
+    }
+
+    /// Loads what the reference names if it differs from what is served.
+    pub async fn check(&mut self) -> Result<Checked, LoadError> {
+        let (store, _) = self.reference.resolve().await?;
+        let (_, manifest_sha256) = checkpoint::read_manifest_with_sha256(&store).await?;
+        let identity = Identity {
+            uri: store.uri().to_string(),
+            manifest_sha256,
+        };
         if let Some(current) = self.slot.get() {
-            match &version {
-                Some(v) if v == current.version() => return Ok(false),
-                None => return Ok(false), // a fixed checkpoint never changes
-                _ => {}
+            if current.source_uri == identity.uri
+                && current.manifest_sha256 == identity.manifest_sha256
+            {
+                self.failure = None;
+                return Ok(Checked::Unchanged);
             }
         }
-        let started = std::time::Instant::now();
-        let model = match ServingModel::load(&store, self.device).await {
+        if let Some(f) = &self.failure {
+            if f.identity == identity && Instant::now() < f.retry_at {
+                return Ok(Checked::Deferred);
+            }
+        }
+        let started = Instant::now();
+        let model = match ServingModel::load(&store, self.device, self.precision).await {
             Ok(m) => m,
             Err(e) => {
                 self.metrics.reloads.with_label_values(&["failed"]).inc();
+                let attempts = match &self.failure {
+                    Some(f) if f.identity == identity => f.attempts + 1,
+                    _ => 1,
+                };
+                self.failure = Some(Failure {
+                    retry_at: Instant::now() + retry_delay(self.poll_interval, attempts),
+                    identity,
+                    attempts,
+                });
                 return Err(e);
             }
         };
+        self.failure = None;
         let new_version = model.version().to_string();
         let previous = self.slot.set(Arc::new(model));
         self.metrics.reloads.with_label_values(&["ok"]).inc();
@@ -82,23 +172,36 @@ impl Reloader {
             .model_version
             .with_label_values(&[&new_version])
             .set(1);
-        set_health(&self.health, ServingStatus::Serving).await;
+        if !*self.draining.borrow() {
+            set_health(&self.health, ServingStatus::Serving).await;
+        }
         tracing::info!(
             version = %new_version,
             previous = previous.as_ref().map(|p| p.version().to_string()),
             uri = %store.uri(),
+            precision = %self.precision,
             seconds = format!("{:.2}", started.elapsed().as_secs_f64()),
             "model loaded and serving"
         );
-        Ok(true)
+        Ok(Checked::Loaded(new_version))
     }
 
-    /// Checks at start and then every poll interval (aliases only) until `shutdown` fires.
-    pub async fn run(self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    /// Checks at start and then every poll interval until draining starts; a fixed checkpoint
+    /// stops being polled once it is loaded.
+    pub async fn run(mut self) {
+        let mut draining = self.draining.clone();
         loop {
-            if let Err(e) = self.check().await {
-                let serving = self.slot.get().map(|m| m.version().to_string());
-                tracing::error!(error = %e, serving = ?serving, "model load failed; keeping the current model");
+            match self.check().await {
+                Ok(_) => {}
+                Err(e) => {
+                    let serving = self.slot.get().map(|m| m.version().to_string());
+                    let retry_in = self.failure.as_ref().map(|f| {
+                        f.retry_at
+                            .saturating_duration_since(Instant::now())
+                            .as_secs_f64()
+                    });
+                    tracing::error!(error = %e, serving = ?serving, retry_in_seconds = ?retry_in, "model load failed; keeping the current model");
+                }
             }
             let fixed = matches!(self.reference, ModelRef::Checkpoint(_));
             if fixed && self.slot.get().is_some() {
@@ -106,8 +209,22 @@ impl Reloader {
             }
             tokio::select! {
                 _ = tokio::time::sleep(self.poll_interval) => {}
-                _ = shutdown.changed() => return,
+                _ = draining.wait_for(|d| *d) => return,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_back_off_exponentially_up_to_a_cap() {
+        let poll = Duration::from_secs(10);
+        assert_eq!(retry_delay(poll, 1), Duration::from_secs(10));
+        assert_eq!(retry_delay(poll, 2), Duration::from_secs(20));
+        assert_eq!(retry_delay(poll, 4), Duration::from_secs(80));
+        assert_eq!(retry_delay(poll, 30), MAX_RETRY_DELAY);
     }
 }

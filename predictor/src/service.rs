@@ -1,20 +1,28 @@
-//! The gRPC `goemotions.v1.Predictor` service: validation and limits, then the batcher.
+//! The gRPC `goemotions.v1.Predictor` service: validation and limits, queue room, then the
+//! batcher; proto messages are built here and nowhere else.
+//!
+//! A stream reads its next item only when it has room for it (its own in-flight bound and a
+//! place in the shared queue), so a busy server slows streams down instead of rejecting their
+//! items. When a stream ends early — the server drains, an item is over the message size limit
+//! — it first answers everything it read, then ends with a status that says what to resend.
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures::Stream;
 use proto::v1::predictor_server::Predictor;
 use proto::v1::{
-    stream_classify_response, ClassifyRequest, ClassifyResponse, GetModelInfoRequest, ItemError,
-    ModelInfo, StreamClassifyRequest, StreamClassifyResponse, TextResult,
+    stream_classify_response, ClassifyOptions, ClassifyRequest, ClassifyResponse,
+    GetModelInfoRequest, ItemError, LabelScore, ModelInfo, StreamClassifyRequest,
+    StreamClassifyResponse, TextResult,
 };
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
 use tonic::{Code, Request, Response, Status, Streaming};
 
-use crate::batcher::{Batcher, ScoreResult};
-use crate::engine::{self, OutputOptions, ServingModel};
+use crate::batcher::{Batcher, Reservation, ScoreResult, SubmitError};
+use crate::engine::{self, Labelled, OutputOptions, ServingModel};
 use crate::reload::ModelSlot;
 use crate::telemetry::Metrics;
 use crate::Limits;
@@ -38,8 +46,48 @@ enum Pending {
     },
 }
 
-fn code_name(code: Code) -> String {
-    format!("{code:?}")
+fn submit_status(e: SubmitError) -> Status {
+    match e {
+        SubmitError::QueueFull { .. } | SubmitError::TooMany { .. } => {
+            Status::resource_exhausted(e.to_string())
+        }
+        SubmitError::Stopped => Status::unavailable(e.to_string()),
+    }
+}
+
+/// A proto result from a labelled text.
+fn text_result(model: &ServingModel, r: Labelled) -> TextResult {
+    let names = &model.manifest.labels;
+    let scored = |s: engine::Scored| LabelScore {
+        id: s.id as u32,
+        name: names[s.id].clone(),
+        score: s.score,
+    };
+    TextResult {
+        labels: r.labels.into_iter().map(scored).collect(),
+        top_k: r.top_k.into_iter().map(scored).collect(),
+        scores: r.scores,
+        truncated: r.truncated,
+        num_tokens: r.num_tokens as u32,
+    }
+}
+
+/// The documented answer for an empty or whitespace-only text: no labels, no scores, 0 tokens.
+fn empty_result() -> TextResult {
+    TextResult::default()
+}
+
+fn options(o: Option<&ClassifyOptions>, num_labels: usize) -> Result<OutputOptions, Status> {
+    match o {
+        None => Ok(OutputOptions::default()),
+        Some(o) => OutputOptions::new(
+            o.top_k as usize,
+            o.return_all_scores,
+            o.threshold,
+            num_labels,
+        )
+        .map_err(|e| Status::invalid_argument(e.to_string())),
+    }
 }
 
 impl PredictorService {
@@ -60,18 +108,27 @@ impl PredictorService {
         Ok(())
     }
 
-    /// Tokenizes and queues one text.
-    fn enqueue(&self, model: &Arc<ServingModel>, text: &str) -> Result<Pending, Status> {
+    /// Tokenizes and queues one text with its reserved room.
+    fn enqueue(
+        &self,
+        model: &Arc<ServingModel>,
+        text: &str,
+        room: &mut Reservation,
+        caller: Option<CancellationToken>,
+    ) -> Result<Pending, Status> {
         if text.trim().is_empty() {
             return Ok(Pending::Empty);
         }
         let encoded = model
             .encode(text)
             .map_err(|e| Status::invalid_argument(format!("cannot tokenize: {e}")))?;
+        let room = room
+            .take_one()
+            .ok_or_else(|| Status::internal("queue room miscounted"))?;
         let rx = self
             .batcher
-            .submit(model.clone(), encoded.clone())
-            .map_err(|e| Status::resource_exhausted(e.to_string()))?;
+            .submit(room, model.clone(), encoded.clone(), caller)
+            .map_err(submit_status)?;
         Ok(Pending::Queued { encoded, rx })
     }
 
@@ -82,12 +139,27 @@ impl PredictorService {
             .unwrap_or_else(|s| s.code());
         self.metrics
             .requests
-            .with_label_values(&[method, &code_name(code)])
+            .with_label_values(&[method, &format!("{code:?}")])
             .inc();
         self.metrics
             .request_seconds
             .with_label_values(&[method])
             .observe(started.elapsed().as_secs_f64());
+    }
+
+    /// One stream item, start to finish.
+    async fn classify_item(
+        &self,
+        item: &StreamClassifyRequest,
+        mut room: Reservation,
+        caller: CancellationToken,
+    ) -> Result<(TextResult, String), Status> {
+        let model = self.current()?;
+        self.check_text(&item.text, &format!("text of item {:?}", item.id))?;
+        let opts = options(item.options.as_ref(), model.num_labels())?;
+        let pending = self.enqueue(&model, &item.text, &mut room, Some(caller))?;
+        let result = finish(&model, pending, opts).await?;
+        Ok((result, model.version().to_string()))
     }
 }
 
@@ -97,18 +169,50 @@ async fn finish(
     opts: OutputOptions,
 ) -> Result<TextResult, Status> {
     match pending {
-        Pending::Empty => Ok(engine::empty_result()),
+        Pending::Empty => Ok(empty_result()),
         Pending::Queued { encoded, rx } => {
             let scores = rx
                 .await
-                .map_err(|_| Status::internal("inference worker stopped"))?
+                .map_err(|_| Status::unavailable("the inference worker stopped"))?
                 .map_err(|e| Status::internal(format!("inference failed: {e}")))?;
-            Ok(engine::build_result(model, &scores, &encoded, opts))
+            let labelled = engine::label(&scores, &model.manifest.thresholds, &encoded, opts);
+            Ok(text_result(model, labelled))
         }
     }
 }
 
+fn item_error(id: String, status: &Status) -> StreamClassifyResponse {
+    StreamClassifyResponse {
+        id,
+        outcome: Some(stream_classify_response::Outcome::Error(ItemError {
+            code: status.code() as i32,
+            message: status.message().to_string(),
+        })),
+        model_version: String::new(),
+    }
+}
+
+/// Why a stream's read loop ended.
+enum StreamEnd {
+    /// The client closed its side: answer everything, end OK.
+    Done,
+    /// The client went away: nothing to answer.
+    Gone,
+    /// The server is draining: answer what was read, then UNAVAILABLE.
+    Draining,
+    /// The transport refused an item (e.g. over the message size limit).
+    Refused(Status),
+}
+
 type ResponseStream = Pin<Box<dyn Stream<Item = Result<StreamClassifyResponse, Status>> + Send>>;
+
+/// Decrements the open-streams gauge however the stream task ends.
+struct OpenStream(Metrics);
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        self.0.open_streams.dec();
+    }
+}
 
 #[tonic::async_trait]
 impl Predictor for PredictorService {
@@ -127,16 +231,27 @@ impl Predictor for PredictorService {
                     self.limits.max_texts_per_request
                 )));
             }
-            let opts = OutputOptions::from_proto(req.options.as_ref(), model.manifest.labels.len())
-                .map_err(Status::invalid_argument)?;
+            let opts = options(req.options.as_ref(), model.num_labels())?;
             for (i, text) in req.texts.iter().enumerate() {
                 self.check_text(text, &format!("texts[{i}]"))?;
             }
-            let pending: Vec<Pending> =
-                req.texts.iter().map(|t| self.enqueue(&model, t)).collect::<Result<_, Status>>()?;
+            let to_score = req.texts.iter().filter(|t| !t.trim().is_empty()).count();
+            let mut room = self
+                .batcher
+                .reserve(to_score, Some(self.limits.queue_wait))
+                .await
+                .map_err(submit_status)?;
+            let pending: Vec<Pending> = req
+                .texts
+                .iter()
+                .map(|t| self.enqueue(&model, t, &mut room, None))
+                .collect::<Result<_, Status>>()?;
             let mut results = Vec::with_capacity(pending.len());
-            for p in pending {
-                results.push(finish(&model, p, opts).await?);
+            for (i, p) in pending.into_iter().enumerate() {
+                let r = finish(&model, p, opts)
+                    .await
+                    .map_err(|s| Status::new(s.code(), format!("texts[{i}]: {}", s.message())))?;
+                results.push(r);
             }
             self.metrics.texts.with_label_values(&["Classify"]).inc_by(results.len() as u64);
             Ok(ClassifyResponse { results, model_version: model.version().to_string() })
@@ -154,54 +269,68 @@ impl Predictor for PredictorService {
     ) -> Result<Response<Self::ClassifyStreamStream>, Status> {
         self.current()?;
         let mut inbound = request.into_inner();
-        let max_in_flight = self.limits.max_in_flight_per_stream;
+        let max_in_flight = self.limits.max_in_flight_per_stream.max(1);
         let (tx, rx) = mpsc::channel::<Result<StreamClassifyResponse, Status>>(max_in_flight);
         let service = self.clone();
         let mut draining = self.draining.clone();
         service.metrics.open_streams.inc();
+        let guard = OpenStream(service.metrics.clone());
         tokio::spawn(async move {
-            let permits = Arc::new(Semaphore::new(max_in_flight));
-            loop {
+            let _guard = guard;
+            let caller = CancellationToken::new();
+            let in_flight = Arc::new(Semaphore::new(max_in_flight));
+            let end = loop {
                 if *draining.borrow() {
-                    break;
+                    break StreamEnd::Draining;
                 }
-                // Back-pressure: read the next text only when fewer than max_in_flight are open.
+                // A slot of this stream's in-flight bound first, then read one item, then wait
+                // for room in the shared queue: while either is missing the stream reads no
+                // further and HTTP/2 flow control holds the client back.
                 let permit = tokio::select! {
-                    p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-                    _ = draining.changed() => break,
+                    p = in_flight.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break StreamEnd::Gone },
+                    _ = draining.wait_for(|d| *d) => break StreamEnd::Draining,
+                    _ = tx.closed() => break StreamEnd::Gone,
                 };
                 let message = tokio::select! {
                     m = inbound.message() => m,
-                    _ = draining.changed() => break,
-                    _ = tx.closed() => break,
+                    _ = draining.wait_for(|d| *d) => break StreamEnd::Draining,
+                    _ = tx.closed() => break StreamEnd::Gone,
                 };
                 let item = match message {
                     Ok(Some(item)) => item,
-                    Ok(None) => break,
+                    Ok(None) => break StreamEnd::Done,
+                    Err(status) if status.code() == Code::OutOfRange => {
+                        break StreamEnd::Refused(Status::resource_exhausted(format!(
+                            "an item exceeded the message size limit ({}); it and every item after it were not read: resend the unanswered ids except the oversized one",
+                            status.message()
+                        )))
+                    }
                     Err(status) => {
-                        tracing::debug!(%status, "stream closed by client error");
-                        break;
+                        tracing::debug!(%status, "stream closed by a client error");
+                        break StreamEnd::Gone;
+                    }
+                };
+                // The item is read: it is answered even if draining starts meanwhile.
+                let room = tokio::select! {
+                    r = service.batcher.reserve(1, None) => r,
+                    _ = tx.closed() => break StreamEnd::Gone,
+                };
+                let room = match room {
+                    Ok(room) => room,
+                    Err(e) => {
+                        let status = submit_status(e);
+                        let _ = tx.send(Ok(item_error(item.id, &status))).await;
+                        break StreamEnd::Refused(status);
                     }
                 };
                 let started = Instant::now();
                 let service = service.clone();
                 let tx = tx.clone();
+                let caller = caller.clone();
                 tokio::spawn(async move {
-                    let id = item.id.clone();
-                    let outcome = async {
-                        let model = service.current()?;
-                        service.check_text(&item.text, &format!("text of item {id:?}"))?;
-                        let opts = OutputOptions::from_proto(
-                            item.options.as_ref(),
-                            model.manifest.labels.len(),
-                        )
-                        .map_err(Status::invalid_argument)?;
-                        let pending = service.enqueue(&model, &item.text)?;
-                        let result = finish(&model, pending, opts).await?;
-                        Ok::<_, Status>((result, model.version().to_string()))
-                    }
-                    .await;
+                    let outcome = service.classify_item(&item, room, caller).await;
                     service.record("ClassifyStream", &outcome, started);
+                    let id = item.id;
                     let response = match outcome {
                         Ok((result, version)) => {
                             service
@@ -215,22 +344,29 @@ impl Predictor for PredictorService {
                                 model_version: version,
                             }
                         }
-                        Err(status) => StreamClassifyResponse {
-                            id,
-                            outcome: Some(stream_classify_response::Outcome::Error(ItemError {
-                                code: status.code() as i32,
-                                message: status.message().to_string(),
-                            })),
-                            model_version: String::new(),
-                        },
+                        Err(status) => item_error(id, &status),
                     };
                     let _ = tx.send(Ok(response)).await;
                     drop(permit);
                 });
+            };
+            if matches!(end, StreamEnd::Gone) {
+                // Queued texts of this stream are dropped before they reach the model.
+                caller.cancel();
+                return;
             }
-            // Finish what is in flight, then end the response stream.
-            let _ = permits.acquire_many(max_in_flight as u32).await;
-            service.metrics.open_streams.dec();
+            // Answer everything that was read, then say how the stream ended.
+            let _ = in_flight.acquire_many(max_in_flight as u32).await;
+            let status = match end {
+                StreamEnd::Draining => Some(Status::unavailable(
+                    "the server is shutting down; items without a response were not processed: resend them to another replica",
+                )),
+                StreamEnd::Refused(status) => Some(status),
+                StreamEnd::Done | StreamEnd::Gone => None,
+            };
+            if let Some(status) = status {
+                let _ = tx.send(Err(status)).await;
+            }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
@@ -257,9 +393,15 @@ impl Predictor for PredictorService {
                 max_texts_per_request: self.limits.max_texts_per_request as u32,
                 max_text_bytes: self.limits.max_text_bytes as u32,
                 max_in_flight_per_stream: self.limits.max_in_flight_per_stream as u32,
+                max_message_bytes: self.limits.max_message_bytes as u32,
+                queue_capacity: self.batcher.capacity() as u32,
+                precision: model.model.precision().to_string(),
             }
         });
         self.record("GetModelInfo", &result, started);
         result.map(Response::new)
     }
 }
+
+/// How long a unary call waits for queue room by default before RESOURCE_EXHAUSTED.
+pub const DEFAULT_QUEUE_WAIT: Duration = Duration::from_millis(200);

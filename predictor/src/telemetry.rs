@@ -1,9 +1,7 @@
 //! Prometheus metrics and the HTTP endpoint that exposes them (`GET /metrics`).
-use std::net::SocketAddr;
-
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 #[derive(Clone)]
@@ -21,6 +19,10 @@ pub struct Metrics {
     pub model_version: IntGaugeVec,
     pub reloads: IntCounterVec,
     pub open_streams: IntGauge,
+    /// Texts dropped before inference because their caller had gone.
+    pub abandoned_texts: IntCounter,
+    /// Texts whose inference failed (after their batch was retried text by text).
+    pub inference_failures: IntCounter,
 }
 
 impl Metrics {
@@ -79,6 +81,16 @@ impl Metrics {
         .expect("metric");
         let open_streams =
             IntGauge::new("predictor_open_streams", "Open ClassifyStream calls").expect("metric");
+        let abandoned_texts = IntCounter::new(
+            "predictor_abandoned_texts_total",
+            "Texts dropped before inference because their caller had gone",
+        )
+        .expect("metric");
+        let inference_failures = IntCounter::new(
+            "predictor_inference_failures_total",
+            "Texts whose inference failed",
+        )
+        .expect("metric");
         for m in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(texts.clone()),
@@ -90,6 +102,8 @@ impl Metrics {
             Box::new(model_version.clone()),
             Box::new(reloads.clone()),
             Box::new(open_streams.clone()),
+            Box::new(abandoned_texts.clone()),
+            Box::new(inference_failures.clone()),
         ] {
             registry.register(m).expect("register metric");
         }
@@ -105,6 +119,8 @@ impl Metrics {
             model_version,
             reloads,
             open_streams,
+            abandoned_texts,
+            inference_failures,
         }
     }
 
@@ -123,9 +139,9 @@ impl Default for Metrics {
     }
 }
 
-/// Serves `GET /metrics` until `shutdown` resolves.
+/// Serves `GET /metrics` on `listener` until `shutdown` resolves.
 pub async fn serve_metrics(
-    addr: SocketAddr,
+    listener: tokio::net::TcpListener,
     metrics: Metrics,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
@@ -136,8 +152,9 @@ pub async fn serve_metrics(
             async move { m.render() }
         }),
     );
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    tracing::info!(%addr, "metrics endpoint listening");
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "metrics endpoint listening");
+    }
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await

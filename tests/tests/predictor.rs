@@ -46,7 +46,7 @@ async fn in_process_scores(version_dir: &std::path::Path, texts: &[&str]) -> Vec
     let loaded = checkpoint::read(&store)
         .await
         .unwrap()
-        .load_model(Device::Cpu)
+        .load_model(Device::Cpu, common::model::Precision::Fp32)
         .unwrap();
     texts
         .iter()

@@ -27,13 +27,6 @@ pub fn epoch_batches(
     batches
 }
 
-/// Indices in ascending length order cut into batches (for inference, where order does not matter).
-pub fn sorted_batches(lengths: &[usize], batch_size: usize) -> Vec<Vec<usize>> {
-    let mut order: Vec<usize> = (0..lengths.len()).collect();
-    order.sort_by_key(|&i| lengths[i]);
-    order.chunks(batch_size).map(<[usize]>::to_vec).collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

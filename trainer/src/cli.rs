@@ -1,18 +1,58 @@
-//! Command-line arguments shared by the trainer's subcommands.
+//! The `trainer` command line: every flag (with its environment variable) and how flags become a
+//! `JobSpec` or `ServiceConfig`. `main.rs` only parses and dispatches.
+use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
-use clap::Args;
+use clap::{Args, Parser, Subcommand};
+use common::data::SplitLimits;
+use common::grpc::AccessArgs;
+use common::model::{Pooling, PrecisionChoice};
 
-use crate::train::{PosWeight, TrainConfig};
+use crate::config::{Overrides, PosWeight, TrainConfig, DEFAULT_ALIAS, DEFAULT_MODEL_NAME};
+use crate::evaluate::Split;
+use crate::job::{self, JobSpec};
+use crate::service::ServiceConfig;
+
+/// Where `scripts/setup.sh` puts the packaged encoder and the data.
+pub const DEFAULT_BASE_MODEL: &str = ".cache/models/all-MiniLM-L6-v2";
+pub const DEFAULT_DATA_DIR: &str = ".cache/data/goemotions";
+pub const DEFAULT_REGISTRY: &str = "output/registry";
+
+#[derive(Parser)]
+#[command(
+    name = "trainer",
+    version,
+    about = "Fine-tunes BERT encoders on GoEmotions and publishes checkpoints"
+)]
+pub struct Cli {
+    /// Log format: text or json.
+    #[arg(long, env = "LOG_FORMAT", default_value = "text", global = true)]
+    pub log_format: String,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Fine-tune, tune thresholds, evaluate on test (+ baseline), write the report and publish.
+    Train(Box<TrainCmd>),
+    /// Evaluate a published checkpoint on a split.
+    Eval(EvalCmd),
+    /// Train and evaluate only the TF-IDF + logistic regression baseline.
+    Baseline(BaselineCmd),
+    /// Measure training throughput for a fixed number of steps (no evaluation, nothing published).
+    Bench(Box<BenchCmd>),
+    /// Run the gRPC Trainer service (jobs, registry versions and aliases).
+    Serve(Box<ServeCmd>),
+    /// Print a checkpoint's sigmoid scores for the given texts as JSON (for cross-checks).
+    Score(ScoreCmd),
+}
 
 #[derive(Args, Debug, Clone)]
 pub struct DataArgs {
     /// Folder with train.tsv, dev.tsv, test.tsv, emotions.txt, ekman_mapping.json, sentiment_dict.json.
-    #[arg(
-        long,
-        env = "GOEMOTIONS_DATA_DIR",
-        default_value = ".cache/data/goemotions"
-    )]
+    #[arg(long, env = "GOEMOTIONS_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
     pub data_dir: PathBuf,
     /// Use a stratified subsample (by labels per example) of this many training examples.
     #[arg(long, env = "GOEMOTIONS_TRAIN_LIMIT")]
@@ -25,22 +65,35 @@ pub struct DataArgs {
     pub test_limit: Option<usize>,
 }
 
+impl DataArgs {
+    pub fn limits(&self) -> SplitLimits {
+        SplitLimits {
+            train: self.train_limit,
+            dev: self.dev_limit,
+            test: self.test_limit,
+        }
+    }
+}
+
 #[derive(Args, Debug, Clone)]
 pub struct DeviceArgs {
     /// auto (CUDA when available), cpu, cuda or cuda:N.
     #[arg(long, env = "GOEMOTIONS_DEVICE", default_value = "auto")]
     pub device: String,
-    /// CPU threads for libtorch (default: all cores).
+    /// CPU threads for libtorch (default: the CPUs the process may use, from its cgroup
+    /// quota and affinity).
     #[arg(long, env = "GOEMOTIONS_THREADS")]
     pub threads: Option<i32>,
 }
 
 impl DeviceArgs {
-    pub fn init(&self) -> anyhow::Result<tch::Device> {
-        if let Some(n) = self.threads {
-            tch::set_num_threads(n);
+    /// Sets the thread count and selects the device; fp32 work on CUDA may use TF32.
+    pub fn init(&self) -> Result<tch::Device, String> {
+        common::device::init_threads(self.threads);
+        if self.device != "cpu" {
+            common::device::allow_tf32();
         }
-        let device = common::device::select(&self.device).map_err(anyhow::Error::msg)?;
+        let device = common::device::select(&self.device)?;
         tracing::info!(device = common::device::describe(device), "device selected");
         Ok(device)
     }
@@ -54,10 +107,10 @@ pub struct HyperArgs {
     /// Training batch size.
     #[arg(long, env = "GOEMOTIONS_BATCH_SIZE", default_value_t = TrainConfig::default().batch_size)]
     pub batch_size: usize,
-    /// Peak learning rate (AdamW).
+    /// Peak learning rate (AdamW), in (0, 1].
     #[arg(long, env = "GOEMOTIONS_LR", default_value_t = TrainConfig::default().learning_rate)]
     pub lr: f64,
-    /// Maximum sequence length in tokens; longer texts are truncated.
+    /// Maximum sequence length in tokens (at most the model's max_position_embeddings); longer texts are truncated.
     #[arg(long, env = "GOEMOTIONS_MAX_LENGTH", default_value_t = TrainConfig::default().max_length)]
     pub max_length: usize,
     /// Fraction of steps with linear learning-rate warmup (then linear decay to 0).
@@ -70,12 +123,16 @@ pub struct HyperArgs {
     #[arg(long, env = "GOEMOTIONS_SEED", default_value_t = TrainConfig::default().seed)]
     pub seed: u64,
     /// Sequence pooling for the head: mean (masked mean of token states) or cls (BERT pooler).
-    #[arg(long, env = "GOEMOTIONS_POOLING", default_value = "mean", value_parser = ["mean", "cls"])]
-    pub pooling: String,
-    /// Override the checkpoint's dropout probability.
+    #[arg(long, env = "GOEMOTIONS_POOLING", value_enum, default_value_t = Pooling::Mean)]
+    pub pooling: Pooling,
+    /// Numeric precision: auto (bf16 on CUDA devices that support it, fp32 elsewhere), fp32, or
+    /// bf16 (bf16 matmuls with fp32 master weights, LayerNorm and loss).
+    #[arg(long, env = "GOEMOTIONS_PRECISION", value_enum, default_value_t = PrecisionChoice::Auto)]
+    pub precision: PrecisionChoice,
+    /// Override the checkpoint's dropout probability, in [0, 1).
     #[arg(long, env = "GOEMOTIONS_DROPOUT")]
     pub dropout: Option<f64>,
-    /// Early stopping: epochs without a better dev macro-F1 before stopping.
+    /// Early stopping: epochs without a better dev macro-F1 before stopping (at least 1).
     #[arg(long, env = "GOEMOTIONS_PATIENCE", default_value_t = TrainConfig::default().patience)]
     pub patience: u32,
     /// Clip gradients to this global L2 norm.
@@ -93,35 +150,227 @@ pub struct HyperArgs {
 }
 
 impl HyperArgs {
-    pub fn config(&self) -> TrainConfig {
-        TrainConfig {
-            epochs: self.epochs,
-            batch_size: self.batch_size,
-            learning_rate: self.lr,
-            max_length: self.max_length,
-            warmup_ratio: self.warmup_ratio,
-            weight_decay: self.weight_decay,
-            seed: self.seed,
-            pooling: self.pooling.clone(),
+    /// The flags as overrides of the recipe's defaults (every flag has a value).
+    pub fn overrides(&self) -> Overrides {
+        Overrides {
+            epochs: Some(self.epochs),
+            batch_size: Some(self.batch_size),
+            learning_rate: Some(self.lr),
+            max_length: Some(self.max_length),
+            warmup_ratio: Some(self.warmup_ratio),
+            weight_decay: Some(self.weight_decay),
+            seed: Some(self.seed),
+            pooling: Some(self.pooling),
+            precision: Some(self.precision),
             dropout: self.dropout,
-            patience: self.patience,
-            max_grad_norm: self.max_grad_norm,
-            pos_weight: self.pos_weight,
+            patience: Some(self.patience),
+            max_grad_norm: Some(self.max_grad_norm),
+            pos_weight: Some(self.pos_weight),
             max_steps: self.max_steps,
-            eval_batch_size: self.eval_batch_size,
-            ..TrainConfig::default()
+            eval_batch_size: Some(self.eval_batch_size),
+            state_every_steps: None,
         }
+    }
+
+    pub fn config(&self) -> TrainConfig {
+        self.overrides().apply(&TrainConfig::default())
     }
 }
 
 #[derive(Args, Debug, Clone)]
 pub struct BaseModelArgs {
-    /// Base encoder: a Hugging Face model folder or object-store URI with config.json,
+    /// Base encoder: a Hugging Face BERT folder or object-store URI with config.json,
     /// model.safetensors and tokenizer.json.
+    #[arg(long, env = "GOEMOTIONS_BASE_MODEL", default_value = DEFAULT_BASE_MODEL)]
+    pub base_model: String,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ProgressArgs {
+    /// Seconds between progress log lines when stderr is not a terminal (a bar is drawn on terminals).
     #[arg(
         long,
-        env = "GOEMOTIONS_BASE_MODEL",
-        default_value = ".cache/models/all-MiniLM-L6-v2"
+        env = "GOEMOTIONS_PROGRESS_INTERVAL_SECS",
+        default_value_t = 30.0
     )]
+    pub progress_interval_secs: f64,
+}
+
+impl ProgressArgs {
+    pub fn interval(&self) -> Duration {
+        Duration::from_secs_f64(self.progress_interval_secs.clamp(0.1, 86_400.0))
+    }
+}
+
+#[derive(Args)]
+pub struct TrainCmd {
+    #[command(flatten)]
+    pub data: DataArgs,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+    #[command(flatten)]
+    pub hyper: HyperArgs,
+    #[command(flatten)]
+    pub base: BaseModelArgs,
+    #[command(flatten)]
+    pub progress: ProgressArgs,
+    /// Registry root (file:///path, a path, or s3://bucket/prefix).
+    #[arg(long, env = "GOEMOTIONS_REGISTRY", default_value = DEFAULT_REGISTRY)]
+    pub registry: String,
+    /// Model name in the registry (letters, digits, '-', '_', '.').
+    #[arg(long, env = "GOEMOTIONS_MODEL_NAME", default_value = DEFAULT_MODEL_NAME)]
+    pub model_name: String,
+    /// Alias to point at the new version; "-" for none.
+    #[arg(long, env = "GOEMOTIONS_ALIAS", default_value = DEFAULT_ALIAS)]
+    pub alias: String,
+    /// Also train and report the TF-IDF + logistic regression baseline.
+    #[arg(long, env = "GOEMOTIONS_BASELINE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub baseline: bool,
+    /// Folder for report.md, report.json and per_label_f1.svg.
+    #[arg(long, env = "GOEMOTIONS_REPORT_DIR", default_value = "output/report")]
+    pub report_dir: PathBuf,
+}
+
+impl TrainCmd {
+    pub fn job_spec(&self, device: tch::Device) -> JobSpec {
+        JobSpec {
+            base_model: self.base.base_model.clone(),
+            data_dir: self.data.data_dir.clone(),
+            registry: self.registry.clone(),
+            model_name: self.model_name.clone(),
+            alias: job::alias_from_request(&self.alias),
+            train: self.hyper.config(),
+            limits: self.data.limits(),
+            run_baseline: self.baseline,
+            report_dir: Some(self.report_dir.clone()),
+            device,
+            version: None,
+        }
+    }
+}
+
+#[derive(Args)]
+pub struct EvalCmd {
+    /// Checkpoint URI: a version folder (…/models/NAME/versions/V) or an alias (…/models/NAME/aliases/A).
+    #[arg(long, env = "GOEMOTIONS_CHECKPOINT")]
+    pub checkpoint: String,
+    /// Split to evaluate.
+    #[arg(long, value_enum, default_value_t = Split::Test)]
+    pub split: Split,
+    #[command(flatten)]
+    pub data: DataArgs,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+    /// Inference precision: auto (bf16 on CUDA with bf16 support, else fp32), fp32 or bf16.
+    #[arg(long, env = "GOEMOTIONS_PRECISION", value_enum, default_value_t = PrecisionChoice::Auto)]
+    pub precision: PrecisionChoice,
+    /// Inference batch size.
+    #[arg(long, default_value_t = 64)]
+    pub batch_size: usize,
+    /// Write report.md / report.json / per_label_f1.svg here.
+    #[arg(long)]
+    pub report_dir: Option<PathBuf>,
+}
+
+impl EvalCmd {
+    /// The limit of the split being evaluated.
+    pub fn limit(&self) -> Option<usize> {
+        match self.split {
+            Split::Train => self.data.train_limit,
+            Split::Dev => self.data.dev_limit,
+            Split::Test => self.data.test_limit,
+        }
+    }
+}
+
+#[derive(Args)]
+pub struct BaselineCmd {
+    #[command(flatten)]
+    pub data: DataArgs,
+    /// Folder for the baseline's report.
+    #[arg(long, default_value = "output/baseline")]
+    pub report_dir: PathBuf,
+}
+
+#[derive(Args)]
+pub struct BenchCmd {
+    #[command(flatten)]
+    pub data: DataArgs,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+    #[command(flatten)]
+    pub hyper: HyperArgs,
+    #[command(flatten)]
+    pub base: BaseModelArgs,
+    /// Optimizer steps to time (after 3 warm-up steps).
+    #[arg(long, default_value_t = 30)]
+    pub steps: u64,
+    /// Disable length bucketing (plain shuffled batches, dynamic padding) for comparison.
+    #[arg(long)]
+    pub no_bucketing: bool,
+}
+
+#[derive(Args)]
+pub struct ServeCmd {
+    /// gRPC listen address. Beyond loopback a token is required (see --auth-token-file).
+    #[arg(long, env = "TRAINER_LISTEN", default_value = "127.0.0.1:50052")]
+    pub listen: SocketAddr,
+    /// Registry root (file:///path, a path, or s3://bucket/prefix); job records and resume state live under jobs/.
+    #[arg(long, env = "GOEMOTIONS_REGISTRY", default_value = DEFAULT_REGISTRY)]
+    pub registry: String,
+    /// Default base encoder for jobs that name none.
+    #[arg(long, env = "GOEMOTIONS_BASE_MODEL", default_value = DEFAULT_BASE_MODEL)]
     pub base_model: String,
+    /// Default data folder for jobs that name none.
+    #[arg(long, env = "GOEMOTIONS_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
+    pub data_dir: PathBuf,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+    #[command(flatten)]
+    pub hyper: HyperArgs,
+    #[command(flatten)]
+    pub access: AccessArgs,
+    #[command(flatten)]
+    pub progress: ProgressArgs,
+    /// Save resumable training state every this many steps (and at every epoch end).
+    #[arg(long, env = "TRAINER_STATE_EVERY_STEPS", default_value_t = 200)]
+    pub state_every_steps: u64,
+    /// Folder for each job's report (a sub-folder per job id).
+    #[arg(long, env = "TRAINER_REPORT_ROOT")]
+    pub report_root: Option<PathBuf>,
+    /// On SIGTERM, seconds the running job gets to save its state and stop before the process
+    /// exits (keep below the pod's terminationGracePeriodSeconds).
+    #[arg(long, env = "TRAINER_SHUTDOWN_GRACE_SECS", default_value_t = 50.0)]
+    pub shutdown_grace_secs: f64,
+}
+
+impl ServeCmd {
+    pub fn service_config(&self, device: tch::Device) -> ServiceConfig {
+        let mut defaults = self.hyper.config();
+        defaults.state_every_steps = self.state_every_steps;
+        ServiceConfig {
+            registry: self.registry.clone(),
+            base_model: self.base_model.clone(),
+            data_dir: self.data_dir.clone(),
+            device,
+            defaults,
+            report_root: self.report_root.clone(),
+            progress_interval: self.progress.interval(),
+        }
+    }
+}
+
+#[derive(Args)]
+pub struct ScoreCmd {
+    /// Checkpoint URI: a version folder or an alias (…/models/NAME/aliases/A).
+    #[arg(long, env = "GOEMOTIONS_CHECKPOINT")]
+    pub checkpoint: String,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+    /// Inference precision: auto, fp32 or bf16.
+    #[arg(long, env = "GOEMOTIONS_PRECISION", value_enum, default_value_t = PrecisionChoice::Auto)]
+    pub precision: PrecisionChoice,
+    /// Texts to score.
+    #[arg(required = true)]
+    pub texts: Vec<String>,
 }

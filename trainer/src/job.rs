@@ -1,22 +1,27 @@
-//! One training job end to end: read the base model and data, fine-tune, tune thresholds,
-//! evaluate on test (and the baseline when asked), write the report, publish the checkpoint to
-//! the registry and move the alias. Shared by the `trainer train` CLI and the gRPC service.
+//! One training job end to end, shared by `trainer train` and the gRPC service: read the data
+//! and base model, fine-tune, evaluate on test (and the baseline when asked), write the report,
+//! then publish in recorded, reversible phases — the version's files, its manifest, the alias.
+//! Cancellation is honoured at every phase boundary up to the commit point (the alias move, or
+//! the manifest when no alias moves); a job that fails or is cancelled before it leaves no
+//! version behind.
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::path::PathBuf;
 
 use bytes::Bytes;
-use common::checkpoint::{self, Manifest, CONFIG, TOKENIZER, TOKENIZER_EXTRAS, WEIGHTS};
-use common::data::{self, Example};
-use common::labels::LabelSet;
+use common::checkpoint::{self, BaseModel, Manifest, CONFIG, TOKENIZER, TOKENIZER_EXTRAS, WEIGHTS};
+use common::data::{DataError, Dataset, DatasetError, SplitLimits};
+use common::model::Precision;
 use common::registry::{self, Registry};
 use common::store::Store;
 use tch::Device;
 use tokio::runtime::Handle;
 
-use crate::baseline::Baseline;
-use crate::report::{ModelResults, Report};
-use crate::train::{self, Observer, Phase, ResumeState, TrainConfig, TrainError};
+use crate::config::{TrainConfig, DEFAULT_ALIAS, NO_ALIAS};
+use crate::evaluate::{self, EvalError, RunInfo};
+use crate::fine_tune::{self, TrainError, TrainOutcome};
+use crate::observe::{Observer, Phase};
+use crate::report::Report;
+use crate::resume::ResumeState;
 
 #[derive(Debug, Clone)]
 pub struct JobSpec {
@@ -27,9 +32,7 @@ pub struct JobSpec {
     /// Alias to move to the new version (None: publish without an alias).
     pub alias: Option<String>,
     pub train: TrainConfig,
-    pub train_limit: Option<usize>,
-    pub dev_limit: Option<usize>,
-    pub test_limit: Option<usize>,
+    pub limits: SplitLimits,
     pub run_baseline: bool,
     pub report_dir: Option<PathBuf>,
     pub device: Device,
@@ -37,14 +40,23 @@ pub struct JobSpec {
     pub version: Option<String>,
 }
 
+/// The alias a request names: empty means the default, `-` means none.
+pub fn alias_from_request(alias: &str) -> Option<String> {
+    match alias {
+        "" => Some(DEFAULT_ALIAS.to_string()),
+        NO_ALIAS => None,
+        a => Some(a.to_string()),
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum JobError {
     #[error(transparent)]
-    Data(#[from] data::DataError),
-    #[error(transparent)]
-    Labels(#[from] common::labels::LabelsError),
+    Dataset(#[from] DatasetError),
     #[error(transparent)]
     Train(#[from] TrainError),
+    #[error(transparent)]
+    Eval(#[from] EvalError),
     #[error(transparent)]
     Checkpoint(#[from] checkpoint::CheckpointError),
     #[error(transparent)]
@@ -56,6 +68,24 @@ pub enum JobError {
         path: String,
         source: std::io::Error,
     },
+    #[error("precision: {0}")]
+    Precision(String),
+}
+
+impl From<DataError> for JobError {
+    fn from(e: DataError) -> Self {
+        JobError::Dataset(e.into())
+    }
+}
+
+impl JobError {
+    pub fn is_cancelled(&self) -> bool {
+        matches!(self, JobError::Train(TrainError::Cancelled))
+    }
+
+    pub fn is_interrupted(&self) -> bool {
+        matches!(self, JobError::Train(TrainError::Interrupted { .. }))
+    }
 }
 
 pub struct JobOutput {
@@ -63,100 +93,35 @@ pub struct JobOutput {
     pub report: Report,
 }
 
-/// Loaded splits and labels.
-pub struct Dataset {
-    pub labels: LabelSet,
-    pub train: Vec<Example>,
-    pub dev: Vec<Example>,
-    pub test: Vec<Example>,
-    pub sha256: BTreeMap<String, String>,
-}
-
-impl Dataset {
-    /// Loads the three splits, applying stratified limits (seeded) for quick runs.
-    pub fn load(dir: &Path, limits: [Option<usize>; 3], seed: u64) -> Result<Self, JobError> {
-        let labels = LabelSet::load(dir)?;
-        let mut sha256 = BTreeMap::new();
-        let mut splits = Vec::new();
-        for (split, limit) in data::SPLITS.iter().zip(limits) {
-            let path = data::split_path(dir, split);
-            let bytes = std::fs::read(&path).map_err(|source| data::DataError::Io {
-                path: path.display().to_string(),
-                source,
-            })?;
-            sha256.insert(format!("{split}.tsv"), common::sha256_hex(&bytes));
-            let all = data::parse_nonempty(&bytes, labels.len(), &path.display().to_string())?;
-            splits.push(match limit {
-                Some(n) => data::stratified_subsample(&all, n, seed),
-                None => all,
-            });
-        }
-        let test = splits.pop().unwrap_or_default();
-        let dev = splits.pop().unwrap_or_default();
-        let train = splits.pop().unwrap_or_default();
-        Ok(Self {
-            labels,
-            train,
-            dev,
-            test,
-            sha256,
-        })
+fn check_cancel(observer: &dyn Observer) -> Result<(), JobError> {
+    if observer.cancelled() {
+        return Err(TrainError::Cancelled.into());
     }
-}
-
-/// Where a job keeps its resumable state; `None` to run without one.
-pub struct StateSink {
-    pub store: Store,
-}
-
-impl StateSink {
-    pub const TENSORS: &'static str = "state.safetensors";
-    pub const META: &'static str = "state.json";
-
-    pub async fn load(&self) -> Result<Option<ResumeState>, JobError> {
-        let Some((meta, _)) = self.store.get_opt(Self::META).await? else {
-            return Ok(None);
-        };
-        let tensors = self.store.get(Self::TENSORS).await?;
-        Ok(Some(ResumeState::decode(&tensors, &meta)?))
-    }
-
-    pub async fn save(&self, state: &ResumeState) -> Result<(), String> {
-        let (tensors, meta) = state.encode().map_err(|e| e.to_string())?;
-        self.store
-            .put(Self::TENSORS, Bytes::from(tensors))
-            .await
-            .map_err(|e| e.to_string())?;
-        self.store
-            .put(Self::META, Bytes::from(meta))
-            .await
-            .map_err(|e| e.to_string())
-    }
+    Ok(())
 }
 
 /// Runs the job on the current (blocking) thread; object-store I/O goes through `handle`.
+/// The spec must have passed `validate::check_job`.
 pub fn run(
     spec: &JobSpec,
     handle: &Handle,
     observer: &mut dyn Observer,
     resume: Option<ResumeState>,
 ) -> Result<JobOutput, JobError> {
-    let seed = spec.train.seed;
-    let data = Dataset::load(
-        &spec.data_dir,
-        [spec.train_limit, spec.dev_limit, spec.test_limit],
-        seed,
-    )?;
+    let precision = precision(spec)?;
+    let data = Dataset::load(&spec.data_dir, spec.limits, spec.train.seed)?;
     tracing::info!(
         train = data.train.len(),
         dev = data.dev.len(),
         test = data.test.len(),
         device = common::device::describe(spec.device),
+        precision = %precision,
         "data loaded"
     );
     let base = handle.block_on(checkpoint::read_base(&Store::open(&spec.base_model)?))?;
-    let (model, tokenizer) = train::build_model(&base, &data.labels, &spec.train, spec.device)?;
-    let outcome = train::fine_tune(
+    let (model, tokenizer) =
+        fine_tune::build_model(&base, &data.labels, &spec.train, spec.device, precision)?;
+    let outcome = fine_tune::fine_tune(
         model,
         tokenizer,
         &data.train,
@@ -167,79 +132,31 @@ pub fn run(
         observer,
     )?;
 
-    // Test evaluation.
     observer.phase(Phase::Evaluating);
-    let l = data.labels.len();
-    let test_texts: Vec<&str> = data.test.iter().map(|e| e.text.as_str()).collect();
-    let test_targets = train::targets(&data.test, l);
-    let started = Instant::now();
-    let encoded = outcome
-        .tokenizer
-        .encode_all(&test_texts)
-        .map_err(TrainError::from)?;
-    let test_scores = train::score(
-        &outcome.model,
-        &outcome.tokenizer,
-        &encoded,
-        spec.train.eval_batch_size,
-    );
-    let infer_rate = data.test.len() as f64 / started.elapsed().as_secs_f64().max(1e-9);
-    let fine_tuned = ModelResults::evaluate(
-        "fine-tuned",
-        &test_scores,
-        &test_targets,
-        &data.labels,
-        &outcome.thresholds,
-        outcome.global_threshold,
-        outcome.train_seconds,
-        outcome.samples_per_second,
-        infer_rate,
-    );
-    let baseline = spec
-        .run_baseline
-        .then(|| run_baseline(&data, &test_targets));
-
+    check_cancel(observer)?;
     let version = spec
         .version
         .clone()
         .unwrap_or_else(registry::new_version_id);
-    let dev_targets = train::targets(&data.dev, l);
-    let dev_eval = common::metrics::evaluate(
-        &outcome.dev_scores,
-        &dev_targets,
-        &data.labels,
-        &outcome.thresholds,
-    );
-    let mut metrics = BTreeMap::new();
-    metrics.insert("dev.macro_f1.per_label".into(), dev_eval.macro_f1);
-    metrics.insert("dev.micro_f1.per_label".into(), dev_eval.micro_f1);
-    for (key, e) in [
-        ("half", &fine_tuned.at_half),
-        ("global", &fine_tuned.at_global),
-        ("per_label", &fine_tuned.at_per_label),
-    ] {
-        metrics.insert(format!("test.macro_f1.{key}"), e.macro_f1);
-        metrics.insert(format!("test.micro_f1.{key}"), e.micro_f1);
-    }
     let hyperparameters = serde_json::json!({
         "train": spec.train,
+        "precision": precision,
         "train_examples": data.train.len(),
         "dev_examples": data.dev.len(),
+        "test_examples": data.test.len(),
         "best_epoch": outcome.best_epoch,
         "steps": outcome.steps,
     });
-    let report = Report {
-        created_at: chrono::Utc::now().to_rfc3339(),
-        split: "test".into(),
-        examples: data.test.len(),
-        model_version: Some(version.clone()),
-        device: common::device::describe(spec.device),
+    let baseline = spec.run_baseline.then(|| evaluate::run_baseline(&data));
+    check_cancel(observer)?;
+    let info = RunInfo {
+        version: &version,
+        device: spec.device,
         hyperparameters: hyperparameters.clone(),
-        history: outcome.history.clone(),
-        best_epoch: Some(outcome.best_epoch),
-        fine_tuned,
-        baseline,
+        train_eval_batch_size: spec.train.eval_batch_size,
     };
+    let report = evaluate::job_report(&outcome, &data, baseline, &info)?;
+    check_cancel(observer)?;
     if let Some(dir) = &spec.report_dir {
         report.write(dir).map_err(|source| JobError::Report {
             path: dir.display().to_string(),
@@ -247,9 +164,38 @@ pub fn run(
         })?;
         tracing::info!(path = %dir.join("report.md").display(), "report written");
     }
+    check_cancel(observer)?;
 
-    // Publish: every file first, the manifest last, then the alias.
     observer.phase(Phase::Publishing);
+    let files = checkpoint_files(&outcome, &base, spec.train.max_length)?;
+    let manifest = Manifest {
+        format_version: checkpoint::FORMAT_VERSION,
+        model_name: spec.model_name.clone(),
+        version: version.clone(),
+        labels: data.labels.names.clone(),
+        thresholds: outcome.thresholds.per_label.clone(),
+        global_threshold: outcome.thresholds.global,
+        max_length: spec.train.max_length,
+        pooling: spec.train.pooling.as_str().into(),
+        base_model: spec.base_model.clone(),
+        precision: precision.to_string(),
+        metrics: manifest_metrics(&outcome, &data, &report),
+        hyperparameters,
+        data_sha256: data.sha256.clone(),
+        created_at: chrono::Utc::now().to_rfc3339(),
+        files: vec![],
+    };
+    let manifest = publish(spec, handle, observer, &files, manifest)?;
+    Ok(JobOutput { manifest, report })
+}
+
+/// The published files: config, weights, tokenizer and its side files, with the tokenizer
+/// config's `model_max_length` set to the length the model was trained and is served with.
+fn checkpoint_files(
+    outcome: &TrainOutcome,
+    base: &BaseModel,
+    max_length: usize,
+) -> Result<Vec<(String, Bytes)>, JobError> {
     let mut files = vec![
         (
             CONFIG.to_string(),
@@ -263,57 +209,121 @@ pub fn run(
     ];
     for extra in TOKENIZER_EXTRAS {
         if let Some(bytes) = base.files.get(extra) {
-            files.push((extra.to_string(), bytes.clone()));
+            let bytes = if extra == "tokenizer_config.json" {
+                with_model_max_length(bytes, max_length)
+            } else {
+                bytes.clone()
+            };
+            files.push((extra.to_string(), bytes));
         }
     }
-    let manifest = Manifest {
-        format_version: checkpoint::FORMAT_VERSION,
-        model_name: spec.model_name.clone(),
-        version: version.clone(),
-        labels: data.labels.names.clone(),
-        thresholds: outcome.thresholds.clone(),
-        global_threshold: outcome.global_threshold,
-        max_length: spec.train.max_length,
-        pooling: spec.train.pooling.clone(),
-        base_model: spec.base_model.clone(),
-        metrics,
-        hyperparameters,
-        data_sha256: data.sha256.clone(),
-        created_at: chrono::Utc::now().to_rfc3339(),
-        files: vec![],
-    };
-    let registry = Registry::open(&spec.registry)?;
-    let manifest = handle.block_on(registry.publish(&spec.model_name, &files, manifest))?;
-    tracing::info!(version = %version, uri = %registry.version_store(&spec.model_name, &version).uri(), "checkpoint published");
-    if let Some(alias) = &spec.alias {
-        handle.block_on(registry.set_alias(&spec.model_name, alias, &version, None))?;
-        tracing::info!(alias = %alias, version = %version, "alias moved");
-    }
-    Ok(JobOutput { manifest, report })
+    Ok(files)
 }
 
-/// Fits the TF-IDF + logistic regression baseline, tunes its thresholds on dev, scores test.
-pub fn run_baseline(data: &Dataset, test_targets: &[u8]) -> ModelResults {
-    let l = data.labels.len();
-    let started = Instant::now();
-    let baseline = Baseline::fit(&data.train, l, 5000, 1.0);
-    let train_seconds = started.elapsed().as_secs_f64();
-    let dev_scores = baseline.predict_proba(&data.dev);
-    let dev_targets = train::targets(&data.dev, l);
-    let per_label = common::metrics::tune_per_label(&dev_scores, &dev_targets, l);
-    let global = common::metrics::tune_global(&dev_scores, &dev_targets);
-    let started = Instant::now();
-    let test_scores = baseline.predict_proba(&data.test);
-    let infer_rate = data.test.len() as f64 / started.elapsed().as_secs_f64().max(1e-9);
-    ModelResults::evaluate(
-        "baseline",
-        &test_scores,
-        test_targets,
+fn with_model_max_length(bytes: &Bytes, max_length: usize) -> Bytes {
+    match serde_json::from_slice::<serde_json::Value>(bytes) {
+        Ok(mut config) if config.is_object() => {
+            config["model_max_length"] = max_length.into();
+            serde_json::to_vec_pretty(&config)
+                .map(Bytes::from)
+                .unwrap_or_else(|_| bytes.clone())
+        }
+        _ => bytes.clone(),
+    }
+}
+
+fn manifest_metrics(
+    outcome: &TrainOutcome,
+    data: &Dataset,
+    report: &Report,
+) -> BTreeMap<String, f64> {
+    let dev = common::metrics::evaluate(
+        &outcome.dev_scores,
+        &common::data::targets(&data.dev, data.labels.len()),
         &data.labels,
-        &per_label,
-        global,
-        train_seconds,
-        data.train.len() as f64 / train_seconds.max(1e-9),
-        infer_rate,
-    )
+        &outcome.thresholds.per_label,
+    );
+    let mut metrics = BTreeMap::new();
+    metrics.insert("dev.macro_f1.per_label".into(), dev.macro_f1);
+    metrics.insert("dev.micro_f1.per_label".into(), dev.micro_f1);
+    let ft = &report.fine_tuned;
+    for (key, e) in [
+        ("half", &ft.at_half),
+        ("global", &ft.at_global),
+        ("per_label", &ft.at_per_label),
+    ] {
+        metrics.insert(format!("test.macro_f1.{key}"), e.macro_f1);
+        metrics.insert(format!("test.micro_f1.{key}"), e.micro_f1);
+    }
+    metrics
+}
+
+/// Files, then manifest, then alias; anything that fails (or a cancel) before the commit point
+/// removes the version again.
+fn publish(
+    spec: &JobSpec,
+    handle: &Handle,
+    observer: &mut dyn Observer,
+    files: &[(String, Bytes)],
+    manifest: Manifest,
+) -> Result<Manifest, JobError> {
+    let registry = Registry::open(&spec.registry)?;
+    let version = manifest.version.clone();
+    let steps = || -> Result<Manifest, JobError> {
+        let staged = handle.block_on(registry.stage_version(&spec.model_name, files, manifest))?;
+        check_cancel(observer)?;
+        if spec.alias.is_none() && !observer.commit() {
+            return Err(TrainError::Cancelled.into());
+        }
+        handle.block_on(registry.commit_version(&staged))?;
+        tracing::info!(version = %version, uri = %registry.version_store(&spec.model_name, &version).uri(), "checkpoint published");
+        if let Some(alias) = &spec.alias {
+            if !observer.commit() {
+                return Err(TrainError::Cancelled.into());
+            }
+            handle.block_on(registry.set_alias(&spec.model_name, alias, &version, None))?;
+            tracing::info!(alias = %alias, version = %version, "alias moved");
+        }
+        Ok(staged)
+    };
+    let result = steps();
+    let ours = !matches!(
+        result,
+        Err(JobError::Registry(
+            registry::RegistryError::VersionExists { .. }
+        ))
+    );
+    if let (Err(e), true) = (&result, ours) {
+        tracing::warn!(error = %e, version = %version, "publishing did not complete; removing the version");
+        if let Err(cleanup) = handle.block_on(registry.delete_version(&spec.model_name, &version)) {
+            tracing::error!(error = %cleanup, version = %version, "could not remove the unpublished version");
+        }
+    }
+    result
+}
+
+/// Finishes a job whose version was written before a crash: moves the alias when asked.
+/// Idempotent: an alias already at the version stays.
+pub async fn finish_publishing(
+    registry: &Registry,
+    model_name: &str,
+    alias: Option<&str>,
+    version: &str,
+) -> Result<(), JobError> {
+    if let Some(alias) = alias {
+        let current = registry.get_alias(model_name, alias).await?;
+        if current.map(|r| r.version).as_deref() != Some(version) {
+            registry.set_alias(model_name, alias, version, None).await?;
+            tracing::info!(alias = %alias, version = %version, "alias moved after restart");
+        }
+    }
+    Ok(())
+}
+
+/// Which precision the spec trains in on its device.
+pub fn precision(spec: &JobSpec) -> Result<Precision, JobError> {
+    spec.train
+        .precision
+        .resolve(spec.device)
+        .map_err(JobError::Precision)
 }

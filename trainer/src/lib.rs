@@ -1,10 +1,22 @@
-//! The trainer: fine-tuning loop, TF-IDF baseline, evaluation report, publishing, and the gRPC
-//! job service.
+//! The trainer: the fine-tuning loop, the TF-IDF baseline, evaluation and the report, publishing
+//! to the registry, and the gRPC job service.
+//!
+//! A job's path: `config` (defaults and overrides) → `validate` (every field, before work) →
+//! `job::run`: `fine_tune` (prepare / run an epoch / finish, with `resume` state and `observe`
+//! hooks) → `evaluate` (test, baseline, `report`) → publish (files, manifest, alias).
 pub mod baseline;
-pub mod batches;
+pub(crate) mod batches;
+pub mod bench;
 pub mod cli;
+pub mod config;
+pub mod evaluate;
+pub mod fine_tune;
 pub mod job;
-pub mod optim;
+pub mod observe;
+pub(crate) mod optim;
+pub mod progress;
 pub mod report;
+pub mod resume;
+pub mod server;
 pub mod service;
-pub mod train;
+pub mod validate;

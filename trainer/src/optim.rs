@@ -3,6 +3,8 @@
 //! restored for resumable training.
 use tch::{Kind, Tensor};
 
+use crate::resume::StateError;
+
 pub struct AdamW {
     params: Vec<Tensor>,
     decay: Vec<bool>,
@@ -107,15 +109,19 @@ impl AdamW {
         (self.step, out)
     }
 
-    pub fn load_state(&mut self, step: i64, tensors: &[(String, Tensor)]) -> Result<(), String> {
+    pub fn load_state(
+        &mut self,
+        step: i64,
+        tensors: &[(String, Tensor)],
+    ) -> Result<(), StateError> {
         let find = |name: &str| {
             tensors
                 .iter()
                 .find(|(n, _)| n == name)
                 .map(|(_, t)| t)
-                .ok_or_else(|| format!("optimizer state lacks {name}"))
+                .ok_or_else(|| StateError::MissingMoment(name.to_string()))
         };
-        tch::no_grad(|| -> Result<(), String> {
+        tch::no_grad(|| -> Result<(), StateError> {
             for i in 0..self.params.len() {
                 self.exp_avg[i]
                     .shallow_clone()

@@ -7,7 +7,7 @@ use common::labels::LabelSet;
 use common::metrics::{self, Evaluation};
 use serde::{Deserialize, Serialize};
 
-use crate::train::EpochRecord;
+use crate::observe::EpochRecord;
 
 /// One model evaluated at threshold 0.5, at its tuned global threshold and at its per-label thresholds.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -22,31 +22,45 @@ pub struct ModelResults {
     pub inference_texts_per_second: f64,
 }
 
+/// What a model cost to train and to run.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Cost {
+    pub train_seconds: f64,
+    pub train_samples_per_second: f64,
+    pub inference_texts_per_second: f64,
+}
+
 impl ModelResults {
-    #[allow(clippy::too_many_arguments)]
+    /// Evaluates `scores` against `targets` at 0.5, at `thresholds.global` and per label.
     pub fn evaluate(
         name: &str,
         scores: &[f32],
         targets: &[u8],
         labels: &LabelSet,
-        per_label: &[f32],
-        global: f32,
-        train_seconds: f64,
-        train_samples_per_second: f64,
-        inference_texts_per_second: f64,
+        thresholds: &metrics::Thresholds,
+        cost: Cost,
     ) -> Self {
         let l = labels.len();
+        let global = thresholds.global;
         Self {
             name: name.to_string(),
             at_half: metrics::evaluate(scores, targets, labels, &vec![0.5; l]),
             at_global: metrics::evaluate(scores, targets, labels, &vec![global; l]),
-            at_per_label: metrics::evaluate(scores, targets, labels, per_label),
+            at_per_label: metrics::evaluate(scores, targets, labels, &thresholds.per_label),
             global_threshold: global,
-            train_seconds,
-            train_samples_per_second,
-            inference_texts_per_second,
+            train_seconds: cost.train_seconds,
+            train_samples_per_second: cost.train_samples_per_second,
+            inference_texts_per_second: cost.inference_texts_per_second,
         }
     }
+}
+
+/// How many examples each split contributed (after any limit).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+pub struct SplitSizes {
+    pub train: usize,
+    pub dev: usize,
+    pub test: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -54,8 +68,17 @@ pub struct Report {
     pub created_at: String,
     pub split: String,
     pub examples: usize,
+    /// Sizes of the splits used (training runs); a limited run says so here.
+    #[serde(default)]
+    pub split_sizes: Option<SplitSizes>,
     pub model_version: Option<String>,
     pub device: String,
+    /// Numeric precision of training and inference ("fp32", "bf16").
+    #[serde(default)]
+    pub precision: String,
+    /// Labels that use the global threshold instead of their own, with the reason.
+    #[serde(default)]
+    pub threshold_fallbacks: Vec<(String, String)>,
     pub hyperparameters: serde_json::Value,
     pub history: Vec<EpochRecord>,
     pub best_epoch: Option<u32>,
@@ -77,7 +100,7 @@ impl Report {
         let _ = writeln!(out, "# GoEmotions: fine-tuned encoder vs TF-IDF baseline\n");
         let _ = writeln!(
             out,
-            "Split `{}` ({} examples), created {}{}. Device: {}.\n",
+            "Split `{}` ({} examples), created {}{}. Device: {}{}.\n",
             self.split,
             self.examples,
             self.created_at,
@@ -85,8 +108,20 @@ impl Report {
                 .as_ref()
                 .map(|v| format!(", model version `{v}`"))
                 .unwrap_or_default(),
-            self.device
+            self.device,
+            if self.precision.is_empty() {
+                String::new()
+            } else {
+                format!(", precision {}", self.precision)
+            }
         );
+        if let Some(sizes) = &self.split_sizes {
+            let _ = writeln!(
+                out,
+                "Examples used: train {}, dev {}, test {}.\n",
+                sizes.train, sizes.dev, sizes.test
+            );
+        }
         let _ = writeln!(out, "## Overall\n");
         let mut models = vec![&self.fine_tuned];
         if let Some(b) = &self.baseline {
@@ -171,6 +206,16 @@ impl Report {
                 cells.push(format!("{:+.4}", m.f1 - bf));
             }
             row(&mut out, &cells);
+        }
+        if !self.threshold_fallbacks.is_empty() {
+            let _ = writeln!(
+                out,
+                "\nLabels using the global threshold ({:.2}) instead of their own:\n",
+                self.fine_tuned.global_threshold
+            );
+            for (label, reason) in &self.threshold_fallbacks {
+                let _ = writeln!(out, "- {label}: {reason}");
+            }
         }
         let _ = writeln!(out, "\n![Per-label F1](per_label_f1.svg)\n");
         if !self.history.is_empty() {

@@ -7,6 +7,7 @@ use tch::nn::{self, Module};
 use tch::{Device, Kind, Tensor};
 
 use super::config::BertConfig;
+use super::precision::Precision;
 use crate::safetensors_io::{self, SafetensorsError};
 
 #[derive(Debug, thiserror::Error)]
@@ -17,6 +18,10 @@ pub enum ModelError {
     Safetensors(#[from] SafetensorsError),
     #[error("model.safetensors lacks encoder tensor(s): {0}")]
     Missing(String),
+    #[error(
+        "config.json says num_hidden_layers {config}, but model.safetensors holds {weights} layers"
+    )]
+    LayerCount { config: i64, weights: usize },
     #[error("tensor {name}: checkpoint shape {found:?}, model expects {expected:?}")]
     Shape {
         name: String,
@@ -28,7 +33,10 @@ pub enum ModelError {
 }
 
 /// How token states become one vector for the head.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum Pooling {
     /// Mask-aware mean over tokens (what sentence encoders such as all-MiniLM-L6-v2 are trained for).
     Mean,
@@ -42,6 +50,12 @@ impl Pooling {
             Pooling::Mean => "mean",
             Pooling::Cls => "cls",
         }
+    }
+}
+
+impl std::fmt::Display for Pooling {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -96,6 +110,7 @@ pub struct BertClassifier {
     vs: nn::VarStore,
     config: BertConfig,
     pooling: Pooling,
+    precision: Precision,
     num_labels: i64,
     embeddings: Embeddings,
     layers: Vec<EncoderLayer>,
@@ -135,22 +150,13 @@ impl BertClassifier {
         pooling: Pooling,
         device: Device,
     ) -> Result<Self, ModelError> {
+        config.validate().map_err(ModelError::Config)?;
+        if num_labels == 0 {
+            return Err(ModelError::Config(
+                "a classifier needs at least one label".into(),
+            ));
+        }
         let c = &config;
-        if c.hidden_size % c.num_attention_heads != 0 {
-            return Err(ModelError::Config(format!(
-                "hidden_size {} is not a multiple of num_attention_heads {}",
-                c.hidden_size, c.num_attention_heads
-            )));
-        }
-        if !matches!(
-            c.hidden_act.as_str(),
-            "gelu" | "gelu_new" | "gelu_pytorch_tanh" | "relu"
-        ) {
-            return Err(ModelError::Config(format!(
-                "unsupported hidden_act {:?}",
-                c.hidden_act
-            )));
-        }
         let vs = nn::VarStore::new(device);
         let root = vs.root();
         let bert = &root / "bert";
@@ -201,6 +207,7 @@ impl BertClassifier {
             vs,
             config,
             pooling,
+            precision: Precision::Fp32,
             num_labels: num_labels as i64,
             embeddings,
             layers,
@@ -267,6 +274,19 @@ impl BertClassifier {
         if !missing.is_empty() {
             return Err(ModelError::Missing(missing.join(", ")));
         }
+        // Encoder layers beyond the config's count would be dropped silently, giving unrelated scores.
+        let layers_in_weights = by_name
+            .keys()
+            .filter_map(|n| n.strip_prefix("bert.encoder.layer."))
+            .filter_map(|rest| rest.split('.').next()?.parse::<usize>().ok())
+            .map(|i| i + 1)
+            .max();
+        if let Some(n) = layers_in_weights {
+            return Err(ModelError::LayerCount {
+                config: self.config.num_hidden_layers,
+                weights: n,
+            });
+        }
         unused.extend(by_name.into_keys());
         unused.sort();
         Ok(LoadReport {
@@ -286,6 +306,15 @@ impl BertClassifier {
 
     pub fn pooling(&self) -> Pooling {
         self.pooling
+    }
+
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// Sets the compute precision of later forward passes; the stored weights stay as they are.
+    pub fn set_precision(&mut self, precision: Precision) {
+        self.precision = precision;
     }
 
     pub fn num_labels(&self) -> usize {
@@ -325,8 +354,29 @@ impl BertClassifier {
         }
     }
 
+    /// `x · Wᵀ + b` in the compute dtype (weights are cast per call when they are stored wider).
+    fn linear(&self, layer: &nn::Linear, x: &Tensor) -> Tensor {
+        let kind = self.precision.compute_kind();
+        let bias = layer.bs.as_ref().map(|b| b.to_kind(kind));
+        x.to_kind(kind).linear(&layer.ws.to_kind(kind), bias)
+    }
+
+    /// LayerNorm in fp32 whatever the compute dtype, as autocast does; the output is fp32.
+    fn norm(&self, layer: &nn::LayerNorm, x: &Tensor) -> Tensor {
+        let weight = layer.ws.as_ref().map(|w| w.to_kind(Kind::Float));
+        let bias = layer.bs.as_ref().map(|b| b.to_kind(Kind::Float));
+        x.to_kind(Kind::Float).layer_norm(
+            [self.config.hidden_size],
+            weight.as_ref(),
+            bias.as_ref(),
+            self.config.layer_norm_eps,
+            false,
+        )
+    }
+
     /// Runs the encoder and head. `input_ids` and `attention_mask` are `[batch, seq]` int64;
-    /// dropout is active only when `train` is set.
+    /// dropout is active only when `train` is set. Matrix products run in the model's precision;
+    /// the residual stream, LayerNorm and pooling stay fp32; logits come out in fp32.
     pub fn forward(&self, input_ids: &Tensor, attention_mask: &Tensor, train: bool) -> ModelOutput {
         let c = &self.config;
         let (batch, seq) = input_ids.size2().expect("input_ids is [batch, seq]");
@@ -343,18 +393,18 @@ impl BertClassifier {
         let positions = Tensor::arange(seq, (Kind::Int64, device)).unsqueeze(0);
         let token_types = input_ids.zeros_like();
         let e = &self.embeddings;
-        let mut hidden = e.word.forward(input_ids)
-            + e.position.forward(&positions)
-            + e.token_type.forward(&token_types);
-        hidden = e.norm.forward(&hidden).dropout(hidden_p, train);
+        let embedded = e.word.forward(input_ids).to_kind(Kind::Float)
+            + e.position.forward(&positions).to_kind(Kind::Float)
+            + e.token_type.forward(&token_types).to_kind(Kind::Float);
+        let mut hidden = self.norm(&e.norm, &embedded).dropout(hidden_p, train);
 
         let key_mask = attention_mask.to_kind(Kind::Bool).view([batch, 1, 1, seq]);
         let split = |t: Tensor| t.view([batch, seq, heads, head_dim]).transpose(1, 2);
         for layer in &self.layers {
             let a = &layer.attention;
-            let q = split(a.query.forward(&hidden));
-            let k = split(a.key.forward(&hidden));
-            let v = split(a.value.forward(&hidden));
+            let q = split(self.linear(&a.query, &hidden));
+            let k = split(self.linear(&a.key, &hidden));
+            let v = split(self.linear(&a.value, &hidden));
             let context = Tensor::scaled_dot_product_attention(
                 &q,
                 &k,
@@ -367,25 +417,28 @@ impl BertClassifier {
             )
             .transpose(1, 2)
             .reshape([batch, seq, c.hidden_size]);
-            let attended = a
-                .norm
-                .forward(&(a.output.forward(&context).dropout(hidden_p, train) + &hidden));
-            let inner = self.activation(&layer.intermediate.forward(&attended));
-            hidden = layer
-                .norm
-                .forward(&(layer.output.forward(&inner).dropout(hidden_p, train) + &attended));
+            let projected = self.linear(&a.output, &context).dropout(hidden_p, train);
+            let attended = self.norm(&a.norm, &(projected.to_kind(Kind::Float) + &hidden));
+            let inner = self.activation(&self.linear(&layer.intermediate, &attended));
+            let out = self.linear(&layer.output, &inner).dropout(hidden_p, train);
+            hidden = self.norm(&layer.norm, &(out.to_kind(Kind::Float) + &attended));
         }
 
         let pooled = match self.pooling {
             Pooling::Mean => {
-                let m = attention_mask.unsqueeze(-1).to_kind(hidden.kind());
+                let m = attention_mask.unsqueeze(-1).to_kind(Kind::Float);
                 (&hidden * &m).sum_dim_intlist(1, false, None)
                     / m.sum_dim_intlist(1, false, None).clamp_min(1e-9)
             }
-            Pooling::Cls => self.pooler.forward(&hidden.select(1, 0)).tanh(),
+            Pooling::Cls => self
+                .linear(&self.pooler, &hidden.select(1, 0))
+                .to_kind(Kind::Float)
+                .tanh(),
         };
         let p = c.classifier_dropout.unwrap_or(hidden_p);
-        let logits = self.classifier.forward(&pooled.dropout(p, train));
+        let logits = self
+            .linear(&self.classifier, &pooled.dropout(p, train))
+            .to_kind(Kind::Float);
         ModelOutput {
             last_hidden_state: hidden,
             logits,
@@ -397,7 +450,6 @@ impl BertClassifier {
         tch::no_grad(|| {
             self.forward(input_ids, attention_mask, false)
                 .logits
-                .to_kind(Kind::Float)
                 .sigmoid()
                 .to_device(Device::Cpu)
         })

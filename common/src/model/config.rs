@@ -63,6 +63,65 @@ impl BertConfig {
         serde_json::from_slice(bytes)
     }
 
+    /// Checks that the numbers describe a model that can be built and run: positive sizes, heads
+    /// that divide the hidden size, dropout probabilities in [0, 1), a supported activation.
+    /// Errors name the field.
+    pub fn validate(&self) -> Result<(), String> {
+        for (field, value) in [
+            ("vocab_size", self.vocab_size),
+            ("hidden_size", self.hidden_size),
+            ("num_hidden_layers", self.num_hidden_layers),
+            ("num_attention_heads", self.num_attention_heads),
+            ("intermediate_size", self.intermediate_size),
+            ("max_position_embeddings", self.max_position_embeddings),
+            ("type_vocab_size", self.type_vocab_size),
+        ] {
+            if value <= 0 {
+                return Err(format!("{field} must be positive, found {value}"));
+            }
+        }
+        if self.hidden_size % self.num_attention_heads != 0 {
+            return Err(format!(
+                "hidden_size {} is not a multiple of num_attention_heads {}",
+                self.hidden_size, self.num_attention_heads
+            ));
+        }
+        let dropouts = [
+            ("hidden_dropout_prob", Some(self.hidden_dropout_prob)),
+            (
+                "attention_probs_dropout_prob",
+                Some(self.attention_probs_dropout_prob),
+            ),
+            ("classifier_dropout", self.classifier_dropout),
+        ];
+        for (field, value) in dropouts {
+            if let Some(p) = value {
+                if !(0.0..1.0).contains(&p) {
+                    return Err(format!("{field} must be in [0, 1), found {p}"));
+                }
+            }
+        }
+        if !(self.layer_norm_eps.is_finite() && self.layer_norm_eps > 0.0) {
+            return Err(format!(
+                "layer_norm_eps must be a positive number, found {}",
+                self.layer_norm_eps
+            ));
+        }
+        if !(0..self.vocab_size).contains(&self.pad_token_id) {
+            return Err(format!(
+                "pad_token_id {} is outside the vocabulary (vocab_size {})",
+                self.pad_token_id, self.vocab_size
+            ));
+        }
+        if !matches!(
+            self.hidden_act.as_str(),
+            "gelu" | "gelu_new" | "gelu_pytorch_tanh" | "relu"
+        ) {
+            return Err(format!("unsupported hidden_act {:?}", self.hidden_act));
+        }
+        Ok(())
+    }
+
     pub fn to_json(&self) -> Vec<u8> {
         serde_json::to_vec_pretty(self).expect("config serializes")
     }
@@ -102,6 +161,38 @@ impl BertConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn validation_names_the_field() {
+        let base = r#""vocab_size": 10, "hidden_size": 8, "num_hidden_layers": 1,
+            "intermediate_size": 16, "max_position_embeddings": 32"#;
+        let parse =
+            |extra: &str| BertConfig::from_json(format!("{{{base}, {extra}}}").as_bytes()).unwrap();
+        assert!(parse(r#""num_attention_heads": 2"#).validate().is_ok());
+        let cases = [
+            (
+                r#""num_attention_heads": 0"#,
+                "num_attention_heads must be positive",
+            ),
+            (r#""num_attention_heads": 3"#, "not a multiple"),
+            (
+                r#""num_attention_heads": 2, "hidden_dropout_prob": 5"#,
+                "hidden_dropout_prob",
+            ),
+            (
+                r#""num_attention_heads": 2, "hidden_act": "swish""#,
+                "hidden_act",
+            ),
+            (
+                r#""num_attention_heads": 2, "pad_token_id": 10"#,
+                "pad_token_id",
+            ),
+        ];
+        for (extra, needle) in cases {
+            let err = parse(extra).validate().unwrap_err();
+            assert!(err.contains(needle), "{extra}: {err}");
+        }
+    }
 
     #[test]
     fn keeps_unknown_fields_and_adds_labels() {

@@ -1,6 +1,8 @@
 //! BERT for multi-label sequence classification on tch, with Hugging Face tensor names.
 mod bert;
 mod config;
+mod precision;
 
 pub use bert::{BertClassifier, LoadReport, ModelError, ModelOutput, Pooling};
 pub use config::BertConfig;
+pub use precision::{Precision, PrecisionChoice};

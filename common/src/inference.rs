@@ -1,0 +1,108 @@
+//! Scoring tokenized texts with a classifier: pad a batch, run the forward pass without gradients,
+//! sigmoid, back to the CPU. The one path both the trainer's evaluation and the predictor's
+//! batcher take, so the scores they report can never drift apart.
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use crate::model::BertClassifier;
+use crate::tokenizer::{Encoded, TextTokenizer};
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum InferenceError {
+    #[error("forward pass failed: {0}")]
+    Forward(String),
+    #[error("scores have {found} values for {texts} texts × {labels} labels")]
+    Shape {
+        found: usize,
+        texts: usize,
+        labels: usize,
+    },
+}
+
+/// Sigmoid scores of one batch, row-major `[items × labels]`. A libtorch error (a panic inside
+/// tch) becomes an error instead of unwinding into the caller.
+pub fn predict_batch(
+    model: &BertClassifier,
+    tokenizer: &TextTokenizer,
+    items: &[&Encoded],
+) -> Result<Vec<f32>, InferenceError> {
+    if items.is_empty() {
+        return Ok(Vec::new());
+    }
+    let run = || {
+        let batch = tokenizer.batch(items, model.device());
+        let probs = model.predict_proba(&batch.input_ids, &batch.attention_mask);
+        Vec::<f32>::try_from(probs.flatten(0, -1)).map_err(|e| e.to_string())
+    };
+    let flat = match catch_unwind(AssertUnwindSafe(run)) {
+        Ok(Ok(flat)) => flat,
+        Ok(Err(message)) => return Err(InferenceError::Forward(message)),
+        Err(panic) => return Err(InferenceError::Forward(panic_message(&panic))),
+    };
+    let labels = model.num_labels();
+    if flat.len() != items.len() * labels {
+        return Err(InferenceError::Shape {
+            found: flat.len(),
+            texts: items.len(),
+            labels,
+        });
+    }
+    Ok(flat)
+}
+
+/// Indices in ascending length order cut into batches: little padding, and order does not matter
+/// for inference.
+pub fn sorted_batches(lengths: &[usize], batch_size: usize) -> Vec<Vec<usize>> {
+    let mut order: Vec<usize> = (0..lengths.len()).collect();
+    order.sort_by_key(|&i| lengths[i]);
+    order
+        .chunks(batch_size.max(1))
+        .map(<[usize]>::to_vec)
+        .collect()
+}
+
+/// Sigmoid scores of every text, row-major `[texts × labels]`, batched by length.
+pub fn score_all(
+    model: &BertClassifier,
+    tokenizer: &TextTokenizer,
+    encoded: &[Encoded],
+    batch_size: usize,
+) -> Result<Vec<f32>, InferenceError> {
+    let l = model.num_labels();
+    let mut out = vec![0f32; encoded.len() * l];
+    let lengths: Vec<usize> = encoded.iter().map(|e| e.ids.len()).collect();
+    for batch in sorted_batches(&lengths, batch_size) {
+        let items: Vec<&Encoded> = batch.iter().map(|&i| &encoded[i]).collect();
+        let flat = predict_batch(model, tokenizer, &items)?;
+        for (row, &i) in batch.iter().enumerate() {
+            out[i * l..(i + 1) * l].copy_from_slice(&flat[row * l..(row + 1) * l]);
+        }
+    }
+    Ok(out)
+}
+
+/// The message of a caught panic (tch panics with the libtorch error text).
+pub fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+        .map(|m| m.lines().next().unwrap_or_default().to_string())
+        .unwrap_or_else(|| "panic without a message".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sorted_batches_cover_everything_in_length_order() {
+        let lengths = [5, 1, 9, 3, 7];
+        let batches = sorted_batches(&lengths, 2);
+        assert_eq!(batches, vec![vec![1, 3], vec![0, 4], vec![2]]);
+        assert_eq!(
+            sorted_batches(&lengths, 0).len(),
+            5,
+            "batch size 0 acts as 1"
+        );
+    }
+}

@@ -1,0 +1,212 @@
+//! The `predictor` command line: every flag (with its environment variable) and how the serve
+//! flags become `ServeOptions`. `main.rs` only parses and dispatches.
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use common::grpc::{Access, AccessArgs, AccessError};
+use common::model::PrecisionChoice;
+
+use crate::batcher::BatcherConfig;
+use crate::server::ServeOptions;
+use crate::Limits;
+
+#[derive(Parser)]
+#[command(
+    name = "predictor",
+    version,
+    about = "Multi-label emotion classification over gRPC (goemotions.v1.Predictor)"
+)]
+pub struct Cli {
+    /// Log format: text or json.
+    #[arg(long, env = "LOG_FORMAT", default_value = "text", global = true)]
+    pub log_format: String,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Serve a checkpoint (a fixed version, or an alias that is followed with hot reload).
+    Serve(Box<ServeArgs>),
+    /// Classify texts given as arguments (unary Classify), or lines from stdin (ClassifyStream).
+    Classify(ClassifyArgs),
+    /// Print the served model's version, labels, thresholds and limits.
+    Info(ClientArgs),
+    /// Drive a running predictor with concurrent streams and print throughput and latency.
+    Bench(BenchArgs),
+}
+
+#[derive(Args)]
+pub struct ServeArgs {
+    /// Checkpoint URI: …/models/NAME/versions/V (fixed) or …/models/NAME/aliases/A (followed);
+    /// file:///path, a path, or s3://bucket/prefix (AWS_* environment for credentials and endpoint).
+    #[arg(long, env = "PREDICTOR_MODEL")]
+    pub model: String,
+    /// gRPC listen address. Beyond loopback a token is required (see --auth-token-file) unless
+    /// --allow-unauthenticated.
+    #[arg(long, env = "PREDICTOR_LISTEN", default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+    /// Prometheus /metrics listen address (plain HTTP).
+    #[arg(
+        long,
+        env = "PREDICTOR_METRICS_LISTEN",
+        default_value = "127.0.0.1:9090"
+    )]
+    pub metrics_listen: SocketAddr,
+    /// How often to check the alias for a new version (seconds).
+    #[arg(long, env = "PREDICTOR_POLL_INTERVAL_SECS", default_value_t = 10.0)]
+    pub poll_interval_secs: f64,
+    /// Texts per forward pass at most.
+    #[arg(long, env = "PREDICTOR_MAX_BATCH_SIZE", default_value_t = 32)]
+    pub max_batch_size: usize,
+    /// Padded tokens per forward pass at most (batch size × longest text).
+    #[arg(long, env = "PREDICTOR_MAX_BATCH_TOKENS", default_value_t = 8192)]
+    pub max_batch_tokens: usize,
+    /// Longest time (ms) the first text of a batch waits for more texts.
+    #[arg(long, env = "PREDICTOR_MAX_WAIT_MS", default_value_t = 1.0)]
+    pub max_wait_ms: f64,
+    /// Texts queued or being scored at most, across all callers. Streams wait for room
+    /// (back-pressure); Classify calls wait up to --queue-wait-ms, then RESOURCE_EXHAUSTED.
+    #[arg(long, env = "PREDICTOR_QUEUE_CAPACITY", default_value_t = 1024)]
+    pub queue_capacity: usize,
+    /// How long (ms) a Classify call waits for room in a full queue.
+    #[arg(long, env = "PREDICTOR_QUEUE_WAIT_MS", default_value_t = 200.0)]
+    pub queue_wait_ms: f64,
+    /// Texts in one Classify request at most (more: INVALID_ARGUMENT).
+    #[arg(long, env = "PREDICTOR_MAX_TEXTS_PER_REQUEST", default_value_t = Limits::default().max_texts_per_request)]
+    pub max_texts_per_request: usize,
+    /// Bytes per text at most (more: INVALID_ARGUMENT). Texts over the model's max length in tokens are truncated.
+    #[arg(long, env = "PREDICTOR_MAX_TEXT_BYTES", default_value_t = Limits::default().max_text_bytes)]
+    pub max_text_bytes: usize,
+    /// Texts of one ClassifyStream in flight at most; the server reads no further until results go out.
+    #[arg(long, env = "PREDICTOR_MAX_IN_FLIGHT_PER_STREAM", default_value_t = Limits::default().max_in_flight_per_stream)]
+    pub max_in_flight_per_stream: usize,
+    /// Largest request message in bytes (a Classify request, or one stream item); larger:
+    /// RESOURCE_EXHAUSTED.
+    #[arg(long, env = "PREDICTOR_MAX_MESSAGE_BYTES", default_value_t = Limits::default().max_message_bytes)]
+    pub max_message_bytes: usize,
+    /// auto (CUDA when available), cpu, cuda or cuda:N.
+    #[arg(long, env = "PREDICTOR_DEVICE", default_value = "auto")]
+    pub device: String,
+    /// Inference precision: auto (bf16 on CUDA devices with bf16 support, fp32 on CPU), fp32,
+    /// or bf16 (CPUs with AVX512-BF16/AMX run it fast).
+    #[arg(long, env = "PREDICTOR_PRECISION", value_enum, default_value_t = PrecisionChoice::Auto)]
+    pub precision: PrecisionChoice,
+    /// Async runtime threads for gRPC I/O and tokenization (inference has its own thread).
+    #[arg(long, env = "PREDICTOR_RUNTIME_THREADS", default_value_t = 1)]
+    pub runtime_threads: usize,
+    /// CPU threads for inference (default: the CPUs the process may use, from its cgroup quota
+    /// and affinity; logged at start).
+    #[arg(long, env = "PREDICTOR_THREADS")]
+    pub threads: Option<i32>,
+    #[command(flatten)]
+    pub access: AccessArgs,
+    /// Seconds between HTTP/2 keepalive pings (0: none). Pings are traffic: with an interval
+    /// shorter than --idle-timeout-secs, idle connections stay open.
+    #[arg(long, env = "PREDICTOR_KEEPALIVE_SECS", default_value_t = 0.0)]
+    pub keepalive_secs: f64,
+    /// Seconds to wait for a keepalive ping's acknowledgement before closing the connection.
+    #[arg(long, env = "PREDICTOR_KEEPALIVE_TIMEOUT_SECS", default_value_t = 20.0)]
+    pub keepalive_timeout_secs: f64,
+    /// Close connections without any traffic for this many seconds (0: never).
+    #[arg(long, env = "PREDICTOR_IDLE_TIMEOUT_SECS", default_value_t = 300.0)]
+    pub idle_timeout_secs: f64,
+    /// After SIGTERM, longest time (s) to drain in-flight requests before exiting anyway.
+    #[arg(long, env = "PREDICTOR_DRAIN_TIMEOUT_SECS", default_value_t = 20.0)]
+    pub drain_timeout_secs: f64,
+}
+
+fn seconds(s: f64) -> Duration {
+    Duration::from_secs_f64(s.clamp(0.0, 1e9))
+}
+
+fn optional_seconds(s: f64) -> Option<Duration> {
+    (s > 0.0).then(|| seconds(s))
+}
+
+impl ServeArgs {
+    pub fn options(&self, device: tch::Device) -> Result<ServeOptions, AccessError> {
+        Ok(ServeOptions {
+            listen: self.listen,
+            metrics_listen: self.metrics_listen,
+            device,
+            precision: self.precision,
+            poll_interval: seconds(self.poll_interval_secs.max(0.05)),
+            batcher: BatcherConfig {
+                max_batch_size: self.max_batch_size.max(1),
+                max_batch_tokens: self.max_batch_tokens.max(1),
+                max_wait: seconds(self.max_wait_ms / 1000.0),
+                queue_capacity: self.queue_capacity.max(1),
+            },
+            limits: Limits {
+                max_texts_per_request: self.max_texts_per_request,
+                max_text_bytes: self.max_text_bytes,
+                max_in_flight_per_stream: self.max_in_flight_per_stream.max(1),
+                max_message_bytes: self.max_message_bytes.max(1024),
+                queue_wait: seconds(self.queue_wait_ms / 1000.0),
+            },
+            access: Access::from_args(&self.access, self.listen)?,
+            keepalive: optional_seconds(self.keepalive_secs),
+            keepalive_timeout: seconds(self.keepalive_timeout_secs),
+            idle_timeout: optional_seconds(self.idle_timeout_secs),
+            drain_timeout: seconds(self.drain_timeout_secs),
+        })
+    }
+}
+
+#[derive(Args, Clone)]
+pub struct ClientArgs {
+    /// Predictor address (http://… or https://…).
+    #[arg(long, env = "PREDICTOR_ADDR", default_value = "http://127.0.0.1:50051")]
+    pub addr: String,
+    /// Bearer token, if the predictor requires one (prefer the environment variable).
+    #[arg(long, env = "PREDICTOR_AUTH_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// PEM CA certificate to verify an https predictor.
+    #[arg(long, env = "PREDICTOR_CA_CERT")]
+    pub ca_cert: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct ClassifyArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// One threshold for all labels instead of the model's per-label thresholds.
+    #[arg(long)]
+    pub threshold: Option<f32>,
+    /// How many top labels to show besides those that pass.
+    #[arg(long, default_value_t = 3)]
+    pub top_k: u32,
+    /// Print all 28 scores.
+    #[arg(long)]
+    pub all_scores: bool,
+    /// Texts to classify; none: read one text per line from stdin and stream them.
+    pub texts: Vec<String>,
+}
+
+#[derive(Args)]
+pub struct BenchArgs {
+    /// Predictor address (loopback).
+    #[arg(long, default_value = "http://127.0.0.1:50051")]
+    pub addr: String,
+    /// GoEmotions TSV (or plain text, one per line) whose texts are sent.
+    #[arg(long, default_value = ".cache/data/goemotions/test.tsv")]
+    pub texts: PathBuf,
+    /// Concurrent ClassifyStream calls.
+    #[arg(long, default_value_t = 8)]
+    pub streams: usize,
+    /// Outstanding texts per stream.
+    #[arg(long, default_value_t = 32)]
+    pub in_flight: usize,
+    /// Stop sending after this many seconds.
+    #[arg(long, default_value_t = 120.0)]
+    pub max_seconds: f64,
+    /// Sequential single-text unary calls for idle latency.
+    #[arg(long, default_value_t = 300)]
+    pub idle_requests: usize,
+    /// Predictor process id, to report its peak RSS (VmHWM).
+    #[arg(long)]
+    pub pid: Option<u32>,
+}

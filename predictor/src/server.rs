@@ -1,0 +1,267 @@
+//! `predictor serve`: the gRPC server around `PredictorService` — health, reflection (v1 and
+//! v1alpha), bearer-token auth and TLS, HTTP/2 keepalive and an idle-connection timeout, the
+//! Prometheus endpoint, hot reload, a watchdog on the inference thread, and the SIGTERM drain.
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use common::grpc::{self, Access};
+use common::registry::ModelRef;
+use proto::v1::predictor_server::PredictorServer;
+use tch::Device;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_stream::StreamExt;
+use tonic::transport::server::{Connected, TcpConnectInfo};
+use tonic_health::ServingStatus;
+
+use crate::batcher::{Batcher, BatcherConfig};
+use crate::reload::{set_health, ModelSlot, Reloader, SERVICE_NAME};
+use crate::service::PredictorService;
+use crate::telemetry::{self, Metrics};
+use crate::Limits;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Transport(#[from] tonic::transport::Error),
+    #[error("reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("precision: {0}")]
+    Precision(String),
+    #[error("the inference thread stopped; exiting so the orchestrator restarts the predictor")]
+    InferenceStopped,
+}
+
+/// Everything `serve` needs besides the model reference.
+pub struct ServeOptions {
+    pub listen: SocketAddr,
+    pub metrics_listen: SocketAddr,
+    pub device: Device,
+    pub precision: common::model::PrecisionChoice,
+    pub poll_interval: Duration,
+    pub batcher: BatcherConfig,
+    pub limits: Limits,
+    pub access: Access,
+    /// HTTP/2 PING interval (`None`: no keepalive pings).
+    pub keepalive: Option<Duration>,
+    pub keepalive_timeout: Duration,
+    /// Connections without any traffic for this long are closed (`None`: never).
+    pub idle_timeout: Option<Duration>,
+    pub drain_timeout: Duration,
+}
+
+/// Serves `model` until SIGTERM/Ctrl-C, then drains: health turns NOT_SERVING, streams stop
+/// reading, in-flight texts are answered, and the process exits within `drain_timeout`.
+/// Returns an error (the binary exits non-zero) if the inference thread ever stops.
+pub async fn serve(model: ModelRef, opts: ServeOptions) -> Result<(), ServerError> {
+    let precision = opts
+        .precision
+        .resolve(opts.device)
+        .map_err(ServerError::Precision)?;
+    // Bind first: a port in use fails here, before anything says it is listening.
+    let listener = grpc::bind(opts.listen).await?;
+    let metrics_listener = grpc::bind(opts.metrics_listen).await?;
+    let metrics = Metrics::new();
+    let batcher = Batcher::start(opts.batcher.clone(), metrics.clone());
+    let slot = Arc::new(ModelSlot::default());
+    let (health, health_service) = tonic_health::server::health_reporter();
+    set_health(&health, ServingStatus::NotServing).await;
+    let (drain_tx, drain_rx) = tokio::sync::watch::channel(false);
+
+    let reloader = Reloader::new(
+        model,
+        opts.device,
+        precision,
+        slot.clone(),
+        metrics.clone(),
+        health.clone(),
+        opts.poll_interval,
+        drain_rx.clone(),
+    );
+    tokio::spawn(reloader.run());
+
+    let mut metrics_drain = drain_rx.clone();
+    let metrics_for_http = metrics.clone();
+    tokio::spawn(async move {
+        let stop = async move {
+            let _ = metrics_drain.wait_for(|d| *d).await;
+        };
+        if let Err(e) = telemetry::serve_metrics(metrics_listener, metrics_for_http, stop).await {
+            tracing::error!(error = %e, "metrics endpoint failed");
+        }
+    });
+
+    let service = PredictorService {
+        slot,
+        batcher: batcher.clone(),
+        limits: opts.limits.clone(),
+        metrics,
+        draining: drain_rx.clone(),
+    };
+    let predictor =
+        PredictorServer::new(service).max_decoding_message_size(opts.limits.max_message_bytes);
+    let (reflection_v1, reflection_v1alpha) = grpc::reflection(
+        &[
+            proto::v1::FILE_DESCRIPTOR_SET,
+            tonic_health::pb::FILE_DESCRIPTOR_SET,
+        ],
+        &[SERVICE_NAME, "grpc.health.v1.Health"],
+    )?;
+
+    let drain_timeout = opts.drain_timeout;
+    let drain_health = health.clone();
+    let shutdown = async move {
+        grpc::termination_signal().await;
+        tracing::info!("shutdown requested: NOT_SERVING, draining in-flight requests");
+        set_health(&drain_health, ServingStatus::NotServing).await;
+        let _ = drain_tx.send(true);
+        tokio::spawn(async move {
+            tokio::time::sleep(drain_timeout).await;
+            tracing::warn!("drain timeout reached; exiting with requests still open");
+            std::process::exit(0);
+        });
+    };
+
+    let mut builder = tonic::transport::Server::builder()
+        .http2_keepalive_interval(opts.keepalive)
+        .http2_keepalive_timeout(Some(opts.keepalive_timeout));
+    if let Some(tls) = opts.access.tls() {
+        builder = builder.tls_config(tls)?;
+    }
+    let idle = opts.idle_timeout;
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map(move |conn| {
+        conn.map(|stream| {
+            let _ = stream.set_nodelay(true);
+            IdleTimeout::new(stream, idle)
+        })
+    });
+    tracing::info!(addr = %opts.listen, tls = opts.access.tls().is_some(), auth = opts.access.authenticated(), precision = %precision, "gRPC listening");
+    let server = builder
+        .layer(tower::util::MapResponseLayer::new(
+            resource_exhausted_for_oversized,
+        ))
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(tonic::service::interceptor::InterceptedService::new(
+            predictor,
+            opts.access.interceptor(),
+        ))
+        .serve_with_incoming_shutdown(incoming, shutdown);
+    tokio::select! {
+        result = server => result?,
+        () = batcher.stopped() => {
+            set_health(&health, ServingStatus::NotServing).await;
+            tracing::error!("the inference thread stopped; health is NOT_SERVING, exiting");
+            return Err(ServerError::InferenceStopped);
+        }
+    }
+    tracing::info!("drained; bye");
+    Ok(())
+}
+
+/// tonic answers a request over the message size limit with OUT_OF_RANGE; gRPC's convention for
+/// a size limit is RESOURCE_EXHAUSTED (the answer is trailers-only, so headers carry it).
+fn resource_exhausted_for_oversized<B>(mut response: http::Response<B>) -> http::Response<B> {
+    let headers = response.headers_mut();
+    let oversized = headers.get("grpc-status").map(|v| v.as_bytes()) == Some(b"11")
+        && headers
+            .get("grpc-message")
+            .and_then(|m| m.to_str().ok())
+            .is_some_and(|m| m.contains("too large") || m.contains("too%20large"));
+    if oversized {
+        headers.insert(
+            "grpc-status",
+            http::HeaderValue::from(tonic::Code::ResourceExhausted as i32),
+        );
+    }
+    response
+}
+
+/// A connection that is closed after `timeout` without any traffic in either direction.
+pub struct IdleTimeout {
+    stream: TcpStream,
+    timeout: Option<Duration>,
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl IdleTimeout {
+    pub fn new(stream: TcpStream, timeout: Option<Duration>) -> Self {
+        Self {
+            stream,
+            timeout,
+            sleep: timeout.map(|t| Box::pin(tokio::time::sleep(t))),
+        }
+    }
+
+    fn touch(&mut self) {
+        if let (Some(sleep), Some(t)) = (self.sleep.as_mut(), self.timeout) {
+            sleep.as_mut().reset(tokio::time::Instant::now() + t);
+        }
+    }
+
+    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        self.sleep
+            .as_mut()
+            .is_some_and(|s| s.as_mut().poll(cx).is_ready())
+    }
+}
+
+impl Connected for IdleTimeout {
+    type ConnectInfo = TcpConnectInfo;
+    fn connect_info(&self) -> TcpConnectInfo {
+        self.stream.connect_info()
+    }
+}
+
+fn idle_error() -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::TimedOut, "connection idle timeout")
+}
+
+impl AsyncRead for IdleTimeout {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        match Pin::new(&mut self.stream).poll_read(cx, buf) {
+            Poll::Ready(result) => {
+                if buf.filled().len() > before {
+                    self.touch();
+                }
+                Poll::Ready(result)
+            }
+            Poll::Pending if self.expired(cx) => Poll::Ready(Err(idle_error())),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl AsyncWrite for IdleTimeout {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let result = Pin::new(&mut self.stream).poll_write(cx, buf);
+        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
+            self.touch();
+        }
+        result
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}

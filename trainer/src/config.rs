@@ -1,0 +1,216 @@
+//! The training recipe: its defaults (named once here), and the one way in for a configuration.
+//! CLI flags and gRPC `Hyperparameters` both become `Overrides`, and `Overrides::apply` maps them
+//! onto a set of defaults; `validate` then checks the result.
+use common::model::{Pooling, PrecisionChoice};
+use serde::{Deserialize, Serialize};
+
+/// Registry name used when a job or request names none.
+pub const DEFAULT_MODEL_NAME: &str = "goemotions";
+/// Alias a published version moves when a job names none.
+pub const DEFAULT_ALIAS: &str = "latest";
+/// Alias value meaning "publish without moving an alias".
+pub const NO_ALIAS: &str = "-";
+/// Default maximum sequence length in tokens.
+pub const DEFAULT_MAX_LENGTH: usize = common::tokenizer::DEFAULT_MAX_LENGTH;
+
+/// Per-label positive weighting in the loss.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum PosWeight {
+    /// Plain BCE.
+    None,
+    /// sqrt(negatives / positives) per label, capped at 30: lifts rare labels' recall.
+    Sqrt,
+}
+
+impl std::str::FromStr for PosWeight {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "none" => Ok(Self::None),
+            "sqrt" => Ok(Self::Sqrt),
+            other => Err(format!(
+                "unknown pos_weight {other:?} (expected none or sqrt)"
+            )),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TrainConfig {
+    pub epochs: u32,
+    pub batch_size: usize,
+    pub learning_rate: f64,
+    pub max_length: usize,
+    pub warmup_ratio: f64,
+    pub weight_decay: f64,
+    pub seed: u64,
+    pub pooling: Pooling,
+    #[serde(default)]
+    pub precision: PrecisionChoice,
+    /// Overrides the checkpoint's dropout probabilities when set.
+    pub dropout: Option<f64>,
+    /// Stop after this many epochs without a better dev macro-F1.
+    pub patience: u32,
+    pub max_grad_norm: f64,
+    pub pos_weight: PosWeight,
+    /// Stop after this many optimizer steps in total (benchmarks, smoke tests).
+    pub max_steps: Option<u64>,
+    pub eval_batch_size: usize,
+    /// Save a resumable state every this many steps (and at every epoch end) when a sink is given.
+    pub state_every_steps: u64,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            epochs: 3,
+            batch_size: 32,
+            learning_rate: 1e-4,
+            max_length: DEFAULT_MAX_LENGTH,
+            warmup_ratio: 0.1,
+            weight_decay: 0.01,
+            seed: 42,
+            pooling: Pooling::Mean,
+            precision: PrecisionChoice::Auto,
+            dropout: None,
+            patience: 2,
+            max_grad_norm: 1.0,
+            pos_weight: PosWeight::None,
+            max_steps: None,
+            eval_batch_size: 64,
+            state_every_steps: 200,
+        }
+    }
+}
+
+/// Changes to a set of defaults; `None` keeps the default.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Overrides {
+    pub epochs: Option<u32>,
+    pub batch_size: Option<usize>,
+    pub learning_rate: Option<f64>,
+    pub max_length: Option<usize>,
+    pub warmup_ratio: Option<f64>,
+    pub weight_decay: Option<f64>,
+    pub seed: Option<u64>,
+    pub pooling: Option<Pooling>,
+    pub precision: Option<PrecisionChoice>,
+    pub dropout: Option<f64>,
+    pub patience: Option<u32>,
+    pub max_grad_norm: Option<f64>,
+    pub pos_weight: Option<PosWeight>,
+    pub max_steps: Option<u64>,
+    pub eval_batch_size: Option<usize>,
+    pub state_every_steps: Option<u64>,
+}
+
+impl Overrides {
+    /// `defaults` with every set field replaced.
+    pub fn apply(&self, defaults: &TrainConfig) -> TrainConfig {
+        let d = defaults;
+        TrainConfig {
+            epochs: self.epochs.unwrap_or(d.epochs),
+            batch_size: self.batch_size.unwrap_or(d.batch_size),
+            learning_rate: self.learning_rate.unwrap_or(d.learning_rate),
+            max_length: self.max_length.unwrap_or(d.max_length),
+            warmup_ratio: self.warmup_ratio.unwrap_or(d.warmup_ratio),
+            weight_decay: self.weight_decay.unwrap_or(d.weight_decay),
+            seed: self.seed.unwrap_or(d.seed),
+            pooling: self.pooling.unwrap_or(d.pooling),
+            precision: self.precision.unwrap_or(d.precision),
+            dropout: self.dropout.or(d.dropout),
+            patience: self.patience.unwrap_or(d.patience),
+            max_grad_norm: self.max_grad_norm.unwrap_or(d.max_grad_norm),
+            pos_weight: self.pos_weight.unwrap_or(d.pos_weight),
+            max_steps: self.max_steps.or(d.max_steps),
+            eval_batch_size: self.eval_batch_size.unwrap_or(d.eval_batch_size),
+            state_every_steps: self.state_every_steps.unwrap_or(d.state_every_steps),
+        }
+    }
+}
+
+/// A wire value that does not parse, named by its field.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("hyperparameters.{field}: {message}")]
+pub struct WireError {
+    pub field: &'static str,
+    pub message: String,
+}
+
+impl TryFrom<&proto::v1::Hyperparameters> for Overrides {
+    type Error = WireError;
+
+    fn try_from(h: &proto::v1::Hyperparameters) -> Result<Self, WireError> {
+        fn parse<T: std::str::FromStr<Err = String>>(
+            field: &'static str,
+            value: &Option<String>,
+        ) -> Result<Option<T>, WireError> {
+            value
+                .as_deref()
+                .map(|v| v.parse().map_err(|message| WireError { field, message }))
+                .transpose()
+        }
+        Ok(Self {
+            epochs: h.epochs,
+            batch_size: h.batch_size.map(|v| v as usize),
+            learning_rate: h.learning_rate.map(f64::from),
+            max_length: h.max_length.map(|v| v as usize),
+            warmup_ratio: h.warmup_ratio.map(f64::from),
+            weight_decay: h.weight_decay.map(f64::from),
+            seed: h.seed,
+            pooling: parse("pooling", &h.pooling)?,
+            precision: parse("precision", &h.precision)?,
+            dropout: h.dropout.map(f64::from),
+            patience: h.patience,
+            max_grad_norm: None,
+            pos_weight: parse("pos_weight", &h.pos_weight)?,
+            max_steps: h.max_steps.map(u64::from),
+            eval_batch_size: None,
+            state_every_steps: None,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overrides_replace_only_what_they_set() {
+        let defaults = TrainConfig::default();
+        assert_eq!(Overrides::default().apply(&defaults), defaults);
+        let wire = proto::v1::Hyperparameters {
+            epochs: Some(1),
+            learning_rate: Some(2e-4),
+            pooling: Some("cls".into()),
+            precision: Some("bf16".into()),
+            ..Default::default()
+        };
+        let cfg = Overrides::try_from(&wire).unwrap().apply(&defaults);
+        assert_eq!(cfg.epochs, 1);
+        assert!((cfg.learning_rate - 2e-4).abs() < 1e-9);
+        assert_eq!(cfg.pooling, Pooling::Cls);
+        assert_eq!(cfg.precision, PrecisionChoice::Bf16);
+        assert_eq!(cfg.batch_size, defaults.batch_size);
+    }
+
+    #[test]
+    fn unparsable_wire_values_name_their_field() {
+        let wire = proto::v1::Hyperparameters {
+            pooling: Some("max".into()),
+            ..Default::default()
+        };
+        let err = Overrides::try_from(&wire).unwrap_err();
+        assert_eq!(err.field, "pooling");
+        assert!(
+            err.to_string().starts_with("hyperparameters.pooling:"),
+            "{err}"
+        );
+        let wire = proto::v1::Hyperparameters {
+            precision: Some("fp16".into()),
+            ..Default::default()
+        };
+        assert_eq!(Overrides::try_from(&wire).unwrap_err().field, "precision");
+    }
+}

@@ -1,0 +1,253 @@
+//! Evaluation beside the training loop: a fine-tuned model on test, a published checkpoint on any
+//! split, the TF-IDF baseline, and raw scores for cross-checks. Each builds the `Report` it
+//! belongs in, so the binary only prints.
+use std::path::Path;
+use std::time::Instant;
+
+use common::checkpoint::{self, LoadedModel};
+use common::data::{self, Dataset, DatasetError, Example};
+use common::inference::{self, InferenceError};
+use common::labels::LabelSet;
+use common::metrics;
+use common::model::PrecisionChoice;
+use common::registry::{ModelRef, RegistryError};
+use common::tokenizer::TokenizerError;
+use serde::Serialize;
+use tch::Device;
+
+use crate::baseline::Baseline;
+use crate::fine_tune::TrainOutcome;
+use crate::report::{Cost, ModelResults, Report, SplitSizes};
+
+#[derive(Debug, thiserror::Error)]
+pub enum EvalError {
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error(transparent)]
+    Checkpoint(#[from] checkpoint::CheckpointError),
+    #[error(transparent)]
+    Dataset(#[from] DatasetError),
+    #[error(transparent)]
+    Tokenizer(#[from] TokenizerError),
+    #[error(transparent)]
+    Inference(#[from] InferenceError),
+    #[error("precision: {0}")]
+    Precision(String),
+}
+
+/// A GoEmotions split.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Split {
+    Train,
+    Dev,
+    Test,
+}
+
+impl Split {
+    pub fn name(self) -> &'static str {
+        match self {
+            Split::Train => "train",
+            Split::Dev => "dev",
+            Split::Test => "test",
+        }
+    }
+}
+
+fn texts(examples: &[Example]) -> Vec<&str> {
+    examples.iter().map(|e| e.text.as_str()).collect()
+}
+
+/// Hyperparameters and identity recorded with a job's report and manifest.
+pub struct RunInfo<'a> {
+    pub version: &'a str,
+    pub device: Device,
+    pub hyperparameters: serde_json::Value,
+    pub train_eval_batch_size: usize,
+}
+
+/// Scores the fine-tuned model on the test split and builds the job's report.
+pub fn job_report(
+    outcome: &TrainOutcome,
+    data: &Dataset,
+    baseline: Option<ModelResults>,
+    info: &RunInfo,
+) -> Result<Report, EvalError> {
+    let l = data.labels.len();
+    let started = Instant::now();
+    let encoded = outcome.tokenizer.encode_all(&texts(&data.test))?;
+    let scores = inference::score_all(
+        &outcome.model,
+        &outcome.tokenizer,
+        &encoded,
+        info.train_eval_batch_size,
+    )?;
+    let cost = Cost {
+        train_seconds: outcome.train_seconds,
+        train_samples_per_second: outcome.samples_per_second,
+        inference_texts_per_second: data.test.len() as f64
+            / started.elapsed().as_secs_f64().max(1e-9),
+    };
+    let fine_tuned = ModelResults::evaluate(
+        "fine-tuned",
+        &scores,
+        &data::targets(&data.test, l),
+        &data.labels,
+        &outcome.thresholds,
+        cost,
+    );
+    Ok(Report {
+        created_at: chrono::Utc::now().to_rfc3339(),
+        split: "test".into(),
+        examples: data.test.len(),
+        split_sizes: Some(split_sizes(data)),
+        model_version: Some(info.version.to_string()),
+        device: common::device::describe(info.device),
+        precision: outcome.model.precision().to_string(),
+        threshold_fallbacks: fallbacks(&data.labels, &outcome.thresholds),
+        hyperparameters: info.hyperparameters.clone(),
+        history: outcome.history.clone(),
+        best_epoch: Some(outcome.best_epoch),
+        fine_tuned,
+        baseline,
+    })
+}
+
+fn split_sizes(data: &Dataset) -> SplitSizes {
+    let [train, dev, test] = data.sizes();
+    SplitSizes { train, dev, test }
+}
+
+fn fallbacks(labels: &LabelSet, t: &metrics::Thresholds) -> Vec<(String, String)> {
+    labels
+        .names
+        .iter()
+        .zip(&t.fallbacks)
+        .filter_map(|(name, f)| f.as_ref().map(|f| (name.clone(), f.to_string())))
+        .collect()
+}
+
+/// Fits the TF-IDF + logistic regression baseline, tunes its thresholds on dev (with the same
+/// rules as the fine-tuned model), scores test.
+pub fn run_baseline(data: &Dataset) -> ModelResults {
+    let l = data.labels.len();
+    let started = Instant::now();
+    let baseline = Baseline::fit(&data.train, l, 5000, 1.0);
+    let train_seconds = started.elapsed().as_secs_f64();
+    let dev_scores = baseline.predict_proba(&data.dev);
+    let thresholds = metrics::tune_thresholds(&dev_scores, &data::targets(&data.dev, l), l);
+    let started = Instant::now();
+    let test_scores = baseline.predict_proba(&data.test);
+    let cost = Cost {
+        train_seconds,
+        train_samples_per_second: data.train.len() as f64 / train_seconds.max(1e-9),
+        inference_texts_per_second: data.test.len() as f64
+            / started.elapsed().as_secs_f64().max(1e-9),
+    };
+    ModelResults::evaluate(
+        "baseline",
+        &test_scores,
+        &data::targets(&data.test, l),
+        &data.labels,
+        &thresholds,
+        cost,
+    )
+}
+
+/// The baseline alone, as its own report.
+pub fn baseline_report(data: &Dataset) -> Report {
+    Report {
+        created_at: chrono::Utc::now().to_rfc3339(),
+        split: "test".into(),
+        examples: data.test.len(),
+        split_sizes: Some(split_sizes(data)),
+        model_version: None,
+        device: "cpu".into(),
+        precision: "fp64".into(),
+        threshold_fallbacks: vec![],
+        hyperparameters: serde_json::json!({"max_features": 5000, "C": 1.0}),
+        history: vec![],
+        best_epoch: None,
+        fine_tuned: run_baseline(data),
+        baseline: None,
+    }
+}
+
+/// Reads a checkpoint (a version folder or an alias) and builds it on `device`.
+pub async fn load_checkpoint(
+    uri: &str,
+    device: Device,
+    precision: PrecisionChoice,
+) -> Result<LoadedModel, EvalError> {
+    let precision = precision.resolve(device).map_err(EvalError::Precision)?;
+    let (store, _) = ModelRef::parse(uri)?.resolve().await?;
+    let ck = checkpoint::read(&store).await?;
+    Ok(ck.load_model(device, precision)?)
+}
+
+/// Evaluates a loaded checkpoint on one split at its stored thresholds.
+pub fn checkpoint_report(
+    loaded: &LoadedModel,
+    data_dir: &Path,
+    split: Split,
+    limit: Option<usize>,
+    batch_size: usize,
+    device: Device,
+) -> Result<Report, EvalError> {
+    let (labels, examples) = Dataset::load_split(data_dir, split.name(), limit, 42)?;
+    let started = Instant::now();
+    let encoded = loaded.tokenizer.encode_all(&texts(&examples))?;
+    let scores = inference::score_all(&loaded.model, &loaded.tokenizer, &encoded, batch_size)?;
+    let m = &loaded.manifest;
+    let stored = metrics::Thresholds {
+        per_label: m.thresholds.clone(),
+        global: m.global_threshold,
+        fallbacks: vec![None; m.labels.len()],
+    };
+    let cost = Cost {
+        inference_texts_per_second: examples.len() as f64
+            / started.elapsed().as_secs_f64().max(1e-9),
+        ..Cost::default()
+    };
+    let results = ModelResults::evaluate(
+        "checkpoint",
+        &scores,
+        &data::targets(&examples, labels.len()),
+        &labels,
+        &stored,
+        cost,
+    );
+    Ok(Report {
+        created_at: chrono::Utc::now().to_rfc3339(),
+        split: split.name().into(),
+        examples: examples.len(),
+        split_sizes: None,
+        model_version: Some(m.version.clone()),
+        device: common::device::describe(device),
+        precision: loaded.model.precision().to_string(),
+        threshold_fallbacks: vec![],
+        hyperparameters: m.hyperparameters.clone(),
+        history: vec![],
+        best_epoch: None,
+        fine_tuned: results,
+        baseline: None,
+    })
+}
+
+/// A checkpoint's sigmoid scores for `texts`, for cross-checks with other implementations.
+#[derive(Debug, Serialize)]
+pub struct Scores {
+    pub version: String,
+    pub labels: Vec<String>,
+    pub scores: Vec<Vec<f32>>,
+}
+
+pub fn score_texts(loaded: &LoadedModel, texts: &[String]) -> Result<Scores, EvalError> {
+    let encoded = loaded.tokenizer.encode_all(texts)?;
+    let l = loaded.manifest.labels.len();
+    let flat = inference::score_all(&loaded.model, &loaded.tokenizer, &encoded, 32)?;
+    Ok(Scores {
+        version: loaded.manifest.version.clone(),
+        labels: loaded.manifest.labels.clone(),
+        scores: flat.chunks(l).map(<[f32]>::to_vec).collect(),
+    })
+}

@@ -1,0 +1,565 @@
+//! The fine-tuning loop: BCE-with-logits on multi-hot targets, AdamW with linear warmup/decay,
+//! gradient clipping, length-bucketed batches, dev evaluation after every epoch, best-epoch
+//! selection by dev macro-F1 with early stopping, threshold tuning, and resumable state.
+//!
+//! In three parts: `FineTune::prepare` (tokenize, build the optimizer, restore a saved state),
+//! `FineTune::run_epoch` (the steps of one epoch, then its dev evaluation) and `FineTune::finish`
+//! (restore the best epoch, tune thresholds, refuse degenerate models).
+//!
+//! Reproducibility: batch order depends only on (seed, epoch) and dropout is re-seeded with
+//! (seed + global step) before every step, so a run resumed from a saved state takes exactly the
+//! steps an uninterrupted run takes.
+use std::time::Instant;
+
+use common::checkpoint::{BaseModel, CONFIG, TOKENIZER, WEIGHTS};
+use common::data::{self, Example};
+use common::inference::{self, InferenceError};
+use common::labels::LabelSet;
+use common::metrics::{self, Thresholds};
+use common::model::{BertClassifier, ModelError, Precision};
+use common::tokenizer::{Batch, Encoded, TextTokenizer, TokenizerError};
+use tch::{Device, Kind, Reduction, Tensor};
+
+use crate::batches;
+use crate::config::{PosWeight, TrainConfig};
+use crate::observe::{EpochRecord, Observer, Progress};
+use crate::optim::{linear_schedule, AdamW};
+use crate::resume::{ResumeMeta, ResumeState, StateError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error("loss became {loss} at step {step}: training diverged (lower the learning rate)")]
+    NonFinite { step: u64, loss: f64 },
+    #[error("refusing to publish a degenerate model: with tuned thresholds it predicts no label for any of {examples} dev examples")]
+    Degenerate { examples: usize },
+    #[error("cancelled")]
+    Cancelled,
+    #[error("interrupted at step {step}: state saved, the job resumes when the trainer restarts")]
+    Interrupted { step: u64 },
+    #[error("train and dev sets must not be empty")]
+    EmptySplit,
+    #[error(transparent)]
+    Invalid(#[from] crate::validate::ValidationError),
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error(transparent)]
+    Tokenizer(#[from] TokenizerError),
+    #[error(transparent)]
+    Inference(#[from] InferenceError),
+    #[error("base model {uri}: {message}")]
+    Base { uri: String, message: String },
+    #[error(transparent)]
+    State(#[from] StateError),
+}
+
+pub struct TrainOutcome {
+    pub model: BertClassifier,
+    pub tokenizer: TextTokenizer,
+    pub thresholds: Thresholds,
+    pub history: Vec<EpochRecord>,
+    pub best_epoch: u32,
+    /// Dev scores of the selected model, `[examples × labels]`.
+    pub dev_scores: Vec<f32>,
+    pub train_seconds: f64,
+    pub samples_per_second: f64,
+    pub steps: u64,
+}
+
+/// Builds the model to fine-tune from a base checkpoint, with the config's dropout override and
+/// the precision resolved for `device`.
+pub fn build_model(
+    base: &BaseModel,
+    labels: &LabelSet,
+    cfg: &TrainConfig,
+    device: Device,
+    precision: Precision,
+) -> Result<(BertClassifier, TextTokenizer), TrainError> {
+    let file = |name: &str| {
+        base.files.get(name).ok_or_else(|| TrainError::Base {
+            uri: base.uri.clone(),
+            message: format!("lacks {name}"),
+        })
+    };
+    let mut config: serde_json::Value =
+        serde_json::from_slice(file(CONFIG)?).map_err(|e| TrainError::Base {
+            uri: base.uri.clone(),
+            message: format!("config.json: {e}"),
+        })?;
+    if let Some(p) = cfg.dropout {
+        config["hidden_dropout_prob"] = p.into();
+        config["attention_probs_dropout_prob"] = p.into();
+    }
+    let config = serde_json::to_vec(&config).map_err(|e| TrainError::Base {
+        uri: base.uri.clone(),
+        message: format!("config.json: {e}"),
+    })?;
+    let (mut model, report) =
+        BertClassifier::load(&config, file(WEIGHTS)?, labels.len(), cfg.pooling, device)?;
+    if !report.initialised.is_empty() {
+        tracing::info!(tensors = ?report.initialised, "initialised new tensors (classification head)");
+    }
+    // The published config.json carries the label names and pooling.
+    let mut c = model.config().clone();
+    c.set_classification(&labels.names, cfg.pooling.as_str());
+    *model.config_mut() = c;
+    model.set_precision(precision);
+    let tokenizer = TextTokenizer::from_bytes(file(TOKENIZER)?, cfg.max_length)?;
+    Ok((model, tokenizer))
+}
+
+fn pos_weight(
+    train: &[Example],
+    num_labels: usize,
+    mode: PosWeight,
+    device: Device,
+) -> Option<Tensor> {
+    match mode {
+        PosWeight::None => None,
+        PosWeight::Sqrt => {
+            let n = train.len() as f64;
+            let mut pos = vec![0f64; num_labels];
+            for e in train {
+                for &l in &e.labels {
+                    pos[l as usize] += 1.0;
+                }
+            }
+            let w: Vec<f32> = pos
+                .iter()
+                .map(|&p| ((n - p) / p.max(1.0)).sqrt().clamp(1.0, 30.0) as f32)
+                .collect();
+            Some(Tensor::from_slice(&w).to_device(device))
+        }
+    }
+}
+
+/// The model's parameters copied to the CPU.
+fn snapshot(model: &BertClassifier) -> Vec<(String, Tensor)> {
+    model
+        .named_parameters()
+        .into_iter()
+        .map(|(n, t)| (n, t.detach().to_device(Device::Cpu).copy()))
+        .collect()
+}
+
+fn restore(model: &BertClassifier, weights: &[(String, Tensor)]) -> Result<(), TrainError> {
+    let vars = model.var_store().variables();
+    tch::no_grad(|| {
+        for (name, t) in weights {
+            let var = vars
+                .get(name)
+                .ok_or_else(|| StateError::UnknownTensor(name.clone()))?;
+            var.shallow_clone().f_copy_(t).map_err(ModelError::from)?;
+        }
+        Ok(())
+    })
+}
+
+/// Parameters with their weight-decay flag (no decay for biases and LayerNorm).
+pub(crate) fn optimizer_for(model: &BertClassifier, weight_decay: f64) -> AdamW {
+    let no_decay = model.no_decay_names();
+    let params = model
+        .named_parameters()
+        .into_iter()
+        .map(|(n, t)| (t, !no_decay.contains(&n)))
+        .collect();
+    AdamW::new(params, weight_decay)
+}
+
+/// Multi-hot targets of a batch as an fp32 tensor on `device`.
+pub(crate) fn batch_targets(
+    targets: &[u8],
+    batch: &[usize],
+    num_labels: usize,
+    device: Device,
+) -> Tensor {
+    let mut y = Vec::with_capacity(batch.len() * num_labels);
+    for &i in batch {
+        y.extend(
+            targets[i * num_labels..(i + 1) * num_labels]
+                .iter()
+                .map(|&v| f32::from(v)),
+        );
+    }
+    Tensor::from_slice(&y)
+        .view([batch.len() as i64, num_labels as i64])
+        .to_device(device)
+}
+
+/// Forward (in the model's precision), fp32 loss, backward and gradient clipping for one batch.
+/// Returns the loss; a non-finite loss is returned before any gradient is computed.
+pub(crate) fn train_step(
+    model: &BertClassifier,
+    opt: &mut AdamW,
+    batch: &Batch,
+    targets: &Tensor,
+    pos_weight: Option<&Tensor>,
+    max_grad_norm: f64,
+) -> f64 {
+    let logits = model
+        .forward(&batch.input_ids, &batch.attention_mask, true)
+        .logits;
+    let loss = logits
+        .to_kind(Kind::Float)
+        .binary_cross_entropy_with_logits(targets, None, pos_weight, Reduction::Mean);
+    let value = loss.double_value(&[]);
+    if !value.is_finite() {
+        return value;
+    }
+    opt.zero_grad();
+    loss.backward();
+    opt.clip_grad_norm(max_grad_norm);
+    value
+}
+
+/// A fine-tuning run in progress.
+pub struct FineTune<'a> {
+    model: BertClassifier,
+    tokenizer: TextTokenizer,
+    cfg: &'a TrainConfig,
+    labels: &'a LabelSet,
+    train_enc: Vec<Encoded>,
+    train_targets: Vec<u8>,
+    dev_enc: Vec<Encoded>,
+    dev_targets: Vec<u8>,
+    pos_weight: Option<Tensor>,
+    opt: AdamW,
+    meta: ResumeMeta,
+    best_weights: Option<Vec<(String, Tensor)>>,
+    best_dev_scores: Option<Vec<f32>>,
+    total_steps: u64,
+    warmup: u64,
+    started: Instant,
+    samples_at_start: u64,
+}
+
+impl<'a> FineTune<'a> {
+    /// Tokenizes both splits, builds the optimizer and restores `resume` when given.
+    pub fn prepare(
+        model: BertClassifier,
+        tokenizer: TextTokenizer,
+        train: &[Example],
+        dev: &[Example],
+        labels: &'a LabelSet,
+        cfg: &'a TrainConfig,
+        resume: Option<ResumeState>,
+    ) -> Result<Self, TrainError> {
+        crate::validate::check_config(cfg)?;
+        if train.is_empty() || dev.is_empty() {
+            return Err(TrainError::EmptySplit);
+        }
+        let l = labels.len();
+        let texts =
+            |split: &[Example]| -> Vec<String> { split.iter().map(|e| e.text.clone()).collect() };
+        let train_enc = tokenizer.encode_all(&texts(train))?;
+        let dev_enc = tokenizer.encode_all(&texts(dev))?;
+        let steps_per_epoch = train.len().div_ceil(cfg.batch_size.max(1)) as u64;
+        let total_steps = cfg
+            .max_steps
+            .unwrap_or(u64::MAX)
+            .min(steps_per_epoch * u64::from(cfg.epochs));
+        let mut opt = optimizer_for(&model, cfg.weight_decay);
+        let mut meta = ResumeMeta::start();
+        let mut best_weights = None;
+        if let Some(state) = resume {
+            restore(&model, &state.weights)?;
+            opt.load_state(state.meta.optimizer_step, &state.optimizer)?;
+            best_weights = state.best_weights;
+            meta = state.meta;
+            tracing::info!(
+                epoch = meta.epoch,
+                step = meta.global_step,
+                "resuming from saved state"
+            );
+        }
+        Ok(Self {
+            pos_weight: pos_weight(train, l, cfg.pos_weight, model.device()),
+            model,
+            tokenizer,
+            cfg,
+            labels,
+            train_enc,
+            train_targets: data::targets(train, l),
+            dev_enc,
+            dev_targets: data::targets(dev, l),
+            opt,
+            samples_at_start: meta.samples_seen,
+            meta,
+            best_weights,
+            best_dev_scores: None,
+            total_steps,
+            warmup: (cfg.warmup_ratio * total_steps as f64).round() as u64,
+            started: Instant::now(),
+        })
+    }
+
+    /// Whether another epoch should run.
+    pub fn wants_epoch(&self) -> bool {
+        self.meta.epoch < self.cfg.epochs && self.meta.global_step < self.total_steps
+    }
+
+    /// Runs the remaining steps of the current epoch, evaluates on dev, keeps the best weights
+    /// and saves a state. Returns whether training should go on (false on early stop).
+    pub fn run_epoch(&mut self, observer: &mut dyn Observer) -> Result<bool, TrainError> {
+        let epoch_started = Instant::now();
+        let lengths: Vec<usize> = self.train_enc.iter().map(|e| e.ids.len()).collect();
+        let order = batches::epoch_batches(
+            &lengths,
+            self.cfg.batch_size,
+            self.cfg.seed,
+            u64::from(self.meta.epoch),
+        );
+        for batch in order.iter().skip(self.meta.batches_done) {
+            if self.meta.global_step >= self.total_steps {
+                break;
+            }
+            if observer.cancelled() {
+                return Err(TrainError::Cancelled);
+            }
+            if observer.interrupted() {
+                if observer.wants_state() {
+                    self.save_state(observer)?;
+                }
+                return Err(TrainError::Interrupted {
+                    step: self.meta.global_step,
+                });
+            }
+            self.step(batch)?;
+            self.report_progress(observer);
+            let mid_epoch = self.meta.batches_done < order.len();
+            if observer.wants_state()
+                && mid_epoch
+                && self.cfg.state_every_steps > 0
+                && self
+                    .meta
+                    .global_step
+                    .is_multiple_of(self.cfg.state_every_steps)
+            {
+                self.save_state(observer)?;
+            }
+        }
+        let record = self.evaluate_epoch(epoch_started)?;
+        observer.epoch_end(&record);
+        if observer.wants_state() {
+            self.save_state(observer)?;
+        }
+        let stop = self.meta.epochs_without_improvement >= self.cfg.patience
+            && self.meta.epoch < self.cfg.epochs;
+        if stop {
+            tracing::info!(
+                patience = self.cfg.patience,
+                "dev macro-F1 stopped improving: early stop"
+            );
+        }
+        Ok(!stop)
+    }
+
+    /// One optimizer step on `batch`.
+    fn step(&mut self, batch: &[usize]) -> Result<(), TrainError> {
+        let device = self.model.device();
+        let l = self.labels.len();
+        tch::manual_seed((self.cfg.seed as i64).wrapping_add(self.meta.global_step as i64));
+        let items: Vec<&Encoded> = batch.iter().map(|&i| &self.train_enc[i]).collect();
+        let b = self.tokenizer.batch(&items, device);
+        let y = batch_targets(&self.train_targets, batch, l, device);
+        let loss = train_step(
+            &self.model,
+            &mut self.opt,
+            &b,
+            &y,
+            self.pos_weight.as_ref(),
+            self.cfg.max_grad_norm,
+        );
+        if !loss.is_finite() {
+            return Err(TrainError::NonFinite {
+                step: self.meta.global_step,
+                loss,
+            });
+        }
+        let lr = self.learning_rate();
+        self.opt.step(lr);
+        let m = &mut self.meta;
+        m.global_step += 1;
+        m.batches_done += 1;
+        m.optimizer_step = self.opt.steps_taken();
+        m.loss_sum += loss;
+        m.loss_count += 1;
+        m.samples_seen += batch.len() as u64;
+        Ok(())
+    }
+
+    /// The scheduled learning rate of the step about to be taken.
+    fn learning_rate(&self) -> f64 {
+        linear_schedule(
+            self.meta.global_step,
+            self.warmup,
+            self.total_steps,
+            self.cfg.learning_rate,
+        )
+    }
+
+    fn report_progress(&self, observer: &mut dyn Observer) {
+        let m = &self.meta;
+        if !(m.global_step.is_multiple_of(5) || m.global_step == self.total_steps) {
+            return;
+        }
+        let elapsed = self.started.elapsed().as_secs_f64().max(1e-9);
+        let rate = (m.samples_seen - self.samples_at_start) as f64 / elapsed;
+        let remaining =
+            (self.total_steps - m.global_step) as f64 * self.cfg.batch_size as f64 / rate.max(1e-9);
+        observer.progress(&Progress {
+            epoch: m.epoch + 1,
+            epochs: self.cfg.epochs,
+            step: m.global_step,
+            total_steps: self.total_steps,
+            loss: m.loss_sum / m.loss_count.max(1) as f64,
+            learning_rate: linear_schedule(
+                m.global_step.saturating_sub(1),
+                self.warmup,
+                self.total_steps,
+                self.cfg.learning_rate,
+            ),
+            samples_per_second: rate,
+            eta_seconds: remaining,
+        });
+    }
+
+    /// Dev evaluation at the end of an epoch (or of the step budget); keeps the best weights.
+    fn evaluate_epoch(&mut self, epoch_started: Instant) -> Result<EpochRecord, TrainError> {
+        let l = self.labels.len();
+        let dev_scores = inference::score_all(
+            &self.model,
+            &self.tokenizer,
+            &self.dev_enc,
+            self.cfg.eval_batch_size,
+        )?;
+        let t = metrics::tune_thresholds(&dev_scores, &self.dev_targets, l);
+        let macro_f1 =
+            metrics::evaluate(&dev_scores, &self.dev_targets, self.labels, &t.per_label).macro_f1;
+        let micro_f1 = metrics::evaluate(
+            &dev_scores,
+            &self.dev_targets,
+            self.labels,
+            &vec![t.global; l],
+        )
+        .micro_f1;
+        let m = &mut self.meta;
+        let record = EpochRecord {
+            epoch: m.epoch + 1,
+            train_loss: m.loss_sum / m.loss_count.max(1) as f64,
+            dev_macro_f1: macro_f1,
+            dev_micro_f1: micro_f1,
+            seconds: epoch_started.elapsed().as_secs_f64(),
+        };
+        tracing::info!(
+            epoch = record.epoch,
+            train_loss = format!("{:.4}", record.train_loss),
+            dev_macro_f1 = format!("{:.4}", macro_f1),
+            dev_micro_f1 = format!("{:.4}", micro_f1),
+            "epoch finished"
+        );
+        m.history.push(record.clone());
+        if macro_f1 > m.best_macro_f1 {
+            m.best_macro_f1 = macro_f1;
+            m.best_epoch = Some(m.epoch + 1);
+            m.epochs_without_improvement = 0;
+            self.best_weights = Some(snapshot(&self.model));
+            self.best_dev_scores = Some(dev_scores);
+        } else {
+            m.epochs_without_improvement += 1;
+        }
+        m.epoch += 1;
+        m.batches_done = 0;
+        m.loss_sum = 0.0;
+        m.loss_count = 0;
+        Ok(record)
+    }
+
+    fn save_state(&self, observer: &mut dyn Observer) -> Result<(), TrainError> {
+        let (_, optimizer) = self.opt.state();
+        let state = ResumeState {
+            meta: self.meta.clone(),
+            weights: snapshot(&self.model),
+            optimizer,
+            best_weights: self.best_weights.as_ref().map(|b| {
+                b.iter()
+                    .map(|(n, t)| (n.clone(), t.shallow_clone()))
+                    .collect()
+            }),
+        };
+        Ok(observer.save_state(&state)?)
+    }
+
+    /// Restores the best epoch's weights, tunes the thresholds on its dev scores and refuses a
+    /// model that would predict nothing.
+    pub fn finish(mut self) -> Result<TrainOutcome, TrainError> {
+        let train_seconds = self.started.elapsed().as_secs_f64();
+        let samples_per_second =
+            (self.meta.samples_seen - self.samples_at_start) as f64 / train_seconds.max(1e-9);
+        if let Some(best) = &self.best_weights {
+            restore(&self.model, best)?;
+        }
+        let dev_scores = match self.best_dev_scores.take() {
+            Some(s) => s,
+            None => inference::score_all(
+                &self.model,
+                &self.tokenizer,
+                &self.dev_enc,
+                self.cfg.eval_batch_size,
+            )?,
+        };
+        let l = self.labels.len();
+        let thresholds = metrics::tune_thresholds(&dev_scores, &self.dev_targets, l);
+        for (name, fallback) in self.labels.names.iter().zip(&thresholds.fallbacks) {
+            if let Some(reason) = fallback {
+                tracing::info!(label = %name, global = thresholds.global, %reason, "label uses the global threshold");
+            }
+        }
+        let at_tuned = metrics::evaluate(
+            &dev_scores,
+            &self.dev_targets,
+            self.labels,
+            &thresholds.per_label,
+        );
+        if at_tuned.empty_prediction_rate >= 1.0 {
+            return Err(TrainError::Degenerate {
+                examples: self.dev_enc.len(),
+            });
+        }
+        Ok(TrainOutcome {
+            best_epoch: self.meta.best_epoch.unwrap_or(self.meta.epoch),
+            history: self.meta.history,
+            model: self.model,
+            tokenizer: self.tokenizer,
+            thresholds,
+            dev_scores,
+            train_seconds,
+            samples_per_second,
+            steps: self.meta.global_step,
+        })
+    }
+
+    /// Runs every remaining epoch, then `finish`.
+    pub fn run(mut self, observer: &mut dyn Observer) -> Result<TrainOutcome, TrainError> {
+        while self.wants_epoch() {
+            if !self.run_epoch(observer)? {
+                break;
+            }
+        }
+        self.finish()
+    }
+}
+
+/// Fine-tunes `model` on `train`, selecting the best epoch on `dev`; `resume` continues a saved run.
+#[allow(clippy::too_many_arguments)]
+pub fn fine_tune(
+    model: BertClassifier,
+    tokenizer: TextTokenizer,
+    train: &[Example],
+    dev: &[Example],
+    labels: &LabelSet,
+    cfg: &TrainConfig,
+    resume: Option<ResumeState>,
+    observer: &mut dyn Observer,
+) -> Result<TrainOutcome, TrainError> {
+    FineTune::prepare(model, tokenizer, train, dev, labels, cfg, resume)?.run(observer)
+}

@@ -1,0 +1,321 @@
+//! One validation step for a training job, shared by `trainer train` and `StartTraining`: every
+//! field is checked before any work starts, so a job that would fail later (at publish, or with a
+//! torch error mid-run) fails at once with a message naming the field.
+use std::path::Path;
+
+use common::checkpoint::{self, CONFIG, TOKENIZER, WEIGHTS};
+use common::data::{Dataset, REQUIRED_FILES};
+use common::model::{BertConfig, Precision};
+use common::registry::{self, Registry};
+use common::store::{Store, StoreError};
+use common::tokenizer::TextTokenizer;
+
+use crate::config::TrainConfig;
+use crate::job::JobSpec;
+
+/// Upper bounds that keep a typo from asking for a run of years.
+pub const MAX_EPOCHS: u32 = 1000;
+pub const MAX_BATCH_SIZE: usize = 4096;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ValidationError {
+    /// The value can never work.
+    #[error("{field}: {message}")]
+    Invalid { field: String, message: String },
+    /// The value could not be checked because its store did not answer (worth a retry).
+    #[error("{field}: {source}")]
+    Unreachable { field: String, source: StoreError },
+}
+
+impl ValidationError {
+    pub fn field(&self) -> &str {
+        match self {
+            Self::Invalid { field, .. } | Self::Unreachable { field, .. } => field,
+        }
+    }
+}
+
+fn invalid(field: &str, message: impl Into<String>) -> ValidationError {
+    ValidationError::Invalid {
+        field: field.to_string(),
+        message: message.into(),
+    }
+}
+
+/// Checks the numbers of a training configuration.
+pub fn check_config(cfg: &TrainConfig) -> Result<(), ValidationError> {
+    let h = |name: &str| format!("hyperparameters.{name}");
+    if !(1..=MAX_EPOCHS).contains(&cfg.epochs) {
+        return Err(invalid(
+            &h("epochs"),
+            format!("must be in 1..={MAX_EPOCHS}, found {}", cfg.epochs),
+        ));
+    }
+    for (name, value) in [
+        ("batch_size", cfg.batch_size),
+        ("eval_batch_size", cfg.eval_batch_size),
+    ] {
+        if !(1..=MAX_BATCH_SIZE).contains(&value) {
+            return Err(invalid(
+                &h(name),
+                format!("must be in 1..={MAX_BATCH_SIZE}, found {value}"),
+            ));
+        }
+    }
+    let finite_in = |name: &str, value: f64, ok: bool, interval: &str| {
+        if value.is_finite() && ok {
+            Ok(())
+        } else {
+            Err(invalid(
+                &h(name),
+                format!("must be a finite number in {interval}, found {value}"),
+            ))
+        }
+    };
+    let (lr, warmup, decay, clip) = (
+        cfg.learning_rate,
+        cfg.warmup_ratio,
+        cfg.weight_decay,
+        cfg.max_grad_norm,
+    );
+    finite_in("learning_rate", lr, lr > 0.0 && lr <= 1.0, "(0, 1]")?;
+    finite_in(
+        "warmup_ratio",
+        warmup,
+        (0.0..=1.0).contains(&warmup),
+        "[0, 1]",
+    )?;
+    finite_in("weight_decay", decay, (0.0..1.0).contains(&decay), "[0, 1)")?;
+    finite_in("max_grad_norm", clip, clip > 0.0, "(0, ∞)")?;
+    if let Some(p) = cfg.dropout {
+        if !(p.is_finite() && (0.0..1.0).contains(&p)) {
+            return Err(invalid(
+                &h("dropout"),
+                format!("must be in [0, 1), found {p}"),
+            ));
+        }
+    }
+    if cfg.patience == 0 {
+        return Err(invalid(&h("patience"), "must be at least 1"));
+    }
+    if cfg.max_steps == Some(0) {
+        return Err(invalid(
+            &h("max_steps"),
+            "must be at least 1 (a run of 0 steps would publish an untrained model)",
+        ));
+    }
+    if cfg.max_length < checkpoint::MIN_MAX_LENGTH {
+        return Err(invalid(
+            &h("max_length"),
+            format!(
+                "must be at least {} ([CLS], a token, [SEP]), found {}",
+                checkpoint::MIN_MAX_LENGTH,
+                cfg.max_length
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn check_names(spec: &JobSpec) -> Result<(), ValidationError> {
+    let named = |field: &str, value: &str| {
+        registry::check_name(value).map_err(|e| invalid(field, e.to_string()))
+    };
+    named("model_name", &spec.model_name)?;
+    if let Some(alias) = &spec.alias {
+        named("alias", alias)?;
+    }
+    if let Some(version) = &spec.version {
+        named("version", version)?;
+    }
+    Ok(())
+}
+
+fn check_data_dir(dir: &Path) -> Result<(), ValidationError> {
+    let missing: Vec<&str> = REQUIRED_FILES
+        .iter()
+        .copied()
+        .filter(|f| !dir.join(f).is_file())
+        .collect();
+    if !missing.is_empty() {
+        return Err(invalid(
+            "data_dir",
+            format!(
+                "{} is not a GoEmotions data folder: it lacks {}",
+                dir.display(),
+                missing.join(", ")
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Reads the base model's config and tokenizer (and checks its weights exist): a readable BERT
+/// checkpoint whose position table fits `max_length`.
+async fn check_base_model(uri: &str, max_length: usize) -> Result<(), ValidationError> {
+    const FIELD: &str = "base_model";
+    let fetch_error = |e: StoreError| match e {
+        StoreError::Backend { .. } => ValidationError::Unreachable {
+            field: FIELD.into(),
+            source: e,
+        },
+        other => invalid(FIELD, format!("not a readable BERT checkpoint: {other}")),
+    };
+    let store = Store::open(uri).map_err(fetch_error)?;
+    let config = store.get(CONFIG).await.map_err(fetch_error)?;
+    let config = BertConfig::from_json(&config)
+        .map_err(|e| invalid(FIELD, format!("{}/{CONFIG}: {e}", store.uri())))?;
+    config
+        .validate()
+        .map_err(|e| invalid(FIELD, format!("{}/{CONFIG}: {e}", store.uri())))?;
+    checkpoint::check_max_length(&config, max_length)
+        .map_err(|e| invalid("hyperparameters.max_length", e))?;
+    let tokenizer = store.get(TOKENIZER).await.map_err(fetch_error)?;
+    let tokenizer = TextTokenizer::from_bytes(&tokenizer, max_length)
+        .map_err(|e| invalid(FIELD, format!("{}/{TOKENIZER}: {e}", store.uri())))?;
+    checkpoint::check_vocab(&config, &tokenizer).map_err(|e| invalid(FIELD, e))?;
+    if !store.exists(WEIGHTS).await.map_err(fetch_error)? {
+        return Err(invalid(
+            FIELD,
+            format!(
+                "not a readable BERT checkpoint: {}/{WEIGHTS} not found",
+                store.uri()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks every field of a job before it exists; returns the precision it will train in.
+pub async fn check_job(spec: &JobSpec) -> Result<Precision, ValidationError> {
+    check_names(spec)?;
+    check_config(&spec.train)?;
+    for (name, limit) in [
+        ("train_limit", spec.limits.train),
+        ("dev_limit", spec.limits.dev),
+        ("test_limit", spec.limits.test),
+    ] {
+        if limit == Some(0) {
+            return Err(invalid(
+                &format!("hyperparameters.{name}"),
+                "must be at least 1 when set",
+            ));
+        }
+    }
+    let precision = spec
+        .train
+        .precision
+        .resolve(spec.device)
+        .map_err(|e| invalid("hyperparameters.precision", e))?;
+    Registry::open(&spec.registry).map_err(|e| invalid("registry", e.to_string()))?;
+    check_data_dir(&spec.data_dir)?;
+    let dir = spec.data_dir.clone();
+    let (limits, seed) = (spec.limits, spec.train.seed);
+    tokio::task::spawn_blocking(move || Dataset::load(&dir, limits, seed).map(|_| ()))
+        .await
+        .map_err(|e| invalid("data_dir", format!("reading the data failed: {e}")))?
+        .map_err(|e| invalid("data_dir", e.to_string()))?;
+    check_base_model(&spec.base_model, spec.train.max_length).await?;
+    Ok(precision)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_bad_number_names_its_field() {
+        let ok = TrainConfig::default();
+        check_config(&ok).unwrap();
+        let cases: Vec<(TrainConfig, &str)> = vec![
+            (
+                TrainConfig {
+                    epochs: 0,
+                    ..ok.clone()
+                },
+                "epochs",
+            ),
+            (
+                TrainConfig {
+                    epochs: u32::MAX,
+                    ..ok.clone()
+                },
+                "epochs",
+            ),
+            (
+                TrainConfig {
+                    batch_size: 0,
+                    ..ok.clone()
+                },
+                "batch_size",
+            ),
+            (
+                TrainConfig {
+                    learning_rate: f64::INFINITY,
+                    ..ok.clone()
+                },
+                "learning_rate",
+            ),
+            (
+                TrainConfig {
+                    learning_rate: 0.0,
+                    ..ok.clone()
+                },
+                "learning_rate",
+            ),
+            (
+                TrainConfig {
+                    warmup_ratio: f64::NAN,
+                    ..ok.clone()
+                },
+                "warmup_ratio",
+            ),
+            (
+                TrainConfig {
+                    weight_decay: -0.1,
+                    ..ok.clone()
+                },
+                "weight_decay",
+            ),
+            (
+                TrainConfig {
+                    dropout: Some(5.0),
+                    ..ok.clone()
+                },
+                "dropout",
+            ),
+            (
+                TrainConfig {
+                    max_steps: Some(0),
+                    ..ok.clone()
+                },
+                "max_steps",
+            ),
+            (
+                TrainConfig {
+                    max_length: 0,
+                    ..ok.clone()
+                },
+                "max_length",
+            ),
+            (
+                TrainConfig {
+                    patience: 0,
+                    ..ok.clone()
+                },
+                "patience",
+            ),
+            (
+                TrainConfig {
+                    max_grad_norm: f64::NAN,
+                    ..ok.clone()
+                },
+                "max_grad_norm",
+            ),
+        ];
+        for (cfg, field) in cases {
+            let err = check_config(&cfg).unwrap_err();
+            assert_eq!(err.field(), format!("hyperparameters.{field}"), "{err}");
+        }
+    }
+}
