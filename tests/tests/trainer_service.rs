@@ -1,138 +1,30 @@
 //! End-to-end: a real S3 server (s3s-fs), the trainer service and the predictor as processes on
 //! 127.0.0.1. Jobs run over gRPC, publish to S3, and the predictor following `latest` switches.
-use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::checkpoint;
 use common::registry::Registry;
 use common::store::Store;
-use goemotions_tests::*;
-use proto::v1::trainer_client::TrainerClient;
-use proto::v1::{
-    stream_classify_response::Outcome, CancelJobRequest, Hyperparameters, Job, JobState,
-    ListModelVersionsRequest, SetAliasRequest, StreamClassifyRequest, TrainingSpec,
-    WatchJobRequest,
+use goemotions_tests::cases::trainer::{
+    self as cases, connect, small_spec, spawn_trainer, watch_to_end,
 };
-use tonic::transport::Channel;
+use goemotions_tests::*;
+use proto::v1::{
+    stream_classify_response::Outcome, JobState, ListModelVersionsRequest, SetAliasRequest,
+    StreamClassifyRequest, WatchJobRequest,
+};
 
-/// These tests train models and point AWS_* at their own S3 server: run them one at a time.
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-struct TrainerProc {
-    proc: Proc,
-    addr: String,
-}
-
-fn spawn_trainer(s3: &S3Server, dir: &std::path::Path, tag: &str) -> TrainerProc {
-    let port = free_port();
-    let mut cmd = Command::new(bin("trainer"));
-    cmd.args([
-        "serve",
-        "--listen",
-        &format!("127.0.0.1:{port}"),
-        "--registry",
-        &s3.uri("registry"),
-    ])
-    .args([
-        "--device",
-        "cpu",
-        "--threads",
-        "2",
-        "--state-every-steps",
-        "4",
-    ])
-    .arg("--base-model")
-    .arg(base_model())
-    .arg("--data-dir")
-    .arg(data_dir())
-    .env("RUST_LOG", "info");
-    for (k, v) in s3.env() {
-        cmd.env(k, v);
-    }
-    TrainerProc {
-        proc: Proc::spawn(cmd, dir.join(format!("trainer-{tag}.log"))),
-        addr: format!("http://127.0.0.1:{port}"),
-    }
-}
-
-async fn connect(t: &mut TrainerProc) -> TrainerClient<Channel> {
-    let start = Instant::now();
-    loop {
-        if let Ok(c) = TrainerClient::connect(t.addr.clone()).await {
-            return c;
-        }
-        if let Ok(Some(status)) = t.proc.child.try_wait() {
-            panic!("trainer exited ({status}):\n{}", t.proc.log_text());
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "trainer did not start:\n{}",
-            t.proc.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-fn small_spec(train_limit: u32, epochs: u32) -> TrainingSpec {
-    TrainingSpec {
-        hyperparameters: Some(Hyperparameters {
-            epochs: Some(epochs),
-            train_limit: Some(train_limit),
-            dev_limit: Some(100),
-            batch_size: Some(16),
-            learning_rate: Some(2e-4),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
-/// Polls a job until it reports at least `step` training steps.
-async fn wait_for_step(c: &mut TrainerClient<Channel>, id: &str, step: u64, timeout: Duration) {
-    let start = Instant::now();
-    loop {
-        let job = c
-            .get_job(proto::v1::GetJobRequest { job_id: id.into() })
-            .await
-            .unwrap()
-            .into_inner();
-        if job.progress.map(|p| p.step >= step).unwrap_or(false) {
-            return;
-        }
-        assert!(
-            start.elapsed() < timeout,
-            "job {id} never reached step {step}: {job:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// Watches a job to its end; returns every event's job snapshot.
-async fn watch_to_end(c: &mut TrainerClient<Channel>, id: &str, timeout: Duration) -> Vec<Job> {
-    let mut stream = c
-        .watch_job(WatchJobRequest { job_id: id.into() })
-        .await
-        .unwrap()
-        .into_inner();
-    let mut events = Vec::new();
-    let run = async {
-        while let Some(e) = stream.message().await.unwrap() {
-            events.push(e.job.unwrap());
-        }
-    };
-    tokio::time::timeout(timeout, run)
-        .await
-        .expect("job did not finish in time");
-    events
+async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    cases::SERIAL.lock().await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn job_over_grpc_publishes_to_s3_and_predictor_switches() {
-    let _serial = SERIAL.lock().await;
+    let _serial = serial().await;
     let dir = tempfile::tempdir().unwrap();
     let s3 = S3Server::start(&dir.path().join("s3"), "bucket");
     s3.export_env();
-    let mut trainer = spawn_trainer(&s3, dir.path(), "a");
+    let mut trainer = spawn_trainer(&s3.uri("registry"), &s3.env(), dir.path(), "a");
     let mut c = connect(&mut trainer).await;
     // The predictor follows an alias that does not exist yet.
     let (mut predictor, paddr, _) = spawn_predictor(
@@ -221,101 +113,12 @@ async fn job_over_grpc_publishes_to_s3_and_predictor_switches() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn killed_trainer_resumes_its_job_and_cancel_publishes_nothing() {
-    let _serial = SERIAL.lock().await;
-    let dir = tempfile::tempdir().unwrap();
-    let s3 = S3Server::start(&dir.path().join("s3"), "bucket");
-    s3.export_env();
-    let mut trainer = spawn_trainer(&s3, dir.path(), "first");
-    let mut c = connect(&mut trainer).await;
-    let id = c
-        .start_training(small_spec(320, 2))
-        .await
-        .unwrap()
-        .into_inner()
-        .job_id;
-    // Wait until a resumable state exists past step 8, then kill -9.
-    let state = Store::open(&s3.uri(&format!("registry/jobs/{id}"))).unwrap();
-    wait_for_step(&mut c, &id, 8, Duration::from_secs(240)).await;
-    let start = Instant::now();
-    while !state.exists("state.json").await.unwrap() {
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "no state saved:\n{}",
-            trainer.proc.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    trainer.proc.signal(libc::SIGKILL);
-    trainer
-        .proc
-        .wait_timeout(Duration::from_secs(10))
-        .expect("killed");
-
-    let mut restarted = spawn_trainer(&s3, dir.path(), "second");
-    let mut c = connect(&mut restarted).await;
-    let events = watch_to_end(&mut c, &id, Duration::from_secs(400)).await;
-    let last = events.last().unwrap();
-    assert_eq!(
-        last.state,
-        JobState::Succeeded as i32,
-        "{last:?}\n{}",
-        restarted.proc.log_text()
-    );
-    assert_eq!(
-        last.epochs.len(),
-        2,
-        "both epochs recorded across the restart"
-    );
-    assert!(
-        restarted.proc.log_text().contains("resuming"),
-        "{}",
-        restarted.proc.log_text()
-    );
-    let registry = Registry::open(&s3.uri("registry")).unwrap();
-    assert_eq!(
-        registry
-            .resolve_alias("goemotions", "latest")
-            .await
-            .unwrap(),
-        last.model_version
-    );
-
-    // Cancel: stops at the next step, publishes nothing, the alias stays.
-    let id = c
-        .start_training(TrainingSpec {
-            model_name: "cancelled".into(),
-            ..small_spec(320, 2)
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .job_id;
-    wait_for_step(&mut c, &id, 2, Duration::from_secs(120)).await;
-    c.cancel_job(CancelJobRequest { job_id: id.clone() })
-        .await
-        .unwrap();
-    let events = watch_to_end(&mut c, &id, Duration::from_secs(120)).await;
-    assert_eq!(events.last().unwrap().state, JobState::Cancelled as i32);
-    assert!(registry
-        .list_versions("cancelled")
-        .await
-        .unwrap()
-        .is_empty());
-    assert!(registry
-        .get_alias("cancelled", "latest")
-        .await
-        .unwrap()
-        .is_none());
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s3_outage_during_publish_never_leaves_an_alias_on_an_incomplete_version() {
-    let _serial = SERIAL.lock().await;
+    let _serial = serial().await;
     let dir = tempfile::tempdir().unwrap();
     let mut s3 = S3Server::start(&dir.path().join("s3"), "bucket");
     s3.export_env();
-    let mut trainer = spawn_trainer(&s3, dir.path(), "a");
+    let mut trainer = spawn_trainer(&s3.uri("registry"), &s3.env(), dir.path(), "a");
     let mut c = connect(&mut trainer).await;
     let id = c
         .start_training(small_spec(120, 1))
@@ -329,14 +132,18 @@ async fn s3_outage_during_publish_never_leaves_an_alias_on_an_incomplete_version
         .unwrap()
         .into_inner();
     let mut last = None;
+    let mut injected = false;
     while let Some(e) = stream.message().await.unwrap() {
         let job = e.job.unwrap();
-        if job.state == JobState::Publishing as i32 && s3.proc.child.try_wait().unwrap().is_none() {
+        if job.state == JobState::Publishing as i32 && !injected {
             s3.stop();
+            injected = true;
         }
         last = Some(job);
     }
     let last = last.unwrap();
+    // Watchers see every state, so PUBLISHING cannot be merged into the end: the outage happened.
+    assert!(injected, "the job was never seen PUBLISHING: {last:?}");
     eprintln!(
         "job under S3 outage ended {:?}: {}",
         JobState::try_from(last.state),
@@ -369,7 +176,7 @@ async fn s3_outage_during_publish_never_leaves_an_alias_on_an_incomplete_version
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_alias_updates_exactly_one_wins() {
-    let _serial = SERIAL.lock().await;
+    let _serial = serial().await;
     let dir = tempfile::tempdir().unwrap();
     let local = dir.path().join("local");
     let v1 = shared_registry(&local);
@@ -379,7 +186,7 @@ async fn concurrent_alias_updates_exactly_one_wins() {
     let s3 = S3Server::start(&dir.path().join("s3"), "bucket");
     s3.export_env();
     upload_dir(&Store::open(&s3.uri("registry")).unwrap(), &local).await;
-    let mut trainer = spawn_trainer(&s3, dir.path(), "a");
+    let mut trainer = spawn_trainer(&s3.uri("registry"), &s3.env(), dir.path(), "a");
     let c = connect(&mut trainer).await;
     // Everyone saw `latest` at v1 and races to move it.
     let calls = ["v2", "v3", "v4", "v5"].map(|v| {
@@ -464,4 +271,38 @@ async fn concurrent_alias_updates_exactly_one_wins() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::NotFound);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_specs_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    cases::invalid_specs_refused(dir.path()).await.assert();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_after_training() {
+    let dir = tempfile::tempdir().unwrap();
+    cases::cancel_after_training(dir.path()).await.assert();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_finishes_or_undoes_publishing() {
+    let dir = tempfile::tempdir().unwrap();
+    cases::restart_finishes_or_undoes_publishing(dir.path())
+        .await
+        .assert();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_and_kill_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    cases::sigterm_and_kill_resume(dir.path()).await.assert();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cross_process_alias_race() {
+    let dir = tempfile::tempdir().unwrap();
+    cases::cross_process_alias_race(dir.path(), 20)
+        .await
+        .assert();
 }
