@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Training throughput, like for like: `trainer bench` (Rust, tch) against the same model in
 # Python transformers (scripts/bench_train_transformers.py): same encoder, data, batch size, max
-# length, threads, precision, warm-up, optimizer, and the same batching, in two pairs —
-# length-bucketed vs length-bucketed, plain vs plain. Tokenization is outside the timed loop on
-# both sides. Each of the four runs is repeated REPEATS times, interleaved; prints the median and
+# length, threads, precision, warm-up, optimizer semantics, and exactly the same batches (the
+# Python side replays the batch order the trainer wrote), in two pairs — length-bucketed and
+# plain shuffled batches. Tokenization is outside the timed loop on both sides. The trainer also
+# prints where its step time goes (data, forward, backward, optimizer). Each of the four runs is repeated REPEATS times, interleaved; prints the median and
 # the spread (min–max) of samples/s and real tokens/s, and the Rust/Python ratios.
 #   scripts/bench-train.sh [STEPS=30] [THREADS=2] [REPEATS=3] [PRECISION=fp32] [DEVICE=cpu]
 set -euo pipefail
@@ -16,19 +17,23 @@ scripts/setup-ref-venv.sh >/dev/null
 source .cache/env.sh
 cargo build -q --release --bin trainer
 out="$(mktemp)"
-trap 'rm -f "$out"' EXIT
+order="$(mktemp)"
+trap 'rm -f "$out" "$order"' EXIT
 for r in $(seq 1 "$REPEATS"); do
   for batching in bucketed plain; do
     flag=""; [ "$batching" = plain ] && flag="--no-bucketing"
     line=$(./target/release/trainer bench --steps "$STEPS" --threads "$THREADS" --device "$DEVICE" \
-      --precision "$PRECISION" $flag 2>/dev/null | tail -n1)
+      --precision "$PRECISION" --write-batches "$order" $flag 2>>"$out.phases" | tail -n1)
     echo "rust $batching $line" | tee -a "$out"
     line=$(.venv-ref/bin/python scripts/bench_train_transformers.py --model "$GOEMOTIONS_BASE_MODEL" \
       --data "$GOEMOTIONS_DATA_DIR/train.tsv" --steps "$STEPS" --threads "$THREADS" --device "$DEVICE" \
-      --precision "$PRECISION" --batching "$batching" 2>/dev/null | tail -n1)
+      --precision "$PRECISION" --batching "$batching" --batches "$order" 2>/dev/null | tail -n1)
     echo "python $batching $line" | tee -a "$out"
   done
 done
+echo "where the trainer's step time goes (each run):"
+grep -h "time per phase" "$out.phases" | sed 's/^/  /'
+rm -f "$out.phases"
 python3 - "$out" "$STEPS" "$THREADS" "$PRECISION" "$DEVICE" <<'PY'
 import re, statistics, sys
 rows = {}

@@ -4,7 +4,8 @@
 BCE-with-logits on multi-hot targets, AdamW (weight decay 0.01, none on biases/LayerNorm),
 gradient clipping 1.0, constant learning rate.
 
-Batching (--batching): `bucketed` is the trainer's sampler (trainer/src/batches.rs: shuffle,
+Batching: --batches FILE replays exactly the batches `trainer bench --write-batches` took (the
+fair comparison); otherwise --batching `bucketed` is the trainer's sampler (trainer/src/batches.rs: shuffle,
 pools of 50 batches sorted by length, batches shuffled; what `group_by_length=True` does in the
 transformers Trainer), `plain` is shuffled batches with dynamic padding. Texts are tokenized
 before the timed loop, as the trainer does. --precision bf16 runs the forward under
@@ -69,6 +70,7 @@ def main():
     ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--batches", help="JSON batches (train.tsv line indices, warm-up first) from `trainer bench --write-batches`: run exactly these")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -93,7 +95,12 @@ def main():
         [{"params": decay, "weight_decay": 0.01}, {"params": no_decay, "weight_decay": 0.0}], lr=args.lr
     )
     loss_fn = torch.nn.BCEWithLogitsLoss()
-    order = batches(lengths, args.batch_size, args.seed, args.batching == "bucketed")
+    if args.batches:
+        import json
+
+        order = json.load(open(args.batches))
+    else:
+        order = batches(lengths, args.batch_size, args.seed, args.batching == "bucketed")
     pad = tok.pad_token_id or 0
 
     def padded(batch):

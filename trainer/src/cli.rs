@@ -308,6 +308,10 @@ pub struct BenchCmd {
     /// Disable length bucketing (plain shuffled batches, dynamic padding) for comparison.
     #[arg(long)]
     pub no_bucketing: bool,
+    /// Write the batches taken (JSON lists of train.tsv line indices, warm-up first) here, so a
+    /// reference implementation can run exactly the same batches.
+    #[arg(long)]
+    pub write_batches: Option<PathBuf>,
 }
 
 #[derive(Args)]

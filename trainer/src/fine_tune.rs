@@ -185,8 +185,29 @@ pub(crate) fn batch_targets(
         .to_device(device)
 }
 
-/// Forward (in the model's precision), fp32 loss, backward and gradient clipping for one batch.
-/// Returns the loss; a non-finite loss is returned before any gradient is computed.
+/// Forward (in the model's precision) and the fp32 BCE loss of one batch.
+pub(crate) fn batch_loss(
+    model: &BertClassifier,
+    batch: &Batch,
+    targets: &Tensor,
+    pos_weight: Option<&Tensor>,
+) -> Tensor {
+    let logits = model
+        .forward(&batch.input_ids, &batch.attention_mask, true)
+        .logits;
+    logits
+        .to_kind(Kind::Float)
+        .binary_cross_entropy_with_logits(targets, None, pos_weight, Reduction::Mean)
+}
+
+/// Backward (fresh gradients) and gradient clipping.
+pub(crate) fn backward(opt: &mut AdamW, loss: &Tensor, max_grad_norm: f64) {
+    opt.backward(loss);
+    opt.clip_grad_norm(max_grad_norm);
+}
+
+/// Forward, fp32 loss, backward and gradient clipping for one batch. Returns the loss; a
+/// non-finite loss is returned before any gradient is computed.
 pub(crate) fn train_step(
     model: &BertClassifier,
     opt: &mut AdamW,
@@ -195,19 +216,11 @@ pub(crate) fn train_step(
     pos_weight: Option<&Tensor>,
     max_grad_norm: f64,
 ) -> f64 {
-    let logits = model
-        .forward(&batch.input_ids, &batch.attention_mask, true)
-        .logits;
-    let loss = logits
-        .to_kind(Kind::Float)
-        .binary_cross_entropy_with_logits(targets, None, pos_weight, Reduction::Mean);
+    let loss = batch_loss(model, batch, targets, pos_weight);
     let value = loss.double_value(&[]);
-    if !value.is_finite() {
-        return value;
+    if value.is_finite() {
+        backward(opt, &loss, max_grad_norm);
     }
-    opt.zero_grad();
-    loss.backward();
-    opt.clip_grad_norm(max_grad_norm);
     value
 }
 

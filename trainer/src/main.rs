@@ -105,6 +105,11 @@ fn main() -> anyhow::Result<()> {
             ))?;
             let cfg = cmd.hyper.config();
             let r = bench::throughput(&base, &data, &cfg, device, cmd.steps, !cmd.no_bucketing)?;
+            eprintln!("time per phase: {}", r.profile.shares());
+            if let Some(path) = &cmd.write_batches {
+                std::fs::write(path, serde_json::to_vec(&r.batches)?)
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
             println!(
                 "rust-tch train: {:.1} samples/s, {:.0} real tokens/s, {:.0} padded tokens/s over {} steps (batch {}, max-len {}, threads {}, bucketing {}, precision {}, device {})",
                 r.samples_per_second,

@@ -33,23 +33,46 @@ fn malformed_training_data_is_reported_with_file_and_line() {
     );
 }
 
+/// Every flag of every subcommand appears in `--help` with an explanation, and its environment
+/// variable (when it has one) is shown.
 #[test]
 fn help_documents_every_flag() {
-    let out = Command::new(env!("CARGO_BIN_EXE_trainer"))
-        .args(["train", "--help"])
-        .output()
-        .unwrap();
-    let help = String::from_utf8_lossy(&out.stdout);
-    for flag in [
-        "--lr",
-        "--epochs",
-        "--pooling",
-        "--registry",
-        "--pos-weight",
-        "--patience",
-        "--train-limit",
-    ] {
-        assert!(help.contains(flag), "{flag} missing from help");
+    use clap::CommandFactory;
+    let cli = trainer::cli::Cli::command();
+    let mut checked = 0;
+    for sub in cli.get_subcommands() {
+        let out = Command::new(env!("CARGO_BIN_EXE_trainer"))
+            .args([sub.get_name(), "--help"])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let help = String::from_utf8_lossy(&out.stdout);
+        for arg in sub.get_arguments() {
+            let Some(long) = arg.get_long() else { continue };
+            if long == "help" || long == "version" {
+                continue;
+            }
+            assert!(
+                help.contains(&format!("--{long}")),
+                "{}: --{long} missing from help",
+                sub.get_name()
+            );
+            assert!(
+                arg.get_help()
+                    .is_some_and(|h| !h.to_string().trim().is_empty()),
+                "{}: --{long} has no explanation",
+                sub.get_name()
+            );
+            if let Some(env) = arg.get_env() {
+                let env = env.to_string_lossy();
+                assert!(
+                    help.contains(&format!("env: {env}")),
+                    "{}: {env} not shown for --{long}",
+                    sub.get_name()
+                );
+            }
+            checked += 1;
+        }
     }
-    assert!(help.contains("GOEMOTIONS_LR"), "env overrides are shown");
+    assert!(checked > 60, "only {checked} flags found");
 }
