@@ -30,7 +30,7 @@ scripts/setup.sh >/dev/null
 # shellcheck disable=SC1091
 source .cache/env.sh
 if [ "$BUILD" = 1 ]; then
-  if [ "$PROFILE" = release ]; then cargo build -q --release --bins; else cargo build -q --bins; fi
+  if [ "$PROFILE" = release ]; then cargo build -q --release --bin trainer --bin predictor; else cargo build -q --bin trainer --bin predictor; fi
 fi
 for b in trainer predictor; do
   [ -x "target/$PROFILE/$b" ] || { echo "gpu-bundle: target/$PROFILE/$b missing (build first)" >&2; exit 1; }

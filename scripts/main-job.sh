@@ -13,7 +13,7 @@ cd "$ROOT"
 scripts/setup.sh
 # shellcheck disable=SC1091
 source .cache/env.sh
-cargo build --release --bins
+cargo build --release --bin trainer --bin predictor
 
 REGISTRY="${GOEMOTIONS_REGISTRY:-$ROOT/output/registry}"
 MODEL_NAME="${GOEMOTIONS_MODEL_NAME:-goemotions}"

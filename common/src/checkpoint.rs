@@ -92,9 +92,18 @@ pub struct Manifest {
 }
 
 impl Manifest {
-    pub fn pooling(&self) -> Result<Pooling, String> {
+    pub fn pooling(&self) -> Result<Pooling, crate::ParseEnumError> {
         self.pooling.parse()
     }
+}
+
+/// A model and a setting (or tokenizer) that do not fit together.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FitError {
+    #[error("max_length must be in {MIN_MAX_LENGTH}..={limit} (the model's max_position_embeddings), found {max_length}")]
+    MaxLength { max_length: usize, limit: usize },
+    #[error("tokenizer.json has {tokens} tokens but config.json vocab_size is {vocab_size}")]
+    Vocab { tokens: usize, vocab_size: i64 },
 }
 
 /// Smallest sensible max length: [CLS], one token, [SEP].
@@ -102,24 +111,22 @@ pub const MIN_MAX_LENGTH: usize = 3;
 
 /// Checks that texts of `max_length` tokens fit the model: `2 < max_length ≤
 /// max_position_embeddings` (longer inputs would index past the position table).
-pub fn check_max_length(config: &BertConfig, max_length: usize) -> Result<(), String> {
+pub fn check_max_length(config: &BertConfig, max_length: usize) -> Result<(), FitError> {
     let limit = config.max_position_embeddings.max(0) as usize;
     if max_length < MIN_MAX_LENGTH || max_length > limit {
-        return Err(format!(
-            "max_length must be in {MIN_MAX_LENGTH}..={limit} (the model's max_position_embeddings), found {max_length}"
-        ));
+        return Err(FitError::MaxLength { max_length, limit });
     }
     Ok(())
 }
 
 /// Checks that every token id the tokenizer can produce has a row in the embedding table.
-pub fn check_vocab(config: &BertConfig, tokenizer: &TextTokenizer) -> Result<(), String> {
-    let size = tokenizer.vocab_size();
-    if size as i64 > config.vocab_size {
-        return Err(format!(
-            "tokenizer.json has {size} tokens but config.json vocab_size is {}",
-            config.vocab_size
-        ));
+pub fn check_vocab(config: &BertConfig, tokenizer: &TextTokenizer) -> Result<(), FitError> {
+    let tokens = tokenizer.vocab_size();
+    if tokens as i64 > config.vocab_size {
+        return Err(FitError::Vocab {
+            tokens,
+            vocab_size: config.vocab_size,
+        });
     }
     Ok(())
 }
@@ -342,7 +349,7 @@ impl Checkpoint {
             message,
         };
         let m = &self.manifest;
-        let pooling = m.pooling().map_err(&invalid)?;
+        let pooling = m.pooling().map_err(|e| invalid(e.to_string()))?;
         let config = BertConfig::from_json(&self.files[CONFIG])
             .map_err(|e| invalid(format!("config.json: {e}")))?;
         config
@@ -357,7 +364,7 @@ impl Checkpoint {
                     source,
                 }
             })?;
-        check_vocab(&config, &tokenizer).map_err(&invalid)?;
+        check_vocab(&config, &tokenizer).map_err(|e| invalid(e.to_string()))?;
         let (mut model, load_report) = BertClassifier::load(
             &self.files[CONFIG],
             &self.files[WEIGHTS],

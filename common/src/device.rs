@@ -8,6 +8,14 @@ use tch::{Device, Kind, Tensor};
 
 static CUDA_LOADED: OnceLock<bool> = OnceLock::new();
 
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DeviceError {
+    #[error("unknown device {0:?} (expected auto, cpu, cuda or cuda:N)")]
+    Unknown(String),
+    #[error("CUDA device {0} requested but not available (is libtorch_cuda.so installed?)")]
+    Unavailable(usize),
+}
+
 /// Opens libtorch's CUDA backend if it is installed; returns whether it was loaded.
 pub fn load_cuda_backend() -> bool {
     *CUDA_LOADED.get_or_init(|| {
@@ -113,7 +121,7 @@ pub fn init_threads(requested: Option<i32>) -> i32 {
 }
 
 /// Parses a device preference: `auto` (CUDA when available), `cpu`, `cuda` or `cuda:N`.
-pub fn select(preference: &str) -> Result<Device, String> {
+pub fn select(preference: &str) -> Result<Device, DeviceError> {
     let wants_cuda = preference != "cpu";
     if wants_cuda {
         load_cuda_backend();
@@ -127,20 +135,16 @@ pub fn select(preference: &str) -> Result<Device, String> {
             .and_then(|n| n.parse::<usize>().ok())
         {
             Some(n) => cuda(n),
-            None => Err(format!(
-                "unknown device {other:?} (expected auto, cpu, cuda or cuda:N)"
-            )),
+            None => Err(DeviceError::Unknown(other.to_string())),
         },
     }
 }
 
-fn cuda(index: usize) -> Result<Device, String> {
+fn cuda(index: usize) -> Result<Device, DeviceError> {
     if tch::Cuda::is_available() && index < tch::Cuda::device_count() as usize {
         Ok(Device::Cuda(index))
     } else {
-        Err(format!(
-            "CUDA device {index} requested but not available (is libtorch_cuda.so installed?)"
-        ))
+        Err(DeviceError::Unavailable(index))
     }
 }
 

@@ -14,6 +14,15 @@ pub mod safetensors_io;
 pub mod store;
 pub mod tokenizer;
 
+/// A word that is not one of an enum's spellings (e.g. `--pooling max`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown {what} {value:?} (expected {expected})")]
+pub struct ParseEnumError {
+    pub what: &'static str,
+    pub value: String,
+    pub expected: &'static str,
+}
+
 /// Hex-encoded sha256 of a byte slice.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;

@@ -52,7 +52,7 @@ impl Default for BatcherConfig {
 const POOL_BATCHES: usize = 8;
 
 /// Scores texts: a loaded model, or anything else in tests.
-pub trait Scorer: Send + Sync {
+pub(crate) trait Scorer: Send + Sync {
     /// Row-major `[items × num_labels]` scores.
     fn score(&self, items: &[&Encoded]) -> Result<Vec<f32>, InferenceError>;
     fn num_labels(&self) -> usize;
@@ -68,10 +68,10 @@ impl Scorer for ServingModel {
 }
 
 /// Scores in label-id order, or why there are none.
-pub type ScoreResult = Result<Vec<f32>, InferenceError>;
+pub(crate) type ScoreResult = Result<Vec<f32>, InferenceError>;
 
 #[derive(Debug, thiserror::Error)]
-pub enum SubmitError {
+pub(crate) enum SubmitError {
     #[error("the inference queue is full ({capacity} texts waiting or in progress); retry later")]
     QueueFull { capacity: usize },
     #[error(
@@ -83,7 +83,7 @@ pub enum SubmitError {
 }
 
 /// Room for texts in the queue, held until their scores are out.
-pub struct Reservation(OwnedSemaphorePermit);
+pub(crate) struct Reservation(OwnedSemaphorePermit);
 
 impl Reservation {
     /// Takes room for one text out of the reservation.
@@ -109,7 +109,7 @@ impl Job {
 }
 
 #[derive(Clone)]
-pub struct Batcher {
+pub(crate) struct Batcher {
     tx: mpsc::Sender<Job>,
     room: Arc<Semaphore>,
     capacity: usize,
@@ -156,12 +156,14 @@ impl Batcher {
         let _ = stopped.wait_for(|s| *s).await;
     }
 
-    pub fn is_stopped(&self) -> bool {
+    #[cfg(test)]
+    fn is_stopped(&self) -> bool {
         *self.stopped.borrow() || self.room.is_closed()
     }
 
     /// Texts queued or being scored.
-    pub fn depth(&self) -> usize {
+    #[cfg(test)]
+    fn depth(&self) -> usize {
         self.capacity - self.room.available_permits()
     }
 

@@ -10,11 +10,11 @@ pub mod batcher;
 pub mod bench;
 pub mod cli;
 pub mod client;
-pub mod engine;
-pub mod reload;
+pub(crate) mod engine;
+pub(crate) mod reload;
 pub mod server;
-pub mod service;
-pub mod telemetry;
+pub(crate) mod service;
+pub(crate) mod telemetry;
 
 use std::time::Duration;
 

@@ -25,7 +25,7 @@ fn main() -> anyhow::Result<()> {
                 if args.device != "cpu" {
                     common::device::allow_tf32();
                 }
-                let device = common::device::select(&args.device).map_err(anyhow::Error::msg)?;
+                let device = common::device::select(&args.device)?;
                 let model = ModelRef::parse(&args.model)
                     .with_context(|| format!("--model {}", args.model))?;
                 tracing::info!(device = common::device::describe(device), model = %args.model, "starting predictor");

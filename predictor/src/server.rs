@@ -32,8 +32,8 @@ pub enum ServerError {
     Transport(#[from] tonic::transport::Error),
     #[error("reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
-    #[error("precision: {0}")]
-    Precision(String),
+    #[error(transparent)]
+    Precision(#[from] common::model::PrecisionError),
     #[error("the inference thread stopped; exiting so the orchestrator restarts the predictor")]
     InferenceStopped,
 }
@@ -60,10 +60,7 @@ pub struct ServeOptions {
 /// reading, in-flight texts are answered, and the process exits within `drain_timeout`.
 /// Returns an error (the binary exits non-zero) if the inference thread ever stops.
 pub async fn serve(model: ModelRef, opts: ServeOptions) -> Result<(), ServerError> {
-    let precision = opts
-        .precision
-        .resolve(opts.device)
-        .map_err(ServerError::Precision)?;
+    let precision = opts.precision.resolve(opts.device)?;
     // Bind first: a port in use fails here, before anything says it is listening.
     let listener = grpc::bind(opts.listen).await?;
     let metrics_listener = grpc::bind(opts.metrics_listen).await?;

@@ -21,8 +21,11 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Code, Request, Response, Status, Streaming};
 
+use common::inference::InferenceError;
+use common::tokenizer::TokenizerError;
+
 use crate::batcher::{Batcher, Reservation, ScoreResult, SubmitError};
-use crate::engine::{self, Labelled, OutputOptions, ServingModel};
+use crate::engine::{self, Labelled, OptionsError, OutputOptions, ServingModel};
 use crate::reload::ModelSlot;
 use crate::telemetry::Metrics;
 use crate::Limits;
@@ -46,12 +49,61 @@ enum Pending {
     },
 }
 
-fn submit_status(e: SubmitError) -> Status {
-    match e {
-        SubmitError::QueueFull { .. } | SubmitError::TooMany { .. } => {
-            Status::resource_exhausted(e.to_string())
+/// Why a text or a call was not classified; mapped to a gRPC status in one place.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ClassifyError {
+    #[error("no model loaded yet; the predictor is starting")]
+    NoModel,
+    #[error("{count} texts in one request; the limit is {limit} (--max-texts-per-request): split the batch or use ClassifyStream")]
+    TooManyTexts { count: usize, limit: usize },
+    #[error("{what} is {bytes} bytes; the limit is {limit} bytes per text (--max-text-bytes)")]
+    TextTooLong {
+        what: String,
+        bytes: usize,
+        limit: usize,
+    },
+    #[error(transparent)]
+    Options(#[from] OptionsError),
+    #[error("cannot tokenize: {0}")]
+    Tokenize(#[from] TokenizerError),
+    #[error(transparent)]
+    Queue(#[from] SubmitError),
+    #[error("inference failed: {0}")]
+    Inference(#[from] InferenceError),
+    #[error("the inference worker stopped")]
+    WorkerStopped,
+    #[error("texts[{index}]: {source}")]
+    Text {
+        index: usize,
+        source: Box<ClassifyError>,
+    },
+    #[error("the server is shutting down; items without a response were not processed: resend them to another replica")]
+    Draining,
+    #[error("an item exceeded the message size limit ({0}); it and every item after it were not read: resend the unanswered ids except the oversized one")]
+    Oversized(String),
+}
+
+impl ClassifyError {
+    pub fn code(&self) -> Code {
+        match self {
+            ClassifyError::NoModel | ClassifyError::WorkerStopped | ClassifyError::Draining => {
+                Code::Unavailable
+            }
+            ClassifyError::TooManyTexts { .. }
+            | ClassifyError::TextTooLong { .. }
+            | ClassifyError::Options(_)
+            | ClassifyError::Tokenize(_) => Code::InvalidArgument,
+            ClassifyError::Queue(SubmitError::Stopped) => Code::Unavailable,
+            ClassifyError::Queue(_) | ClassifyError::Oversized(_) => Code::ResourceExhausted,
+            ClassifyError::Inference(_) => Code::Internal,
+            ClassifyError::Text { source, .. } => source.code(),
         }
-        SubmitError::Stopped => Status::unavailable(e.to_string()),
+    }
+}
+
+impl From<ClassifyError> for Status {
+    fn from(e: ClassifyError) -> Self {
+        Status::new(e.code(), e.to_string())
     }
 }
 
@@ -77,33 +129,30 @@ fn empty_result() -> TextResult {
     TextResult::default()
 }
 
-fn options(o: Option<&ClassifyOptions>, num_labels: usize) -> Result<OutputOptions, Status> {
+fn options(o: Option<&ClassifyOptions>, num_labels: usize) -> Result<OutputOptions, ClassifyError> {
     match o {
         None => Ok(OutputOptions::default()),
-        Some(o) => OutputOptions::new(
+        Some(o) => Ok(OutputOptions::new(
             o.top_k as usize,
             o.return_all_scores,
             o.threshold,
             num_labels,
-        )
-        .map_err(|e| Status::invalid_argument(e.to_string())),
+        )?),
     }
 }
 
 impl PredictorService {
-    fn current(&self) -> Result<Arc<ServingModel>, Status> {
-        self.slot
-            .get()
-            .ok_or_else(|| Status::unavailable("no model loaded yet; the predictor is starting"))
+    fn current(&self) -> Result<Arc<ServingModel>, ClassifyError> {
+        self.slot.get().ok_or(ClassifyError::NoModel)
     }
 
-    fn check_text(&self, text: &str, what: &str) -> Result<(), Status> {
+    fn check_text(&self, text: &str, what: impl FnOnce() -> String) -> Result<(), ClassifyError> {
         if text.len() > self.limits.max_text_bytes {
-            return Err(Status::invalid_argument(format!(
-                "{what} is {} bytes; the limit is {} bytes per text (--max-text-bytes)",
-                text.len(),
-                self.limits.max_text_bytes
-            )));
+            return Err(ClassifyError::TextTooLong {
+                what: what(),
+                bytes: text.len(),
+                limit: self.limits.max_text_bytes,
+            });
         }
         Ok(())
     }
@@ -115,28 +164,26 @@ impl PredictorService {
         text: &str,
         room: &mut Reservation,
         caller: Option<CancellationToken>,
-    ) -> Result<Pending, Status> {
+    ) -> Result<Pending, ClassifyError> {
         if text.trim().is_empty() {
             return Ok(Pending::Empty);
         }
-        let encoded = model
-            .encode(text)
-            .map_err(|e| Status::invalid_argument(format!("cannot tokenize: {e}")))?;
-        let room = room
-            .take_one()
-            .ok_or_else(|| Status::internal("queue room miscounted"))?;
+        let encoded = model.encode(text)?;
+        // Room was reserved for every non-empty text before tokenizing.
+        let room = room.take_one().ok_or(SubmitError::QueueFull {
+            capacity: self.batcher.capacity(),
+        })?;
         let rx = self
             .batcher
-            .submit(room, model.clone(), encoded.clone(), caller)
-            .map_err(submit_status)?;
+            .submit(room, model.clone(), encoded.clone(), caller)?;
         Ok(Pending::Queued { encoded, rx })
     }
 
-    fn record<T>(&self, method: &str, result: &Result<T, Status>, started: Instant) {
+    fn record<T>(&self, method: &str, result: &Result<T, ClassifyError>, started: Instant) {
         let code = result
             .as_ref()
             .map(|_| Code::Ok)
-            .unwrap_or_else(|s| s.code());
+            .unwrap_or_else(ClassifyError::code);
         self.metrics
             .requests
             .with_label_values(&[method, &format!("{code:?}")])
@@ -153,9 +200,9 @@ impl PredictorService {
         item: &StreamClassifyRequest,
         mut room: Reservation,
         caller: CancellationToken,
-    ) -> Result<(TextResult, String), Status> {
+    ) -> Result<(TextResult, String), ClassifyError> {
         let model = self.current()?;
-        self.check_text(&item.text, &format!("text of item {:?}", item.id))?;
+        self.check_text(&item.text, || format!("text of item {:?}", item.id))?;
         let opts = options(item.options.as_ref(), model.num_labels())?;
         let pending = self.enqueue(&model, &item.text, &mut room, Some(caller))?;
         let result = finish(&model, pending, opts).await?;
@@ -167,26 +214,23 @@ async fn finish(
     model: &ServingModel,
     pending: Pending,
     opts: OutputOptions,
-) -> Result<TextResult, Status> {
+) -> Result<TextResult, ClassifyError> {
     match pending {
         Pending::Empty => Ok(empty_result()),
         Pending::Queued { encoded, rx } => {
-            let scores = rx
-                .await
-                .map_err(|_| Status::unavailable("the inference worker stopped"))?
-                .map_err(|e| Status::internal(format!("inference failed: {e}")))?;
+            let scores = rx.await.map_err(|_| ClassifyError::WorkerStopped)??;
             let labelled = engine::label(&scores, &model.manifest.thresholds, &encoded, opts);
             Ok(text_result(model, labelled))
         }
     }
 }
 
-fn item_error(id: String, status: &Status) -> StreamClassifyResponse {
+fn item_error(id: String, error: &ClassifyError) -> StreamClassifyResponse {
     StreamClassifyResponse {
         id,
         outcome: Some(stream_classify_response::Outcome::Error(ItemError {
-            code: status.code() as i32,
-            message: status.message().to_string(),
+            code: error.code() as i32,
+            message: error.to_string(),
         })),
         model_version: String::new(),
     }
@@ -200,8 +244,8 @@ enum StreamEnd {
     Gone,
     /// The server is draining: answer what was read, then UNAVAILABLE.
     Draining,
-    /// The transport refused an item (e.g. over the message size limit).
-    Refused(Status),
+    /// An item could not be read or queued (over the message size limit, worker stopped).
+    Refused(ClassifyError),
 }
 
 type ResponseStream = Pin<Box<dyn Stream<Item = Result<StreamClassifyResponse, Status>> + Send>>;
@@ -225,40 +269,49 @@ impl Predictor for PredictorService {
             let req = request.into_inner();
             let model = self.current()?;
             if req.texts.len() > self.limits.max_texts_per_request {
-                return Err(Status::invalid_argument(format!(
-                    "{} texts in one request; the limit is {} (--max-texts-per-request): split the batch or use ClassifyStream",
-                    req.texts.len(),
-                    self.limits.max_texts_per_request
-                )));
+                return Err(ClassifyError::TooManyTexts {
+                    count: req.texts.len(),
+                    limit: self.limits.max_texts_per_request,
+                });
             }
             let opts = options(req.options.as_ref(), model.num_labels())?;
             for (i, text) in req.texts.iter().enumerate() {
-                self.check_text(text, &format!("texts[{i}]"))?;
+                self.check_text(text, || format!("texts[{i}]"))?;
             }
             let to_score = req.texts.iter().filter(|t| !t.trim().is_empty()).count();
             let mut room = self
                 .batcher
                 .reserve(to_score, Some(self.limits.queue_wait))
-                .await
-                .map_err(submit_status)?;
-            let pending: Vec<Pending> = req
-                .texts
-                .iter()
-                .map(|t| self.enqueue(&model, t, &mut room, None))
-                .collect::<Result<_, Status>>()?;
+                .await?;
+            let in_text = |index: usize| {
+                move |e: ClassifyError| ClassifyError::Text {
+                    index,
+                    source: Box::new(e),
+                }
+            };
+            let mut pending = Vec::with_capacity(req.texts.len());
+            for (i, text) in req.texts.iter().enumerate() {
+                pending.push(
+                    self.enqueue(&model, text, &mut room, None)
+                        .map_err(in_text(i))?,
+                );
+            }
             let mut results = Vec::with_capacity(pending.len());
             for (i, p) in pending.into_iter().enumerate() {
-                let r = finish(&model, p, opts)
-                    .await
-                    .map_err(|s| Status::new(s.code(), format!("texts[{i}]: {}", s.message())))?;
-                results.push(r);
+                results.push(finish(&model, p, opts).await.map_err(in_text(i))?);
             }
-            self.metrics.texts.with_label_values(&["Classify"]).inc_by(results.len() as u64);
-            Ok(ClassifyResponse { results, model_version: model.version().to_string() })
+            self.metrics
+                .texts
+                .with_label_values(&["Classify"])
+                .inc_by(results.len() as u64);
+            Ok(ClassifyResponse {
+                results,
+                model_version: model.version().to_string(),
+            })
         }
         .await;
         self.record("Classify", &result, started);
-        result.map(Response::new)
+        result.map(Response::new).map_err(Status::from)
     }
 
     type ClassifyStreamStream = ResponseStream;
@@ -300,10 +353,9 @@ impl Predictor for PredictorService {
                     Ok(Some(item)) => item,
                     Ok(None) => break StreamEnd::Done,
                     Err(status) if status.code() == Code::OutOfRange => {
-                        break StreamEnd::Refused(Status::resource_exhausted(format!(
-                            "an item exceeded the message size limit ({}); it and every item after it were not read: resend the unanswered ids except the oversized one",
-                            status.message()
-                        )))
+                        break StreamEnd::Refused(ClassifyError::Oversized(
+                            status.message().to_string(),
+                        ))
                     }
                     Err(status) => {
                         tracing::debug!(%status, "stream closed by a client error");
@@ -318,9 +370,9 @@ impl Predictor for PredictorService {
                 let room = match room {
                     Ok(room) => room,
                     Err(e) => {
-                        let status = submit_status(e);
-                        let _ = tx.send(Ok(item_error(item.id, &status))).await;
-                        break StreamEnd::Refused(status);
+                        let error = ClassifyError::from(e);
+                        let _ = tx.send(Ok(item_error(item.id, &error))).await;
+                        break StreamEnd::Refused(error);
                     }
                 };
                 let started = Instant::now();
@@ -344,7 +396,7 @@ impl Predictor for PredictorService {
                                 model_version: version,
                             }
                         }
-                        Err(status) => item_error(id, &status),
+                        Err(error) => item_error(id, &error),
                     };
                     let _ = tx.send(Ok(response)).await;
                     drop(permit);
@@ -357,15 +409,13 @@ impl Predictor for PredictorService {
             }
             // Answer everything that was read, then say how the stream ended.
             let _ = in_flight.acquire_many(max_in_flight as u32).await;
-            let status = match end {
-                StreamEnd::Draining => Some(Status::unavailable(
-                    "the server is shutting down; items without a response were not processed: resend them to another replica",
-                )),
-                StreamEnd::Refused(status) => Some(status),
+            let error = match end {
+                StreamEnd::Draining => Some(ClassifyError::Draining),
+                StreamEnd::Refused(error) => Some(error),
                 StreamEnd::Done | StreamEnd::Gone => None,
             };
-            if let Some(status) = status {
-                let _ = tx.send(Err(status)).await;
+            if let Some(error) = error {
+                let _ = tx.send(Err(Status::from(error))).await;
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
@@ -399,7 +449,7 @@ impl Predictor for PredictorService {
             }
         });
         self.record("GetModelInfo", &result, started);
-        result.map(Response::new)
+        result.map(Response::new).map_err(Status::from)
     }
 }
 

@@ -88,13 +88,7 @@ pub fn throughput(
     steps: u64,
     bucketing: bool,
 ) -> Result<Throughput, TrainError> {
-    let precision = cfg
-        .precision
-        .resolve(device)
-        .map_err(|message| TrainError::Base {
-            uri: base.uri.clone(),
-            message,
-        })?;
+    let precision = cfg.precision.resolve(device)?;
     let (model, tokenizer) = fine_tune::build_model(base, &data.labels, cfg, device, precision)?;
     let l = data.labels.len();
     let texts: Vec<&str> = data.train.iter().map(|e| e.text.as_str()).collect();

@@ -88,7 +88,7 @@ pub struct DeviceArgs {
 
 impl DeviceArgs {
     /// Sets the thread count and selects the device; fp32 work on CUDA may use TF32.
-    pub fn init(&self) -> Result<tch::Device, String> {
+    pub fn init(&self) -> Result<tch::Device, common::device::DeviceError> {
         common::device::init_threads(self.threads);
         if self.device != "cpu" {
             common::device::allow_tf32();

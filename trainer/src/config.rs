@@ -1,8 +1,13 @@
-//! The training recipe: its defaults (named once here), and the one way in for a configuration.
-//! CLI flags and gRPC `Hyperparameters` both become `Overrides`, and `Overrides::apply` maps them
-//! onto a set of defaults; `validate` then checks the result.
+//! The training recipe and a job's description: the defaults (named once here), `JobSpec`, and
+//! the one way in for a configuration — CLI flags and gRPC `Hyperparameters` both become
+//! `Overrides`, and `Overrides::apply` maps them onto a set of defaults; `validate` then checks
+//! the result.
+use std::path::PathBuf;
+
+use common::data::SplitLimits;
 use common::model::{Pooling, PrecisionChoice};
 use serde::{Deserialize, Serialize};
+use tch::Device;
 
 /// Registry name used when a job or request names none.
 pub const DEFAULT_MODEL_NAME: &str = "goemotions";
@@ -24,14 +29,16 @@ pub enum PosWeight {
 }
 
 impl std::str::FromStr for PosWeight {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = common::ParseEnumError;
+    fn from_str(s: &str) -> Result<Self, common::ParseEnumError> {
         match s {
             "none" => Ok(Self::None),
             "sqrt" => Ok(Self::Sqrt),
-            other => Err(format!(
-                "unknown pos_weight {other:?} (expected none or sqrt)"
-            )),
+            other => Err(common::ParseEnumError {
+                what: "pos_weight",
+                value: other.into(),
+                expected: "none or sqrt",
+            }),
         }
     }
 }
@@ -81,6 +88,32 @@ impl Default for TrainConfig {
             eval_batch_size: 64,
             state_every_steps: 200,
         }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct JobSpec {
+    pub base_model: String,
+    pub data_dir: PathBuf,
+    pub registry: String,
+    pub model_name: String,
+    /// Alias to move to the new version (None: publish without an alias).
+    pub alias: Option<String>,
+    pub train: TrainConfig,
+    pub limits: SplitLimits,
+    pub run_baseline: bool,
+    pub report_dir: Option<PathBuf>,
+    pub device: Device,
+    /// Version id to publish as (default: a new time-based id).
+    pub version: Option<String>,
+}
+
+/// The alias a request names: empty means the default, `-` means none.
+pub fn alias_from_request(alias: &str) -> Option<String> {
+    match alias {
+        "" => Some(DEFAULT_ALIAS.to_string()),
+        NO_ALIAS => None,
+        a => Some(a.to_string()),
     }
 }
 
@@ -142,13 +175,18 @@ impl TryFrom<&proto::v1::Hyperparameters> for Overrides {
     type Error = WireError;
 
     fn try_from(h: &proto::v1::Hyperparameters) -> Result<Self, WireError> {
-        fn parse<T: std::str::FromStr<Err = String>>(
+        fn parse<T: std::str::FromStr<Err = common::ParseEnumError>>(
             field: &'static str,
             value: &Option<String>,
         ) -> Result<Option<T>, WireError> {
             value
                 .as_deref()
-                .map(|v| v.parse().map_err(|message| WireError { field, message }))
+                .map(|v| {
+                    v.parse().map_err(|e: common::ParseEnumError| WireError {
+                        field,
+                        message: e.to_string(),
+                    })
+                })
                 .transpose()
         }
         Ok(Self {

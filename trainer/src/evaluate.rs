@@ -31,8 +31,8 @@ pub enum EvalError {
     Tokenizer(#[from] TokenizerError),
     #[error(transparent)]
     Inference(#[from] InferenceError),
-    #[error("precision: {0}")]
-    Precision(String),
+    #[error(transparent)]
+    Precision(#[from] common::model::PrecisionError),
 }
 
 /// A GoEmotions split.
@@ -178,7 +178,7 @@ pub async fn load_checkpoint(
     device: Device,
     precision: PrecisionChoice,
 ) -> Result<LoadedModel, EvalError> {
-    let precision = precision.resolve(device).map_err(EvalError::Precision)?;
+    let precision = precision.resolve(device)?;
     let (store, _) = ModelRef::parse(uri)?.resolve().await?;
     let ck = checkpoint::read(&store).await?;
     Ok(ck.load_model(device, precision)?)

@@ -22,7 +22,8 @@ use tch::{Device, Kind, Reduction, Tensor};
 
 use crate::batches;
 use crate::config::{PosWeight, TrainConfig};
-use crate::observe::{EpochRecord, Observer, Progress};
+use crate::history::EpochRecord;
+use crate::observe::{Observer, Progress};
 use crate::optim::{linear_schedule, AdamW};
 use crate::resume::{ResumeMeta, ResumeState, StateError};
 
@@ -50,6 +51,8 @@ pub enum TrainError {
     Base { uri: String, message: String },
     #[error(transparent)]
     State(#[from] StateError),
+    #[error(transparent)]
+    Precision(#[from] common::model::PrecisionError),
 }
 
 pub struct TrainOutcome {

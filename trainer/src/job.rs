@@ -5,49 +5,21 @@
 //! the manifest when no alias moves); a job that fails or is cancelled before it leaves no
 //! version behind.
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 
 use bytes::Bytes;
 use common::checkpoint::{self, BaseModel, Manifest, CONFIG, TOKENIZER, TOKENIZER_EXTRAS, WEIGHTS};
-use common::data::{DataError, Dataset, DatasetError, SplitLimits};
+use common::data::{DataError, Dataset, DatasetError};
 use common::model::Precision;
 use common::registry::{self, Registry};
 use common::store::Store;
-use tch::Device;
 use tokio::runtime::Handle;
 
-use crate::config::{TrainConfig, DEFAULT_ALIAS, NO_ALIAS};
+pub use crate::config::{alias_from_request, JobSpec};
 use crate::evaluate::{self, EvalError, RunInfo};
 use crate::fine_tune::{self, TrainError, TrainOutcome};
 use crate::observe::{Observer, Phase};
 use crate::report::Report;
 use crate::resume::ResumeState;
-
-#[derive(Debug, Clone)]
-pub struct JobSpec {
-    pub base_model: String,
-    pub data_dir: PathBuf,
-    pub registry: String,
-    pub model_name: String,
-    /// Alias to move to the new version (None: publish without an alias).
-    pub alias: Option<String>,
-    pub train: TrainConfig,
-    pub limits: SplitLimits,
-    pub run_baseline: bool,
-    pub report_dir: Option<PathBuf>,
-    pub device: Device,
-    /// Version id to publish as (default: a new time-based id).
-    pub version: Option<String>,
-}
-
-/// The alias a request names: empty means the default, `-` means none.
-pub fn alias_from_request(alias: &str) -> Option<String> {
-    match alias {
-        "" => Some(DEFAULT_ALIAS.to_string()),
-        NO_ALIAS => None,
-        a => Some(a.to_string()),
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum JobError {
@@ -68,8 +40,8 @@ pub enum JobError {
         path: String,
         source: std::io::Error,
     },
-    #[error("precision: {0}")]
-    Precision(String),
+    #[error(transparent)]
+    Precision(#[from] common::model::PrecisionError),
 }
 
 impl From<DataError> for JobError {
@@ -325,5 +297,5 @@ pub fn precision(spec: &JobSpec) -> Result<Precision, JobError> {
     spec.train
         .precision
         .resolve(spec.device)
-        .map_err(JobError::Precision)
+        .map_err(JobError::from)
 }

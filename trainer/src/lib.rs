@@ -11,6 +11,7 @@ pub mod cli;
 pub mod config;
 pub mod evaluate;
 pub mod fine_tune;
+pub mod history;
 pub mod job;
 pub mod observe;
 pub(crate) mod optim;

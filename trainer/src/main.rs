@@ -17,7 +17,7 @@ fn main() -> anyhow::Result<()> {
     let handle = runtime.handle();
     match cli.command {
         Command::Train(cmd) => {
-            let device = cmd.device.init().map_err(anyhow::Error::msg)?;
+            let device = cmd.device.init()?;
             let spec = cmd.job_spec(device);
             handle
                 .block_on(validate::check_job(&spec))
@@ -42,7 +42,7 @@ fn main() -> anyhow::Result<()> {
             }
         }
         Command::Eval(cmd) => {
-            let device = cmd.device.init().map_err(anyhow::Error::msg)?;
+            let device = cmd.device.init()?;
             let loaded = handle.block_on(evaluate::load_checkpoint(
                 &cmd.checkpoint,
                 device,
@@ -95,7 +95,7 @@ fn main() -> anyhow::Result<()> {
                 .with_context(|| format!("writing {}", cmd.report_dir.display()))?;
         }
         Command::Bench(cmd) => {
-            let device = cmd.device.init().map_err(anyhow::Error::msg)?;
+            let device = cmd.device.init()?;
             let mut limits = cmd.data.limits();
             limits.dev = Some(limits.dev.unwrap_or(64));
             limits.test = Some(limits.test.unwrap_or(1));
@@ -125,7 +125,7 @@ fn main() -> anyhow::Result<()> {
             );
         }
         Command::Serve(cmd) => {
-            let device = cmd.device.init().map_err(anyhow::Error::msg)?;
+            let device = cmd.device.init()?;
             let access = common::grpc::Access::from_args(&cmd.access, cmd.listen)?;
             let grace = Duration::from_secs_f64(cmd.shutdown_grace_secs.max(0.0));
             runtime.block_on(async {
@@ -134,7 +134,7 @@ fn main() -> anyhow::Result<()> {
             })?;
         }
         Command::Score(cmd) => {
-            let device = cmd.device.init().map_err(anyhow::Error::msg)?;
+            let device = cmd.device.init()?;
             let loaded = handle.block_on(evaluate::load_checkpoint(
                 &cmd.checkpoint,
                 device,

@@ -3,19 +3,8 @@
 //! the CLI's progress display and the gRPC service meet here without importing one another.
 use serde::{Deserialize, Serialize};
 
+use crate::history::EpochRecord;
 use crate::resume::{ResumeState, StateError};
-
-/// One finished epoch.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct EpochRecord {
-    pub epoch: u32,
-    pub train_loss: f64,
-    /// Dev macro-F1 at per-label thresholds tuned on dev (the selection criterion).
-    pub dev_macro_f1: f64,
-    /// Dev micro-F1 at the tuned global threshold.
-    pub dev_micro_f1: f64,
-    pub seconds: f64,
-}
 
 /// A progress report, sent every few steps.
 #[derive(Debug, Clone, PartialEq)]

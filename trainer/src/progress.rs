@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::observe::{EpochRecord, Observer, Phase, Progress, ProgressLog};
+use crate::history::EpochRecord;
+use crate::observe::{Observer, Phase, Progress, ProgressLog};
 
 pub enum ConsoleObserver {
     Bar(ProgressBar),

@@ -7,7 +7,7 @@ use common::labels::LabelSet;
 use common::metrics::{self, Evaluation};
 use serde::{Deserialize, Serialize};
 
-use crate::observe::EpochRecord;
+use crate::history::EpochRecord;
 
 /// One model evaluated at threshold 0.5, at its tuned global threshold and at its per-label thresholds.
 #[derive(Debug, Clone, Serialize, Deserialize)]

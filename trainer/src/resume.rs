@@ -8,7 +8,7 @@ use common::store::{Store, StoreError};
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
-use crate::observe::EpochRecord;
+use crate::history::EpochRecord;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {

@@ -10,8 +10,7 @@ use common::registry::{self, Registry};
 use common::store::{Store, StoreError};
 use common::tokenizer::TextTokenizer;
 
-use crate::config::TrainConfig;
-use crate::job::JobSpec;
+use crate::config::{JobSpec, TrainConfig};
 
 /// Upper bounds that keep a typo from asking for a run of years.
 pub const MAX_EPOCHS: u32 = 1000;
@@ -169,11 +168,11 @@ async fn check_base_model(uri: &str, max_length: usize) -> Result<(), Validation
         .validate()
         .map_err(|e| invalid(FIELD, format!("{}/{CONFIG}: {e}", store.uri())))?;
     checkpoint::check_max_length(&config, max_length)
-        .map_err(|e| invalid("hyperparameters.max_length", e))?;
+        .map_err(|e| invalid("hyperparameters.max_length", e.to_string()))?;
     let tokenizer = store.get(TOKENIZER).await.map_err(fetch_error)?;
     let tokenizer = TextTokenizer::from_bytes(&tokenizer, max_length)
         .map_err(|e| invalid(FIELD, format!("{}/{TOKENIZER}: {e}", store.uri())))?;
-    checkpoint::check_vocab(&config, &tokenizer).map_err(|e| invalid(FIELD, e))?;
+    checkpoint::check_vocab(&config, &tokenizer).map_err(|e| invalid(FIELD, e.to_string()))?;
     if !store.exists(WEIGHTS).await.map_err(fetch_error)? {
         return Err(invalid(
             FIELD,
@@ -206,7 +205,7 @@ pub async fn check_job(spec: &JobSpec) -> Result<Precision, ValidationError> {
         .train
         .precision
         .resolve(spec.device)
-        .map_err(|e| invalid("hyperparameters.precision", e))?;
+        .map_err(|e| invalid("hyperparameters.precision", e.to_string()))?;
     Registry::open(&spec.registry).map_err(|e| invalid("registry", e.to_string()))?;
     check_data_dir(&spec.data_dir)?;
     let dir = spec.data_dir.clone();

@@ -15,7 +15,8 @@ use common::store::Store;
 use tch::{Device, Kind, Tensor};
 use trainer::config::TrainConfig;
 use trainer::fine_tune::{self as train, TrainError};
-use trainer::observe::{EpochRecord, Observer, Progress};
+use trainer::history::EpochRecord;
+use trainer::observe::{Observer, Progress};
 use trainer::resume::{ResumeMeta, ResumeState, StateError};
 
 fn data_dir() -> PathBuf {

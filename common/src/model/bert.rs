@@ -13,7 +13,9 @@ use crate::safetensors_io::{self, SafetensorsError};
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
     #[error("invalid config.json: {0}")]
-    Config(String),
+    Config(#[from] super::config::ConfigError),
+    #[error("a classifier needs at least one label")]
+    NoLabels,
     #[error(transparent)]
     Safetensors(#[from] SafetensorsError),
     #[error("model.safetensors lacks encoder tensor(s): {0}")]
@@ -60,12 +62,16 @@ impl std::fmt::Display for Pooling {
 }
 
 impl std::str::FromStr for Pooling {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = crate::ParseEnumError;
+    fn from_str(s: &str) -> Result<Self, crate::ParseEnumError> {
         match s {
             "mean" => Ok(Pooling::Mean),
             "cls" => Ok(Pooling::Cls),
-            other => Err(format!("unknown pooling {other:?} (expected mean or cls)")),
+            other => Err(crate::ParseEnumError {
+                what: "pooling",
+                value: other.into(),
+                expected: "mean or cls",
+            }),
         }
     }
 }
@@ -150,11 +156,9 @@ impl BertClassifier {
         pooling: Pooling,
         device: Device,
     ) -> Result<Self, ModelError> {
-        config.validate().map_err(ModelError::Config)?;
+        config.validate()?;
         if num_labels == 0 {
-            return Err(ModelError::Config(
-                "a classifier needs at least one label".into(),
-            ));
+            return Err(ModelError::NoLabels);
         }
         let c = &config;
         let vs = nn::VarStore::new(device);
@@ -226,8 +230,12 @@ impl BertClassifier {
         pooling: Pooling,
         device: Device,
     ) -> Result<(Self, LoadReport), ModelError> {
-        let config =
-            BertConfig::from_json(config_json).map_err(|e| ModelError::Config(e.to_string()))?;
+        let config = BertConfig::from_json(config_json).map_err(|e| {
+            ModelError::Config(super::config::ConfigError {
+                field: "config.json",
+                message: e.to_string(),
+            })
+        })?;
         let model = Self::new(config, num_labels, pooling, device)?;
         let tensors = safetensors_io::decode(weights)?;
         let report = model.assign(tensors)?;

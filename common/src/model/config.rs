@@ -17,6 +17,14 @@ fn default_dropout() -> f64 {
     0.1
 }
 
+/// A `config.json` value that cannot work, named by its field.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{field} {message}")]
+pub struct ConfigError {
+    pub field: &'static str,
+    pub message: String,
+}
+
 /// The fields of a BERT `config.json` this project reads; everything else is kept as-is in `extra`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct BertConfig {
@@ -66,7 +74,8 @@ impl BertConfig {
     /// Checks that the numbers describe a model that can be built and run: positive sizes, heads
     /// that divide the hidden size, dropout probabilities in [0, 1), a supported activation.
     /// Errors name the field.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let err = |field: &'static str, message: String| Err(ConfigError { field, message });
         for (field, value) in [
             ("vocab_size", self.vocab_size),
             ("hidden_size", self.hidden_size),
@@ -77,14 +86,17 @@ impl BertConfig {
             ("type_vocab_size", self.type_vocab_size),
         ] {
             if value <= 0 {
-                return Err(format!("{field} must be positive, found {value}"));
+                return err(field, format!("must be positive, found {value}"));
             }
         }
         if self.hidden_size % self.num_attention_heads != 0 {
-            return Err(format!(
-                "hidden_size {} is not a multiple of num_attention_heads {}",
-                self.hidden_size, self.num_attention_heads
-            ));
+            return err(
+                "num_attention_heads",
+                format!(
+                    "{} does not divide hidden_size {}",
+                    self.num_attention_heads, self.hidden_size
+                ),
+            );
         }
         let dropouts = [
             ("hidden_dropout_prob", Some(self.hidden_dropout_prob)),
@@ -97,27 +109,30 @@ impl BertConfig {
         for (field, value) in dropouts {
             if let Some(p) = value {
                 if !(0.0..1.0).contains(&p) {
-                    return Err(format!("{field} must be in [0, 1), found {p}"));
+                    return err(field, format!("must be in [0, 1), found {p}"));
                 }
             }
         }
         if !(self.layer_norm_eps.is_finite() && self.layer_norm_eps > 0.0) {
-            return Err(format!(
-                "layer_norm_eps must be a positive number, found {}",
-                self.layer_norm_eps
-            ));
+            return err(
+                "layer_norm_eps",
+                format!("must be a positive number, found {}", self.layer_norm_eps),
+            );
         }
         if !(0..self.vocab_size).contains(&self.pad_token_id) {
-            return Err(format!(
-                "pad_token_id {} is outside the vocabulary (vocab_size {})",
-                self.pad_token_id, self.vocab_size
-            ));
+            return err(
+                "pad_token_id",
+                format!(
+                    "{} is outside the vocabulary (vocab_size {})",
+                    self.pad_token_id, self.vocab_size
+                ),
+            );
         }
         if !matches!(
             self.hidden_act.as_str(),
             "gelu" | "gelu_new" | "gelu_pytorch_tanh" | "relu"
         ) {
-            return Err(format!("unsupported hidden_act {:?}", self.hidden_act));
+            return err("hidden_act", format!("unsupported: {:?}", self.hidden_act));
         }
         Ok(())
     }
@@ -174,7 +189,7 @@ mod tests {
                 r#""num_attention_heads": 0"#,
                 "num_attention_heads must be positive",
             ),
-            (r#""num_attention_heads": 3"#, "not a multiple"),
+            (r#""num_attention_heads": 3"#, "does not divide hidden_size"),
             (
                 r#""num_attention_heads": 2, "hidden_dropout_prob": 5"#,
                 "hidden_dropout_prob",
@@ -189,7 +204,7 @@ mod tests {
             ),
         ];
         for (extra, needle) in cases {
-            let err = parse(extra).validate().unwrap_err();
+            let err = parse(extra).validate().unwrap_err().to_string();
             assert!(err.contains(needle), "{extra}: {err}");
         }
     }

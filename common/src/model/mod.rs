@@ -5,4 +5,5 @@ mod precision;
 
 pub use bert::{BertClassifier, LoadReport, ModelError, ModelOutput, Pooling};
 pub use config::BertConfig;
-pub use precision::{Precision, PrecisionChoice};
+pub use config::ConfigError;
+pub use precision::{Precision, PrecisionChoice, PrecisionError};

@@ -5,6 +5,14 @@
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind};
 
+use crate::ParseEnumError;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("bf16 requested but CUDA device {device} has no bf16 support (compute capability < 8.0); use fp32")]
+pub struct PrecisionError {
+    pub device: usize,
+}
+
 /// The precision a model runs in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -54,20 +62,19 @@ pub enum PrecisionChoice {
 
 impl PrecisionChoice {
     /// The precision to use on `device`; an explicit bf16 on a CUDA device without bf16 is an error.
-    pub fn resolve(self, device: Device) -> Result<Precision, String> {
+    pub fn resolve(self, device: Device) -> Result<Precision, PrecisionError> {
         match (self, device) {
             (PrecisionChoice::Fp32, _) => Ok(Precision::Fp32),
-            (PrecisionChoice::Auto, Device::Cuda(i)) => Ok(if crate::device::cuda_bf16_supported(i)
-            {
-                Precision::Bf16
-            } else {
-                Precision::Fp32
-            }),
+            (PrecisionChoice::Auto, Device::Cuda(i)) => {
+                Ok(if crate::device::cuda_bf16_supported(i) {
+                    Precision::Bf16
+                } else {
+                    Precision::Fp32
+                })
+            }
             (PrecisionChoice::Auto, _) => Ok(Precision::Fp32),
             (PrecisionChoice::Bf16, Device::Cuda(i)) if !crate::device::cuda_bf16_supported(i) => {
-                Err(format!(
-                    "bf16 requested but CUDA device {i} has no bf16 support (compute capability < 8.0); use --precision fp32"
-                ))
+                Err(PrecisionError { device: i })
             }
             (PrecisionChoice::Bf16, _) => Ok(Precision::Bf16),
         }
@@ -75,15 +82,17 @@ impl PrecisionChoice {
 }
 
 impl std::str::FromStr for PrecisionChoice {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = ParseEnumError;
+    fn from_str(s: &str) -> Result<Self, ParseEnumError> {
         match s {
             "auto" => Ok(Self::Auto),
             "fp32" => Ok(Self::Fp32),
             "bf16" => Ok(Self::Bf16),
-            other => Err(format!(
-                "unknown precision {other:?} (expected auto, fp32 or bf16)"
-            )),
+            other => Err(ParseEnumError {
+                what: "precision",
+                value: other.into(),
+                expected: "auto, fp32 or bf16",
+            }),
         }
     }
 }

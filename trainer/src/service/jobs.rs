@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::config::TrainConfig;
-use crate::observe::EpochRecord;
+use crate::history::EpochRecord;
 
 pub(crate) const RECORD: &str = "job.json";
 
@@ -277,5 +277,63 @@ impl JobTable {
             }
         })
         .unwrap_or(false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::service::ServiceError;
+
+    fn record(id: &str) -> JobRecord {
+        JobRecord {
+            id: id.into(),
+            state: JobState::Running as i32,
+            base_model: String::new(),
+            data_dir: PathBuf::new(),
+            model_name: "m".into(),
+            alias: Some("latest".into()),
+            train: TrainConfig::default(),
+            limits: SplitLimits::default(),
+            run_baseline: false,
+            version: id.into(),
+            error: String::new(),
+            created_at: String::new(),
+            epochs: vec![],
+            spec_wire: String::new(),
+            cancel_requested: false,
+            committed: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn cancel_and_commit_exclude_each_other_and_records_land_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = Store::open(dir.path().to_str().unwrap()).unwrap();
+        let table = JobTable::new(root.clone(), "cpu".into());
+        table.insert(record("a"));
+        table.insert(record("b"));
+        // Committed first: a later cancel is refused as "already published".
+        assert!(table.commit("a"));
+        assert!(matches!(
+            table.request_cancel("a"),
+            Err(ServiceError::Published(_))
+        ));
+        // Cancelled first: the commit point refuses, so nothing goes live.
+        table.request_cancel("b").unwrap();
+        assert!(!table.commit("b"));
+        assert!(matches!(
+            table.request_cancel("nope"),
+            Err(ServiceError::UnknownJob(_))
+        ));
+        // Many updates in a row: the stored record is the last one.
+        for step in 0..50 {
+            table.update("a", |e| e.record.error = format!("update {step}"));
+        }
+        table.flush().await;
+        let stored: JobRecord =
+            serde_json::from_slice(&root.child("a").get(RECORD).await.unwrap()).unwrap();
+        assert_eq!(stored.error, "update 49");
+        assert!(stored.committed);
     }
 }

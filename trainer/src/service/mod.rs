@@ -32,8 +32,9 @@ pub use error::ServiceError;
 use jobs::{terminal, JobEvents, JobRecord, JobTable, RECORD};
 
 use crate::config::{Overrides, TrainConfig, DEFAULT_MODEL_NAME};
+use crate::history::EpochRecord;
 use crate::job::{self, JobSpec};
-use crate::observe::{EpochRecord, Observer, Phase, Progress, ProgressLog};
+use crate::observe::{Observer, Phase, Progress, ProgressLog};
 use crate::resume::{ResumeState, StateError, StateSink};
 use crate::validate;
 
