@@ -11,8 +11,9 @@ transformers Trainer), `plain` is shuffled batches with dynamic padding. Texts a
 before the timed loop, as the trainer does. --precision bf16 runs the forward under
 torch.autocast(bfloat16) with fp32 master weights, like the trainer's bf16.
 
-Prints one line: samples/s, real (unpadded) tokens/s and padded tokens/s over --steps steps after
-3 untimed warm-up steps.
+Prints one line per timed window (--repeats, default 1): samples/s, real (unpadded) tokens/s and
+padded tokens/s over --steps steps, after 3 untimed warm-up steps; each window replays the same
+batches, so repeats in one process measure the same work without paying start-up again.
 """
 import argparse
 import random
@@ -70,6 +71,7 @@ def main():
     ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--repeats", type=int, default=1, help="timed windows of --steps steps (same batches each)")
     ap.add_argument("--batches", help="JSON batches (train.tsv line indices, warm-up first) from `trainer bench --write-batches`: run exactly these")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -112,36 +114,46 @@ def main():
             mask[row, : lengths[i]] = 1
         return ids, mask, longest
 
-    start, samples, real, padded_tokens = None, 0, 0, 0
-    for step in range(WARMUP + args.steps):
-        if step == WARMUP:
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            start, samples, real, padded_tokens = time.perf_counter(), 0, 0, 0
-        batch = order[step % len(order)]
-        ids, mask, longest = padded(batch)
-        ids, mask = ids.to(device, non_blocking=True), mask.to(device, non_blocking=True)
-        y = targets[batch].to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16"):
-            logits = model(ids, mask)
-        loss = loss_fn(logits.float(), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        samples += len(batch)
-        real += sum(lengths[i] for i in batch)
-        padded_tokens += longest * len(batch)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    elapsed = time.perf_counter() - start
-    print(
-        f"python-transformers train: {samples / elapsed:.1f} samples/s, {real / elapsed:.0f} real tokens/s, "
-        f"{padded_tokens / elapsed:.0f} padded tokens/s over {args.steps} steps (batch {args.batch_size}, "
-        f"max-len {args.max_length}, threads {args.threads}, batching {args.batching}, precision {args.precision}, "
-        f"device {args.device})"
-    )
+    def run(steps):
+        for step in range(steps):
+            batch = order[step % len(order)]
+            ids, mask, longest = padded(batch)
+            ids, mask = ids.to(device, non_blocking=True), mask.to(device, non_blocking=True)
+            y = targets[batch].to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "bf16"):
+                logits = model(ids, mask)
+            loss = loss_fn(logits.float(), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            yield batch, longest
 
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    for _ in run(WARMUP):
+        pass
+    # Warm-up took the first batches (the trainer's batch file starts with its own warm-up ones);
+    # every timed window replays the ones after them.
+    order = order[WARMUP:]
+    for _ in range(args.repeats):
+        sync()
+        start, samples, real, padded_tokens = time.perf_counter(), 0, 0, 0
+        for batch, longest in run(args.steps):
+            samples += len(batch)
+            real += sum(lengths[i] for i in batch)
+            padded_tokens += longest * len(batch)
+        sync()
+        elapsed = time.perf_counter() - start
+        print(
+            f"python-transformers train: {samples / elapsed:.1f} samples/s, {real / elapsed:.0f} real tokens/s, "
+            f"{padded_tokens / elapsed:.0f} padded tokens/s over {args.steps} steps (batch {args.batch_size}, "
+            f"max-len {args.max_length}, threads {args.threads}, batching {args.batching}, precision {args.precision}, "
+            f"device {args.device})",
+            flush=True,
+        )
 
 if __name__ == "__main__":
     main()

@@ -334,7 +334,8 @@ pub struct LoadedModel {
 }
 
 impl Checkpoint {
-    /// Builds the model and tokenizer on `device` after checking that config, weights, tokenizer
+    /// Builds the model and tokenizer on `device` for inference (in bf16, the weights are stored in
+    /// bf16) after checking that config, weights, tokenizer
     /// and manifest agree: layer count and tensor shapes against config.json, a trained head with
     /// one output per manifest label, `2 < max_length ≤ max_position_embeddings`, and a tokenizer
     /// whose ids all fit the embedding table. Each refusal names the field.
@@ -403,6 +404,7 @@ impl Checkpoint {
             }
         }
         model.set_precision(precision);
+        model.store_weights_for_inference();
         Ok(LoadedModel {
             model,
             tokenizer,

@@ -4,28 +4,44 @@
 #   1. trains the default recipe (3 epochs, full data) with the trainer on DEVICE, publishes to a
 #      local registry and writes the report;
 #   2. measures training throughput, trainer vs transformers on the same device, model, data,
-#      batch size, max length, precision (the precision the trainer resolved) and batching
-#      (length-bucketed vs bucketed, plain vs plain);
+#      batch size, max length, precision (the precision the trainer resolved) and exactly the same
+#      batches (the Python side replays the batch file the trainer wrote), length-bucketed and
+#      plain, REPEATS timed windows each (median and spread); on CUDA also the trainer with its
+#      per-tensor optimizer (what the flat layout buys) and fp32 with and without TF32;
 #   3. serves the checkpoint with the predictor on DEVICE and on the CPU: texts/s at 8 streams and
 #      idle single-text latency;
-#   4. with --sweep, trains up to 4 recipe variants (selected on dev only).
-# Every figure goes into RESULTS_DIR/summary.md (+ summary.json, report/, logs/).
+#   4. with --sweep, trains up to 4 recipe variants side by side (selected on dev only), as many
+#      as the deadline leaves time for;
+#   5. with --phases ...,profile (CUDA): where the trainer's step time goes on the device — the
+#      phase split with every launch synchronous, the per-call cost of bf16 attention for each mask
+#      form (sdpa_overhead.py), and per-kernel GPU time (Nsight Compute) over about one training
+#      step of the trainer and of transformers.
+# A phase that fails is logged and the next one runs. Every figure goes into
+# RESULTS_DIR/summary.md (+ summary.json, report/, logs/).
 #
-#   run.sh RESULTS_DIR [--device cuda|cpu] [--small] [--sweep] [--bench-steps N]
+#   run.sh RESULTS_DIR [--device cuda|cpu] [--small] [--sweep] [--bench-steps N] [--repeats N]
+#                      [--deadline-secs N] [--phases train,bench,predictor,sweep,profile]
 # Environment: PYTHON (a Python with torch; default python3), TORCH_LIB (libtorch lib/ folder,
 # instead of asking Python).
 # --small: tiny limits (the test runs the bundle this way on CPU so it never rots).
+# --deadline-secs: optional work (the sweep, the TF32 pair) is skipped or cut to end by then.
+# --phases: which phases run (default train,bench,predictor, plus sweep with --sweep); the
+# predictor needs a trained checkpoint from this results folder.
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-RES="${1:?usage: run.sh RESULTS_DIR [--device cuda|cpu] [--small] [--sweep] [--bench-steps N]}"
+RES="${1:?usage: run.sh RESULTS_DIR [--device cuda|cpu] [--small] [--sweep] [--bench-steps N] [--repeats N] [--deadline-secs N]}"
 shift
-DEVICE=cuda; SMALL=0; SWEEP=0; STEPS=200
+DEVICE=cuda; SMALL=0; SWEEP=0; STEPS=300; REPEATS=3; DEADLINE=0; PHASES=train,bench,predictor
+T0=$(date +%s)
 while [ $# -gt 0 ]; do
   case "$1" in
     --device) DEVICE="$2"; shift 2 ;;
     --small) SMALL=1; shift ;;
     --sweep) SWEEP=1; shift ;;
     --bench-steps) STEPS="$2"; shift 2 ;;
+    --repeats) REPEATS="$2"; shift 2 ;;
+    --deadline-secs) DEADLINE="$2"; shift 2 ;;
+    --phases) PHASES="$2"; shift 2 ;;
     *) echo "run.sh: unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -69,42 +85,73 @@ export GOEMOTIONS_DATA_DIR="$WORK/data" GOEMOTIONS_BASE_MODEL="$HERE/model" RUST
 THREADS="$(nproc)"
 LIMITS=()
 EPOCHS=()
-BENCH_SECONDS=60
-IDLE=300
+BENCH_SECONDS=20
+IDLE=200
 if [ "$SMALL" = 1 ]; then
   LIMITS=(--train-limit 200 --dev-limit 100 --test-limit 100)
   EPOCHS=(--epochs 1)
-  STEPS=3; BENCH_SECONDS=5; IDLE=20
+  STEPS=3; REPEATS=1; BENCH_SECONDS=5; IDLE=20
 fi
 "$T" --version > "$RES/logs/versions.txt"
 "$PY" -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda, "available", torch.cuda.is_available())' >> "$RES/logs/versions.txt" 2>&1 || true
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$RES/logs/gpu.txt" 2>&1 || true
 
+[ "$SWEEP" = 1 ] && PHASES="$PHASES,sweep"
+have_transformers=0
+"$PY" -c 'import transformers' 2>/dev/null && have_transformers=1
+phase() { [[ ",$PHASES," == *",$1,"* ]]; }
+
+if phase train; then
 echo "== 1. training (device $DEVICE)" >&2
 start=$(date +%s.%N)
 "$T" train --device "$DEVICE" --threads "$THREADS" --registry "$WORK/registry" --report-dir "$RES/report" \
   --progress-interval-secs 20 "${LIMITS[@]}" "${EPOCHS[@]}" > "$RES/logs/train.out" 2> "$RES/logs/train.log" \
   || { tail -n 30 "$RES/logs/train.log" >&2; fail "training failed (logs/train.log)"; }
 echo "$start $(date +%s.%N)" > "$RES/logs/train.wall"
+fi
 
-echo "== 2. training throughput, trainer vs transformers" >&2
-have_transformers=0
-"$PY" -c 'import transformers' 2>/dev/null && have_transformers=1
+# Seconds left before the deadline (a large number without one).
+left() { if [ "$DEADLINE" -gt 0 ]; then echo $(( DEADLINE - ($(date +%s) - T0) )); else echo 1000000; fi; }
+# The default recipe's wall time sizes the sweep (TRAIN_WALL_HINT when training did not run here).
+TRAIN_WALL=${TRAIN_WALL_HINT:-300}
+[ -f "$RES/logs/train.wall" ] && TRAIN_WALL=$(awk '{printf "%d", $2 - $1 + 1}' "$RES/logs/train.wall")
+
+if phase bench; then
+echo "== 2. training throughput, trainer vs transformers (${REPEATS} x ${STEPS} steps)" >&2
 : > "$RES/logs/bench-train.txt"
+py_device=cpu; [ "$DEVICE" != cpu ] && py_device=cuda
+rust_bench() { # VARIANT BATCHING [extra trainer flags...]; prints nothing, appends a row
+  local variant="$1" batching="$2"; shift 2
+  local flag=(); [ "$batching" = plain ] && flag=(--no-bucketing)
+  local line
+  line=$("$T" bench --device "$DEVICE" --threads "$THREADS" --steps "$STEPS" "${flag[@]}" "$@" \
+    2>> "$RES/logs/bench.log" | tail -n1) || { echo "rust bench $variant $batching failed" >&2; return 0; }
+  echo "rust $batching $variant $line" >> "$RES/logs/bench-train.txt"
+}
 for batching in bucketed plain; do
-  flag=(); [ "$batching" = plain ] && flag=(--no-bucketing)
-  line=$("$T" bench --device "$DEVICE" --threads "$THREADS" --steps "$STEPS" "${flag[@]}" 2>> "$RES/logs/bench.log" | tail -n1)
-  echo "rust $batching $line" >> "$RES/logs/bench-train.txt"
-  precision=$(echo "$line" | sed -n 's/.*precision \([a-z0-9]*\).*/\1/p')
-  if [ "$have_transformers" = 1 ]; then
-    py_device=cpu; [ "$DEVICE" != cpu ] && py_device=cuda
-    line=$("$PY" "$HERE/scripts/bench_train_transformers.py" --model "$HERE/model" --data "$WORK/data/train.tsv" \
-      --steps "$STEPS" --threads "$THREADS" --device "$py_device" --precision "${precision:-fp32}" \
-      --batching "$batching" 2>> "$RES/logs/bench.log" | tail -n1)
-    echo "python $batching $line" >> "$RES/logs/bench-train.txt"
+  for r in $(seq 1 "$REPEATS"); do
+    rust_bench default "$batching" --write-batches "$WORK/batches-$batching.json"
+  done
+  precision=$(grep "^rust $batching default" "$RES/logs/bench-train.txt" | tail -n1 | sed -n 's/.*precision \([a-z0-9]*\).*/\1/p')
+  if [ "$have_transformers" = 1 ] && [ -s "$WORK/batches-$batching.json" ]; then
+    "$PY" "$HERE/scripts/bench_train_transformers.py" --model "$HERE/model" --data "$WORK/data/train.tsv" \
+      --steps "$STEPS" --repeats "$REPEATS" --threads "$THREADS" --device "$py_device" \
+      --precision "${precision:-fp32}" --batching "$batching" --batches "$WORK/batches-$batching.json" \
+      2>> "$RES/logs/bench.log" | grep samples/s | sed "s/^/python $batching default /" >> "$RES/logs/bench-train.txt" \
+      || echo "python bench $batching failed" >&2
   fi
 done
+if [ "$DEVICE" != cpu ]; then
+  rust_bench per-tensor-optimizer bucketed --optimizer-layout per-tensor
+  if [ "$(left)" -gt 120 ]; then
+    rust_bench fp32-tf32 bucketed --precision fp32
+    TORCH_ALLOW_TF32_CUBLAS_OVERRIDE=0 rust_bench fp32-no-tf32 bucketed --precision fp32
+  fi
+fi
 
+fi
+
+if phase predictor; then
 echo "== 3. predictor on $DEVICE and on cpu" >&2
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 : > "$RES/logs/bench-predictor.txt"
@@ -116,22 +163,86 @@ for where in "$DEVICE" cpu; do
   pid=$!
   for _ in $(seq 1 240); do "$P" info --addr "http://127.0.0.1:$p1" > /dev/null 2>&1 && break; sleep 0.5; done
   line=$("$P" bench --addr "http://127.0.0.1:$p1" --texts "$WORK/data/test.tsv" --streams 8 \
-    --max-seconds "$BENCH_SECONDS" --idle-requests "$IDLE" --pid "$pid" 2>> "$RES/logs/bench.log" | tr '\n' ' ')
+    --max-seconds "$BENCH_SECONDS" --idle-requests "$IDLE" --pid "$pid" 2>> "$RES/logs/bench.log" | tr '\n' ' ') \
+    || echo "predictor bench on $where failed" >&2
   echo "$where $line" >> "$RES/logs/bench-predictor.txt"
   kill -TERM "$pid"; wait "$pid" 2>/dev/null || true
 done
 
-if [ "$SWEEP" = 1 ]; then
-  echo "== 4. recipe sweep (selected on dev)" >&2
-  variants=("lr-2e-4:--lr 2e-4" "lr-5e-5-4ep:--lr 5e-5 --epochs 4" "pos-weight-sqrt:--pos-weight sqrt" "seed-7:--seed 7")
+fi
+
+if phase profile && [ "$DEVICE" != cpu ]; then
+  echo "== 5. profile: phase split with synchronous launches, per-kernel GPU time" >&2
+  for precision in bf16 fp32; do
+    CUDA_LAUNCH_BLOCKING=1 "$T" bench --device "$DEVICE" --threads "$THREADS" --steps 100 --precision "$precision" \
+      2>&1 | grep -E "time per phase|samples/s" | sed "s/^/launch-blocking $precision: /" >> "$RES/logs/profile.txt" || true
+  done
+  # Per-call cost of bf16 attention for each mask form and backend (transformers' side of the question).
+  timeout 90 "$PY" "$HERE/scripts/sdpa_overhead.py" >> "$RES/logs/profile.txt" 2>> "$RES/logs/bench.log" \
+    || echo "sdpa_overhead.py failed" >&2
+  NCU="$(command -v ncu || ls /usr/local/cuda/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -n1 || true)"
+  if [ -n "$NCU" ]; then
+    # About one step after the warm-up: skip the first 2,500 kernels, time the next 1,500.
+    ncu_run() { # NAME command...
+      local name="$1"; shift
+      timeout 100 "$NCU" --clock-control none --metrics gpu__time_duration.sum --csv --launch-skip 2500 \
+        --launch-count 1500 "$@" > "$RES/logs/ncu-$name.csv" 2> "$RES/logs/ncu-$name.log" || echo "ncu $name failed" >&2
+    }
+    ncu_run rust "$T" bench --device "$DEVICE" --threads "$THREADS" --steps 20 --write-batches "$WORK/batches-ncu.json"
+    [ "$have_transformers" = 1 ] && ncu_run python "$PY" "$HERE/scripts/bench_train_transformers.py" --model "$HERE/model" \
+      --data "$WORK/data/train.tsv" --steps 20 --threads "$THREADS" --device cuda --precision bf16 --batches "$WORK/batches-ncu.json"
+    python3 - "$RES/logs" >> "$RES/logs/profile.txt" <<'PYEOF' || echo "ncu summary failed" >&2
+import csv, io, os, sys
+logs = sys.argv[1]
+for side in ("rust", "python"):
+    path = f"{logs}/ncu-{side}.csv"
+    if not os.path.exists(path):
+        continue
+    text = open(path, errors="replace").read()
+    start = text.find('"ID"')
+    if start < 0:
+        print(f"ncu {side}: no kernel rows"); continue
+    totals, counts = {}, {}
+    for row in csv.DictReader(io.StringIO(text[start:])):
+        if row.get("Metric Name") != "gpu__time_duration.sum":
+            continue
+        name = row["Kernel Name"][:90]
+        value = float(row["Metric Value"].replace(",", ""))
+        scale = {"nsecond": 1e-3, "usecond": 1.0, "msecond": 1e3}.get(row.get("Metric Unit", "nsecond"), 1e-3)
+        totals[name] = totals.get(name, 0.0) + value * scale
+        counts[name] = counts.get(name, 0) + 1
+    total = sum(totals.values())
+    print(f"ncu {side}: {sum(counts.values())} kernels, {total / 1000:.2f} ms GPU time in all; top 12 by time:")
+    for name, us in sorted(totals.items(), key=lambda kv: -kv[1])[:12]:
+        print(f"  {us / 1000:8.3f} ms {counts[name]:5d}x  {name}")
+PYEOF
+  else
+    echo "no ncu on this machine" >> "$RES/logs/profile.txt"
+  fi
+fi
+
+if phase sweep; then
+  variants=("lr-2e-4:--lr 2e-4" "pos-weight-none:--pos-weight none" "epochs-4:--epochs 4" "seed-7:--seed 7")
   budget=()
-  [ "$SMALL" = 1 ] && { variants=("${variants[@]:0:2}"); budget=(--max-steps 5); }
+  if [ "$SMALL" = 1 ]; then
+    variants=("${variants[@]:0:2}"); budget=(--max-steps 5)
+  elif [ "$(left)" -lt $(( TRAIN_WALL * 5 / 2 + 30 )) ]; then
+    # Side by side they share the device; fewer variants when the deadline is near.
+    if [ "$(left)" -ge $(( TRAIN_WALL * 3 / 2 + 30 )) ]; then variants=("${variants[@]:0:2}"); else variants=(); fi
+  fi
+  echo "== 4. recipe sweep (selected on dev): ${#variants[@]} variant(s), $(left)s left" >&2
+  sweep_threads=$(( THREADS / 4 )); [ "$sweep_threads" -lt 1 ] && sweep_threads=1
+  limit=$(( $(left) - 20 )); [ "$limit" -gt 100000 ] && limit=100000
+  pids=()
   for v in "${variants[@]}"; do
     name="${v%%:*}"; read -r -a extra <<< "${v#*:}"
-    "$T" train --device "$DEVICE" --threads "$THREADS" --registry "$WORK/registry" --model-name "sweep-$name" \
-      --alias - --baseline false --report-dir "$RES/sweep/$name" "${LIMITS[@]}" "${budget[@]}" "${extra[@]}" \
-      > "$RES/logs/sweep-$name.out" 2> "$RES/logs/sweep-$name.log" || echo "sweep $name failed" >&2
+    timeout "$limit" "$T" train --device "$DEVICE" --threads "$sweep_threads" --registry "$WORK/registry" \
+      --model-name "sweep-$name" --alias - --baseline false --report-dir "$RES/sweep/$name" \
+      "${LIMITS[@]}" "${budget[@]}" "${extra[@]}" \
+      > "$RES/logs/sweep-$name.out" 2> "$RES/logs/sweep-$name.log" &
+    pids+=($!)
   done
+  for pid in "${pids[@]}"; do wait "$pid" || echo "a sweep variant failed or ran out of time" >&2; done
 fi
 
 python3 - "$RES" "$WORK" "$DEVICE" "$HERE" <<'PYEOF'
@@ -139,67 +250,93 @@ import glob, json, os, re, statistics, sys, time
 res, work, device, here = sys.argv[1:]
 logs = f"{res}/logs"
 read = lambda p: open(p).read() if os.path.exists(p) else ""
-report = json.load(open(f"{res}/report/report.json"))
-ft = report["fine_tuned"]
-start, end = map(float, read(f"{logs}/train.wall").split())
+def num(pat, line):
+    m = re.search(pat, line)
+    return float(m.group(1)) if m else None
 gpu = read(f"{logs}/gpu.txt").strip() or "none (CPU run)"
 summary = {
     "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-    "gpu": gpu, "device": report["device"], "precision": report["precision"],
+    "gpu": gpu, "device": device, "precision": None,
     "commit": read(f"{here}/COMMIT").strip(), "versions": read(f"{logs}/versions.txt").strip(),
-    "training": {
+    "training": None, "train_throughput": [], "predictor": [], "sweep": [],
+    "profile": read(f"{logs}/profile.txt"),
+}
+if os.path.exists(f"{res}/report/report.json"):
+    report = json.load(open(f"{res}/report/report.json"))
+    ft = report["fine_tuned"]
+    start, end = map(float, read(f"{logs}/train.wall").split())
+    summary["device"], summary["precision"] = report["device"], report["precision"]
+    summary["training"] = {
         "wall_seconds": end - start, "train_seconds": ft["train_seconds"],
         "samples_per_second": ft["train_samples_per_second"],
         "test_macro_f1_per_label": ft["at_per_label"]["macro_f1"],
         "test_micro_f1_global": ft["at_global"]["micro_f1"],
         "global_threshold": ft["global_threshold"], "examples": report.get("split_sizes"),
         "epochs": len(report["history"]), "best_epoch": report["best_epoch"],
-    },
-    "train_throughput": [], "predictor": [], "sweep": [],
-}
+        "dev_macro_f1_per_epoch": [h.get("dev_macro_f1") for h in report["history"]],
+    }
+runs = {}
 for line in read(f"{logs}/bench-train.txt").splitlines():
-    side, batching = line.split()[:2]
-    num = lambda pat: float(m.group(1)) if (m := re.search(pat, line)) else None
+    side, batching, variant = line.split()[:3]
+    runs.setdefault((side, batching, variant), []).append(line)
+for (side, batching, variant), lines in runs.items():
+    def stat(pat):
+        v = [x for x in (num(pat, l) for l in lines) if x is not None]
+        return {"median": statistics.median(v), "min": min(v), "max": max(v)} if v else None
     summary["train_throughput"].append({
-        "side": side, "batching": batching, "samples_per_second": num(r"([0-9.]+) samples/s"),
-        "real_tokens_per_second": num(r"([0-9.]+) real tokens/s"),
-        "padded_tokens_per_second": num(r"([0-9.]+) padded tokens/s"),
-        "precision": (re.search(r"precision (\w+)", line) or [None, None])[1]})
+        "side": side, "batching": batching, "variant": variant, "runs": len(lines),
+        "samples_per_second": stat(r"([0-9.]+) samples/s"),
+        "real_tokens_per_second": stat(r"([0-9.]+) real tokens/s"),
+        "padded_tokens_per_second": stat(r"([0-9.]+) padded tokens/s"),
+        "precision": (re.search(r"precision (\w+)", lines[0]) or [None, None])[1]})
 for line in read(f"{logs}/bench-predictor.txt").splitlines():
     where = line.split()[0]
-    num = lambda pat: float(m.group(1)) if (m := re.search(pat, line)) else None
     summary["predictor"].append({
-        "device": where, "texts_per_second_8_streams": num(r"= ([0-9.]+) texts/s"),
-        "idle_p50_ms": num(r"idle single-text p50 ([0-9.]+) ms"),
-        "idle_p99_ms": num(r"idle single-text p50 [0-9.]+ ms p99 ([0-9.]+) ms"),
+        "device": where, "texts_per_second_8_streams": num(r"= ([0-9.]+) texts/s", line),
+        "idle_p50_ms": num(r"idle single-text p50 ([0-9.]+) ms", line),
+        "idle_p99_ms": num(r"idle single-text p50 [0-9.]+ ms p99 ([0-9.]+) ms", line),
         "peak_rss": (re.search(r"peak RSS: (\S+ \S+)", line) or [None, None])[1]})
 for path in sorted(glob.glob(f"{res}/sweep/*/report.json")):
     r = json.load(open(path))
     manifest = glob.glob(f"{work}/registry/models/sweep-{os.path.basename(os.path.dirname(path))}/versions/*/manifest.json")
     dev = json.load(open(manifest[0]))["metrics"].get("dev.macro_f1.per_label") if manifest else None
     summary["sweep"].append({"variant": os.path.basename(os.path.dirname(path)), "dev_macro_f1": dev,
-                             "test_macro_f1": r["fine_tuned"]["at_per_label"]["macro_f1"]})
+                             "test_macro_f1": r["fine_tuned"]["at_per_label"]["macro_f1"],
+                             "train_seconds": r["fine_tuned"]["train_seconds"]})
 json.dump(summary, open(f"{res}/summary.json", "w"), indent=2)
 t = summary["training"]
-out = [f"# GPU run — {summary['date']}", "", f"GPU: {gpu}; device {summary['device']}; precision {summary['precision']}; commit {summary['commit']}", "",
-       "## Default recipe, full data", "", "| wall time (s) | train samples/s | test macro-F1 (per-label) | test micro-F1 (global) | epochs (best) |", "|---:|---:|---:|---:|---:|",
-       f"| {t['wall_seconds']:.0f} | {t['samples_per_second']:.1f} | {t['test_macro_f1_per_label']:.4f} | {t['test_micro_f1_global']:.4f} (t={t['global_threshold']:.2f}) | {t['epochs']} ({t['best_epoch']}) |", "",
-       "## Training throughput (same model, data, batch 32, max-len 128, precision, batching)", "",
-       "| side | batching | precision | samples/s | real tokens/s | padded tokens/s |", "|---|---|---|---:|---:|---:|"]
+fmt = lambda s: f"{s['median']:.1f} ({s['min']:.1f}–{s['max']:.1f})" if s else "–"
+out = [f"# GPU run — {summary['date']}", "", f"GPU: {gpu}; device {summary['device']}; precision {summary['precision']}; commit {summary['commit']}", ""]
+if t:
+    out += ["## Default recipe, full data", "", "| wall time (s) | train samples/s | test macro-F1 (per-label) | test micro-F1 (global) | epochs (best) | dev macro-F1 per epoch |", "|---:|---:|---:|---:|---:|---|",
+            f"| {t['wall_seconds']:.0f} | {t['samples_per_second']:.1f} | {t['test_macro_f1_per_label']:.4f} | {t['test_micro_f1_global']:.4f} (t={t['global_threshold']:.2f}) | {t['epochs']} ({t['best_epoch']}) | {t['dev_macro_f1_per_epoch']} |", ""]
+out += ["## Training throughput (same model, data, batches, batch 32, max-len 128, precision; median (min–max) over runs)", "",
+       "| side | batching | variant | precision | samples/s | real tokens/s | padded tokens/s | runs |", "|---|---|---|---|---:|---:|---:|---:|"]
 for r in summary["train_throughput"]:
-    out.append(f"| {r['side']} | {r['batching']} | {r['precision']} | {r['samples_per_second']} | {r['real_tokens_per_second']} | {r['padded_tokens_per_second']} |")
-by = {(r["side"], r["batching"]): r["samples_per_second"] for r in summary["train_throughput"]}
+    out.append(f"| {r['side']} | {r['batching']} | {r['variant']} | {r['precision']} | {fmt(r['samples_per_second'])} | {fmt(r['real_tokens_per_second'])} | {fmt(r['padded_tokens_per_second'])} | {r['runs']} |")
+by = {(r["side"], r["batching"], r["variant"]): r["samples_per_second"] for r in summary["train_throughput"]}
 for b in ("bucketed", "plain"):
-    if by.get(("rust", b)) and by.get(("python", b)):
-        out.append(f"\nratio trainer/transformers ({b}): {by[('rust', b)] / by[('python', b)]:.2f}x")
+    rs, ps = by.get(("rust", b, "default")), by.get(("python", b, "default"))
+    if rs and ps:
+        overlap = rs["min"] <= ps["max"] and ps["min"] <= rs["max"]
+        out.append(f"\nratio trainer/transformers ({b}): {rs['median'] / ps['median']:.2f}x" + (" (ranges overlap: within noise)" if overlap else ""))
+flat, per = by.get(("rust", "bucketed", "default")), by.get(("rust", "bucketed", "per-tensor-optimizer"))
+if flat and per:
+    out.append(f"\nflat vs per-tensor optimizer (bucketed): {flat['median'] / per['median']:.2f}x")
+tf, notf = by.get(("rust", "bucketed", "fp32-tf32")), by.get(("rust", "bucketed", "fp32-no-tf32"))
+if tf and notf:
+    out.append(f"\nfp32 with TF32 vs without (bucketed): {tf['median'] / notf['median']:.2f}x")
 out += ["", "## Predictor (8 streams over the test split, then idle single-text calls)", "",
         "| device | texts/s | idle p50 (ms) | idle p99 (ms) | peak RSS |", "|---|---:|---:|---:|---|"]
 for r in summary["predictor"]:
     out.append(f"| {r['device']} | {r['texts_per_second_8_streams']} | {r['idle_p50_ms']} | {r['idle_p99_ms']} | {r['peak_rss']} |")
 if summary["sweep"]:
-    out += ["", "## Recipe sweep (select on dev; test shown for information)", "", "| variant | dev macro-F1 | test macro-F1 |", "|---|---:|---:|"]
+    out += ["", "## Recipe sweep (variants side by side on one device; select on dev, test shown for information)", "",
+            "| variant | dev macro-F1 | test macro-F1 | train seconds |", "|---|---:|---:|---:|"]
     for r in summary["sweep"]:
-        out.append(f"| {r['variant']} | {r['dev_macro_f1']} | {r['test_macro_f1']:.4f} |")
+        out.append(f"| {r['variant']} | {r['dev_macro_f1']} | {r['test_macro_f1']:.4f} | {r['train_seconds']:.0f} |")
+if summary["profile"]:
+    out += ["", "## Profile", "", "```", summary["profile"].rstrip(), "```"]
 open(f"{res}/summary.md", "w").write("\n".join(out) + "\n")
 print("\n".join(out))
 PYEOF

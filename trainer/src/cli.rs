@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use common::data::SplitLimits;
+
+pub use crate::optim::Layout as OptimizerLayout;
 use common::grpc::AccessArgs;
 use common::model::{Pooling, PrecisionChoice};
 
@@ -138,8 +140,10 @@ pub struct HyperArgs {
     /// Clip gradients to this global L2 norm.
     #[arg(long, env = "GOEMOTIONS_MAX_GRAD_NORM", default_value_t = TrainConfig::default().max_grad_norm)]
     pub max_grad_norm: f64,
-    /// Per-label positive weight in the BCE loss.
-    #[arg(long, env = "GOEMOTIONS_POS_WEIGHT", value_enum, default_value_t = PosWeight::None)]
+    /// Per-label positive weight in the BCE loss: sqrt (default) weighs each label's positives by
+    /// sqrt(negatives / positives), capped at 30, which lifts rare labels (won the recipe sweep on
+    /// dev); none is plain BCE.
+    #[arg(long, env = "GOEMOTIONS_POS_WEIGHT", value_enum, default_value_t = TrainConfig::default().pos_weight)]
     pub pos_weight: PosWeight,
     /// Stop after this many optimizer steps (smoke tests, benchmarks).
     #[arg(long, env = "GOEMOTIONS_MAX_STEPS")]
@@ -312,6 +316,10 @@ pub struct BenchCmd {
     /// reference implementation can run exactly the same batches.
     #[arg(long)]
     pub write_batches: Option<PathBuf>,
+    /// AdamW memory layout: auto (flat buffers off the CPU, fused per-tensor pass on it),
+    /// per-tensor, or flat; for measuring what the flat layout buys on a GPU.
+    #[arg(long, value_enum, default_value_t = OptimizerLayout::Auto)]
+    pub optimizer_layout: OptimizerLayout,
 }
 
 #[derive(Args)]

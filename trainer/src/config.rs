@@ -83,7 +83,7 @@ impl Default for TrainConfig {
             dropout: None,
             patience: 2,
             max_grad_norm: 1.0,
-            pos_weight: PosWeight::None,
+            pos_weight: PosWeight::Sqrt,
             max_steps: None,
             eval_batch_size: 64,
             state_every_steps: 200,

@@ -24,7 +24,7 @@ use crate::batches;
 use crate::config::{PosWeight, TrainConfig};
 use crate::history::EpochRecord;
 use crate::observe::{Observer, Progress};
-use crate::optim::{linear_schedule, AdamW};
+use crate::optim::{linear_schedule, AdamW, Layout};
 use crate::resume::{ResumeMeta, ResumeState, StateError};
 
 #[derive(Debug, thiserror::Error)]
@@ -158,14 +158,14 @@ fn restore(model: &BertClassifier, weights: &[(String, Tensor)]) -> Result<(), T
 }
 
 /// Parameters with their weight-decay flag (no decay for biases and LayerNorm).
-pub(crate) fn optimizer_for(model: &BertClassifier, weight_decay: f64) -> AdamW {
+pub(crate) fn optimizer_for(model: &BertClassifier, weight_decay: f64, layout: Layout) -> AdamW {
     let no_decay = model.no_decay_names();
     let params = model
-        .named_parameters()
+        .trainable_parameters()
         .into_iter()
         .map(|(n, t)| (t, !no_decay.contains(&n)))
         .collect();
-    AdamW::new(params, weight_decay)
+    AdamW::with_layout(params, weight_decay, layout)
 }
 
 /// Multi-hot targets of a batch as an fp32 tensor on `device`.
@@ -273,7 +273,7 @@ impl<'a> FineTune<'a> {
             .max_steps
             .unwrap_or(u64::MAX)
             .min(steps_per_epoch * u64::from(cfg.epochs));
-        let mut opt = optimizer_for(&model, cfg.weight_decay);
+        let mut opt = optimizer_for(&model, cfg.weight_decay, Layout::Auto);
         let mut meta = ResumeMeta::start();
         let mut best_weights = None;
         if let Some(state) = resume {

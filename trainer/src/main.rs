@@ -104,8 +104,16 @@ fn main() -> anyhow::Result<()> {
                 &common::store::Store::open(&cmd.base.base_model)?,
             ))?;
             let cfg = cmd.hyper.config();
-            let r = bench::throughput(&base, &data, &cfg, device, cmd.steps, !cmd.no_bucketing)?;
-            eprintln!("time per phase: {}", r.profile.shares());
+            let r = bench::throughput(
+                &base,
+                &data,
+                &cfg,
+                device,
+                cmd.steps,
+                !cmd.no_bucketing,
+                cmd.optimizer_layout,
+            )?;
+            eprintln!("time per phase: {}", r.profile.shares(r.seconds));
             if let Some(path) = &cmd.write_batches {
                 std::fs::write(path, serde_json::to_vec(&r.batches)?)
                     .with_context(|| format!("writing {}", path.display()))?;

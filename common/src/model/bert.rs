@@ -325,6 +325,14 @@ impl BertClassifier {
         self.precision = precision;
     }
 
+    /// For inference only: stores the weights in the compute dtype, so bf16 forward passes do
+    /// not cast them on every call (training keeps fp32 master weights and must not call this).
+    pub fn store_weights_for_inference(&mut self) {
+        if self.precision == Precision::Bf16 {
+            self.vs.bfloat16();
+        }
+    }
+
     pub fn num_labels(&self) -> usize {
         self.num_labels as usize
     }
@@ -341,6 +349,16 @@ impl BertClassifier {
     pub fn named_parameters(&self) -> Vec<(String, Tensor)> {
         let mut v: Vec<(String, Tensor)> = self.vs.variables().into_iter().collect();
         v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
+    /// The parameters the forward pass uses, for the optimizer: all but the pooler under mean
+    /// pooling (it would never get a gradient).
+    pub fn trainable_parameters(&self) -> Vec<(String, Tensor)> {
+        let mut v = self.named_parameters();
+        if self.pooling == Pooling::Mean {
+            v.retain(|(name, _)| !name.starts_with("bert.pooler."));
+        }
         v
     }
 
@@ -407,12 +425,15 @@ impl BertClassifier {
         let mut hidden = self.norm(&e.norm, &embedded).dropout(hidden_p, train);
 
         let key_mask = attention_mask.to_kind(Kind::Bool).view([batch, 1, 1, seq]);
+        let kind = self.precision.compute_kind();
         let split = |t: Tensor| t.view([batch, seq, heads, head_dim]).transpose(1, 2);
         for layer in &self.layers {
             let a = &layer.attention;
-            let q = split(self.linear(&a.query, &hidden));
-            let k = split(self.linear(&a.key, &hidden));
-            let v = split(self.linear(&a.value, &hidden));
+            // Cast the fp32 residual stream once for the three projections.
+            let input = hidden.to_kind(kind);
+            let q = split(self.linear(&a.query, &input));
+            let k = split(self.linear(&a.key, &input));
+            let v = split(self.linear(&a.value, &input));
             let context = Tensor::scaled_dot_product_attention(
                 &q,
                 &k,
@@ -527,6 +548,27 @@ mod tests {
             m.var_store().variables()["classifier.weight"].size(),
             vec![5, 16]
         );
+    }
+
+    /// The optimizer's flat update runs only when every parameter it holds gets a gradient, so
+    /// `trainable_parameters` must be exactly the ones the forward pass uses.
+    #[test]
+    fn every_trainable_parameter_gets_a_gradient() {
+        for pooling in [Pooling::Mean, Pooling::Cls] {
+            tch::manual_seed(4);
+            let m = BertClassifier::new(tiny_config(), 3, pooling, Device::Cpu).unwrap();
+            let params = m.trainable_parameters();
+            let ids = Tensor::from_slice(&[1i64, 5, 7, 2, 1, 9, 0, 0]).view([2, 4]);
+            let mask = Tensor::from_slice(&[1i64, 1, 1, 1, 1, 1, 0, 0]).view([2, 4]);
+            let loss = m.forward(&ids, &mask, true).logits.sum(Kind::Float);
+            let tensors: Vec<Tensor> = params.iter().map(|(_, t)| t.shallow_clone()).collect();
+            let grads = Tensor::run_backward(&[loss], &tensors, false, false);
+            for ((name, _), g) in params.iter().zip(&grads) {
+                assert!(g.defined(), "{pooling:?}: {name} gets no gradient");
+            }
+            let has_pooler = params.iter().any(|(n, _)| n.starts_with("bert.pooler."));
+            assert_eq!(has_pooler, pooling == Pooling::Cls, "{pooling:?}");
+        }
     }
 
     #[test]
