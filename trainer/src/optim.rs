@@ -446,29 +446,48 @@ impl AdamW {
         (self.step, out)
     }
 
+    /// Restores moments saved by `state`. They must match these parameters one for one, in count
+    /// and shape (a state saved for another parameter set is refused, never half-applied).
     pub fn load_state(
         &mut self,
         step: i64,
         tensors: &[(String, Tensor)],
     ) -> Result<(), StateError> {
-        let find = |name: &str| {
-            tensors
+        if tensors.len() != 2 * self.params.len() {
+            return Err(StateError::MomentMismatch(format!(
+                "{} moment tensors for {} parameters (saved for another model or pooling?)",
+                tensors.len(),
+                self.params.len()
+            )));
+        }
+        let find = |name: &str, like: &Tensor| {
+            let t = tensors
                 .iter()
                 .find(|(n, _)| n == name)
                 .map(|(_, t)| t)
-                .ok_or_else(|| StateError::MissingMoment(name.to_string()))
-        };
-        tch::no_grad(|| -> Result<(), StateError> {
-            for i in 0..self.params.len() {
-                self.exp_avg[i]
-                    .shallow_clone()
-                    .copy_(&find(&format!("exp_avg.{i}"))?.to_kind(Kind::Float));
-                self.exp_avg_sq[i]
-                    .shallow_clone()
-                    .copy_(&find(&format!("exp_avg_sq.{i}"))?.to_kind(Kind::Float));
+                .ok_or_else(|| StateError::MissingMoment(name.to_string()))?;
+            if t.size() != like.size() {
+                return Err(StateError::MomentMismatch(format!(
+                    "{name} has shape {:?}, its parameter {:?}",
+                    t.size(),
+                    like.size()
+                )));
             }
-            Ok(())
-        })?;
+            Ok(t.to_kind(Kind::Float))
+        };
+        let mut restored = Vec::with_capacity(self.params.len());
+        for (i, p) in self.params.iter().enumerate() {
+            restored.push((
+                find(&format!("exp_avg.{i}"), p)?,
+                find(&format!("exp_avg_sq.{i}"), p)?,
+            ));
+        }
+        tch::no_grad(|| {
+            for (i, (m, v)) in restored.iter().enumerate() {
+                self.exp_avg[i].shallow_clone().copy_(m);
+                self.exp_avg_sq[i].shallow_clone().copy_(v);
+            }
+        });
         self.step = step;
         Ok(())
     }
@@ -594,6 +613,39 @@ mod tests {
             assert_eq!(n0, n1);
             assert!(diff(t0, t1) < 1e-5, "moment {n0} differs");
         }
+    }
+
+    /// A state saved for another parameter set (count or shape) is refused before anything changes.
+    #[test]
+    fn moments_for_other_parameters_are_refused() {
+        let a = Tensor::from_slice(&[1.0f32, 2.0]).set_requires_grad(true);
+        let b = Tensor::from_slice(&[3.0f32]).set_requires_grad(true);
+        let two = AdamW::new(
+            vec![(a.shallow_clone(), true), (b.shallow_clone(), true)],
+            0.0,
+        );
+        let (_, saved) = two.state();
+        let mut one = AdamW::new(vec![(a.shallow_clone(), true)], 0.0);
+        let err = one.load_state(3, &saved).unwrap_err().to_string();
+        assert!(err.contains("4 moment tensors for 1 parameters"), "{err}");
+        let swapped = AdamW::new(
+            vec![(b.shallow_clone(), true), (a.shallow_clone(), true)],
+            0.0,
+        );
+        let mut target = AdamW::new(
+            vec![(a.shallow_clone(), true), (b.shallow_clone(), true)],
+            0.0,
+        );
+        let err = target
+            .load_state(3, &swapped.state().1)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("exp_avg.0 has shape [1]"), "{err}");
+        assert_eq!(
+            target.steps_taken(),
+            0,
+            "a refused state must change nothing"
+        );
     }
 
     /// Moments restored into the flat layout land in its buffers (the next step uses them), and

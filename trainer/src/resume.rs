@@ -22,6 +22,8 @@ pub enum StateError {
     UnknownTensor(String),
     #[error("resume state: optimizer state lacks {0}")]
     MissingMoment(String),
+    #[error("resume state: optimizer moments do not fit the parameters: {0}")]
+    MomentMismatch(String),
 }
 
 /// Everything needed to continue a run exactly where it stopped.
