@@ -4,12 +4,13 @@
 # same checkpoint, texts and threads (the transformers pipeline with batch 32, a length-sorted
 # plain PyTorch loop with batch 32, batch-1 latency). Loopback only, bounded in count and time.
 # Runs are repeated REPEATS times, interleaved; prints each run, then median and spread (min–max).
-#   scripts/bench-predictor.sh [CHECKPOINT=output/registry/models/goemotions/aliases/latest] [STREAMS=8] [REPEATS=3] [THREADS=2]
+# PRECISION bf16 serves in bf16 and runs the Python references with the model cast to bf16.
+#   scripts/bench-predictor.sh [CHECKPOINT=output/registry/models/goemotions/aliases/latest] [STREAMS=8] [REPEATS=3] [THREADS=2] [PRECISION=fp32]
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 MODEL="${1:-$ROOT/output/registry/models/goemotions/aliases/latest}"
-STREAMS="${2:-8}"; REPEATS="${3:-3}"; THREADS="${4:-2}"
+STREAMS="${2:-8}"; REPEATS="${3:-3}"; THREADS="${4:-2}"; PRECISION="${5:-fp32}"
 scripts/setup.sh >/dev/null
 scripts/setup-ref-venv.sh >/dev/null
 # shellcheck disable=SC1091
@@ -24,7 +25,7 @@ trap 'rm -f "$out"' EXIT
 for r in $(seq 1 "$REPEATS"); do
   port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
   ./target/release/predictor serve --model "$MODEL" --listen "127.0.0.1:$port" --metrics-listen 127.0.0.1:0 \
-    --threads "$THREADS" --device cpu > output/bench-predictor.log 2>&1 &
+    --threads "$THREADS" --device cpu --precision "$PRECISION" > output/bench-predictor.log 2>&1 &
   pid=$!
   until ./target/release/predictor info --addr "http://127.0.0.1:$port" >/dev/null 2>&1; do sleep 0.2; done
   line=$(./target/release/predictor bench --addr "http://127.0.0.1:$port" --texts "$GOEMOTIONS_DATA_DIR/test.tsv" \
@@ -32,10 +33,10 @@ for r in $(seq 1 "$REPEATS"); do
   kill $pid; wait $pid 2>/dev/null || true
   echo "rust $line" | tee -a "$out"
   line=$(.venv-ref/bin/python scripts/bench_infer_transformers.py --checkpoint "$ckpt" \
-    --texts "$GOEMOTIONS_DATA_DIR/test.tsv" --threads "$THREADS" 2>/dev/null | tail -n1)
+    --texts "$GOEMOTIONS_DATA_DIR/test.tsv" --threads "$THREADS" --precision "$PRECISION" 2>/dev/null | tail -n1)
   echo "python $line" | tee -a "$out"
 done
-python3 - "$out" "$STREAMS" "$THREADS" <<'PY'
+python3 - "$out" "$STREAMS" "$THREADS" "$PRECISION" <<'PY'
 import re, statistics, sys
 rows = {}
 def add(key, value):
@@ -50,7 +51,7 @@ for line in open(sys.argv[1]):
         add("python length-sorted loop batch 32 (texts/s)", re.search(r"loop\(batch 32\): ([0-9.]+)", line).group(1))
         add("python batch-1 p99 (ms)", re.search(r"p99 ([0-9.]+) ms", line).group(1))
         add("python peak RSS (MB)", re.search(r"peak RSS ([0-9.]+) MB", line).group(1))
-print(f"\nstreams {sys.argv[2]}, threads {sys.argv[3]}, GoEmotions test split (5,427 texts)")
+print(f"\nstreams {sys.argv[2]}, threads {sys.argv[3]}, precision {sys.argv[4]} (both sides), GoEmotions test split (5,427 texts)")
 print("| measure | median (min–max) | runs |\n|---|---:|---:|")
 med = {}
 for k, v in rows.items():

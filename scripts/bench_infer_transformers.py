@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Python references for the predictor benchmark on the same checkpoint and texts: the
 `transformers` pipeline (batch 32), a length-sorted plain PyTorch loop (batch 32, inference_mode),
-batch-1 latency, and the process's peak RSS."""
+batch-1 latency, and the process's peak RSS. --precision bf16 casts the model to bfloat16."""
 import argparse
 import resource
 import time
@@ -14,6 +14,7 @@ ap.add_argument("--checkpoint", required=True)
 ap.add_argument("--texts", required=True)
 ap.add_argument("--threads", type=int, default=2)
 ap.add_argument("--limit", type=int, default=0)
+ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
 args = ap.parse_args()
 torch.set_num_threads(args.threads)
 texts = [line.split("\t")[0] for line in open(args.texts, encoding="utf-8")]
@@ -21,6 +22,8 @@ if args.limit:
     texts = texts[: args.limit]
 tok = AutoTokenizer.from_pretrained(args.checkpoint)
 model = AutoModelForSequenceClassification.from_pretrained(args.checkpoint).eval()
+if args.precision == "bf16":
+    model = model.to(torch.bfloat16)
 
 pipe = pipeline("text-classification", model=model, tokenizer=tok, top_k=None, function_to_apply="sigmoid",
                 batch_size=32, truncation=True, max_length=128)
@@ -34,7 +37,7 @@ with torch.inference_mode():
     for s in range(0, len(order), 32):
         batch = [texts[i] for i in order[s:s + 32]]
         enc = tok(batch, padding=True, truncation=True, max_length=128, return_tensors="pt")
-        torch.sigmoid(model(**enc).logits)
+        torch.sigmoid(model(**enc).logits.float())
 loop_rate = len(texts) / (time.perf_counter() - t)
 
 lat = []
