@@ -117,6 +117,35 @@ struct FlatBuffers {
     grads: Option<Tensor>,
 }
 
+/// The scalars of one AdamW step.
+#[derive(Clone, Copy)]
+struct StepScalars {
+    beta1: f64,
+    beta2: f64,
+    eps: f64,
+    lr: f64,
+    /// Bias corrections 1 - beta^t.
+    bc1: f64,
+    bc2: f64,
+}
+
+impl StepScalars {
+    /// Moments, then the parameter, with tensor ops on any device (one parameter, or the flat
+    /// buffers at once). Weight decay is the caller's, applied first: the moments do not read `p`.
+    fn apply(&self, p: &Tensor, g: &Tensor, m: &Tensor, v: &Tensor) {
+        let (mut p, mut m, mut v) = (p.shallow_clone(), m.shallow_clone(), v.shallow_clone());
+        let _ = m.lerp_(g, 1.0 - self.beta1);
+        let _ = v.g_mul_scalar_(self.beta2);
+        let _ = v.addcmul_(&(g * (1.0 - self.beta2)), g);
+        let mut denom = v.sqrt();
+        let _ = denom.g_div_scalar_(self.bc2.sqrt());
+        let _ = denom.g_add_scalar_(self.eps);
+        let mut update = &m / &denom;
+        let _ = update.g_mul_scalar_(self.lr / self.bc1);
+        let _ = p.g_sub_(&update);
+    }
+}
+
 pub struct AdamW {
     params: Vec<Tensor>,
     flat: Option<FlatBuffers>,
@@ -237,7 +266,6 @@ impl AdamW {
     }
 
     /// Whether the last `backward` left packed gradients for the flat update.
-    #[cfg(test)]
     fn packed(&self) -> bool {
         self.flat.as_ref().is_some_and(|f| f.grads.is_some())
     }
@@ -334,60 +362,44 @@ impl AdamW {
         self.step += 1;
         let bc1 = 1.0 - self.beta1.powi(self.step as i32);
         let bc2 = 1.0 - self.beta2.powi(self.step as i32);
-        if self.flat.as_ref().is_some_and(|f| f.grads.is_some()) {
-            return self.flat_step(lr, bc1, bc2);
-        }
-        if let Some(buffers) = self.cpu_buffers() {
-            return self.fused_cpu_step(&buffers, lr, bc1, bc2);
+        if !self.packed() {
+            if let Some(buffers) = self.cpu_buffers() {
+                return self.fused_cpu_step(&buffers, lr, bc1, bc2);
+            }
         }
 
+        let scalars = StepScalars {
+            beta1: self.beta1,
+            beta2: self.beta2,
+            eps: self.eps,
+            lr,
+            bc1,
+            bc2,
+        };
+        let decay = 1.0 - lr * self.weight_decay;
         tch::no_grad(|| {
+            if let Some(flat) = self.flat.as_mut() {
+                if let Some(g) = flat.grads.take() {
+                    if self.weight_decay > 0.0 && flat.decay_len > 0 {
+                        let _ = flat
+                            .params
+                            .narrow(0, 0, flat.decay_len)
+                            .g_mul_scalar_(decay);
+                    }
+                    scalars.apply(&flat.params, &g, &flat.exp_avg, &flat.exp_avg_sq);
+                    return;
+                }
+            }
             for i in 0..self.params.len() {
-                let Some(g) = self.grad(i).map(Tensor::shallow_clone) else {
+                let Some(g) = self.grad(i) else {
                     continue;
                 };
-                let mut p = self.params[i].shallow_clone();
-                let mut m = self.exp_avg[i].shallow_clone();
-                let mut v = self.exp_avg_sq[i].shallow_clone();
-                let _ = m.lerp_(&g, 1.0 - self.beta1);
-                let _ = v.g_mul_scalar_(self.beta2);
-                let _ = v.addcmul_(&(&g * (1.0 - self.beta2)), &g);
+                let p = &self.params[i];
                 if self.decay[i] && self.weight_decay > 0.0 {
-                    let _ = p.g_mul_scalar_(1.0 - lr * self.weight_decay);
+                    let _ = p.shallow_clone().g_mul_scalar_(decay);
                 }
-                let denom = (&v / bc2).sqrt() + self.eps;
-                let update = (&m / bc1) / denom * lr;
-                let _ = p.g_sub_(&update);
+                scalars.apply(p, g, &self.exp_avg[i], &self.exp_avg_sq[i]);
             }
-        });
-    }
-
-    /// The same update as the tensor-op path, on the flat buffers: a dozen kernel launches.
-    fn flat_step(&mut self, lr: f64, bc1: f64, bc2: f64) {
-        let Some(flat) = self.flat.as_mut() else {
-            return;
-        };
-        let Some(g) = flat.grads.take() else {
-            return;
-        };
-        tch::no_grad(|| {
-            let mut p = flat.params.shallow_clone();
-            let mut m = flat.exp_avg.shallow_clone();
-            let mut v = flat.exp_avg_sq.shallow_clone();
-            let _ = m.lerp_(&g, 1.0 - self.beta1);
-            let _ = v.g_mul_scalar_(self.beta2);
-            let _ = v.addcmul_(&(&g * (1.0 - self.beta2)), &g);
-            if self.weight_decay > 0.0 && flat.decay_len > 0 {
-                let _ = p
-                    .narrow(0, 0, flat.decay_len)
-                    .g_mul_scalar_(1.0 - lr * self.weight_decay);
-            }
-            let mut denom = v.sqrt();
-            let _ = denom.g_div_scalar_(bc2.sqrt());
-            let _ = denom.g_add_scalar_(self.eps);
-            let mut update = &m / &denom;
-            let _ = update.g_mul_scalar_(lr / bc1);
-            let _ = p.g_sub_(&update);
         });
     }
 
