@@ -1,6 +1,7 @@
 //! Device selection. tch does not load `libtorch_cuda.so` by itself, so it is opened here when
 //! present (next to libtorch, or on the library path) before asking whether CUDA is available.
-//! Also: the CUDA compute capability (for bf16), and TF32 matmuls for fp32 runs on CUDA.
+//! Also: bf16 support (CUDA compute capability, CPU instructions), and TF32 matmuls for fp32 runs
+//! on CUDA.
 use std::ffi::{c_int, CString};
 use std::sync::OnceLock;
 
@@ -93,6 +94,19 @@ pub fn cuda_bf16_supported(index: usize) -> bool {
         None => Tensor::f_ones([8, 8], (Kind::BFloat16, Device::Cuda(index)))
             .and_then(|t| t.f_matmul(&t))
             .is_ok(),
+    }
+}
+
+/// Whether this CPU has bf16 dot-product instructions (AVX512-BF16), which libtorch's oneDNN uses
+/// for bf16 matmuls; without them bf16 is emulated and slower than fp32.
+pub fn cpu_bf16_supported() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512bf16")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
     }
 }
 

@@ -112,7 +112,19 @@ impl TextTokenizer {
 
 /// Right-pads `items` to the longest one: `input_ids` and `attention_mask` of shape `[n, longest]`.
 pub fn pad_batch(items: &[&Encoded], pad_id: i64, device: Device) -> Batch {
+    pad_batch_to_multiple(items, pad_id, device, 1)
+}
+
+/// Like [`pad_batch`], with the length rounded up to a multiple of `multiple` (fewer distinct
+/// shapes for kernels that plan per shape, at the cost of more padding).
+pub fn pad_batch_to_multiple(
+    items: &[&Encoded],
+    pad_id: i64,
+    device: Device,
+    multiple: usize,
+) -> Batch {
     let longest = items.iter().map(|e| e.ids.len()).max().unwrap_or(0).max(1);
+    let longest = longest.div_ceil(multiple.max(1)) * multiple.max(1);
     let mut ids = Vec::with_capacity(items.len() * longest);
     let mut mask = Vec::with_capacity(items.len() * longest);
     for e in items {
@@ -149,5 +161,17 @@ mod tests {
         let mask: Vec<i64> = Vec::try_from(batch.attention_mask.flatten(0, -1)).unwrap();
         assert_eq!(ids, vec![101, 7, 102, 101, 102, 0]);
         assert_eq!(mask, vec![1, 1, 1, 1, 1, 0]);
+    }
+
+    #[test]
+    fn pads_up_to_a_multiple() {
+        let a = Encoded {
+            ids: vec![101, 7, 8, 102],
+            truncated: false,
+        };
+        let batch = pad_batch_to_multiple(&[&a], 0, Device::Cpu, 8);
+        assert_eq!(batch.input_ids.size(), vec![1, 8]);
+        let mask: Vec<i64> = Vec::try_from(batch.attention_mask.flatten(0, -1)).unwrap();
+        assert_eq!(mask, vec![1, 1, 1, 1, 0, 0, 0, 0]);
     }
 }

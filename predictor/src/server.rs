@@ -60,7 +60,7 @@ pub struct ServeOptions {
 /// reading, in-flight texts are answered, and the process exits within `drain_timeout`.
 /// Returns an error (the binary exits non-zero) if the inference thread ever stops.
 pub async fn serve(model: ModelRef, opts: ServeOptions) -> Result<(), ServerError> {
-    let precision = opts.precision.resolve(opts.device)?;
+    let precision = opts.precision.resolve_for_inference(opts.device)?;
     // Bind first: a port in use fails here, before anything says it is listening.
     let listener = grpc::bind(opts.listen).await?;
     let metrics_listener = grpc::bind(opts.metrics_listen).await?;

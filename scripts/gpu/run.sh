@@ -4,34 +4,37 @@
 #   1. trains the default recipe (3 epochs, full data) with the trainer on DEVICE, publishes to a
 #      local registry and writes the report;
 #   2. measures training throughput, trainer vs transformers on the same device, model, data,
-#      batch size, max length, precision (the precision the trainer resolved) and exactly the same
-#      batches (the Python side replays the batch file the trainer wrote), length-bucketed and
-#      plain, REPEATS timed windows each (median and spread); on CUDA also the trainer with its
-#      per-tensor optimizer (what the flat layout buys) and fp32 with and without TF32;
-#   3. serves the checkpoint with the predictor on DEVICE and on the CPU: texts/s at 8 streams and
-#      idle single-text latency;
+#      batch size, max length, precision (each of --precisions) and exactly the same batches (the
+#      Python side replays the batch file the trainer wrote), length-bucketed and plain, REPEATS
+#      timed windows each in one process (median and spread); on CUDA also the trainer in bf16 with
+#      the dispatcher's attention (what the direct memory-efficient kernel buys);
+#   3. serves the checkpoint with the predictor on DEVICE (each precision) and on the CPU: texts/s
+#      at 8 streams and idle single-text latency, REPEATS runs each;
 #   4. with --sweep, trains up to 4 recipe variants side by side (selected on dev only), as many
 #      as the deadline leaves time for;
 #   5. with --phases ...,profile (CUDA): where the trainer's step time goes on the device — the
-#      phase split with every launch synchronous, the per-call cost of bf16 attention for each mask
-#      form (sdpa_overhead.py), and per-kernel GPU time (Nsight Compute) over about one training
-#      step of the trainer and of transformers.
+#      phase split with every launch synchronous and per-kernel GPU time (Nsight Compute) over
+#      about one training step of the trainer and of transformers; with sdpa, the per-call cost of
+#      bf16 attention for each mask form and backend, over changing and fixed shapes
+#      (sdpa_overhead.py); with nsys, where the trainer's host time goes in CUDA API calls.
 # A phase that fails is logged and the next one runs. Every figure goes into
 # RESULTS_DIR/summary.md (+ summary.json, report/, logs/).
 #
 #   run.sh RESULTS_DIR [--device cuda|cpu] [--small] [--sweep] [--bench-steps N] [--repeats N]
-#                      [--deadline-secs N] [--phases train,bench,predictor,sweep,profile]
+#                      [--deadline-secs N] [--phases train,bench,predictor,sweep,sdpa,nsys,profile]
+#                      [--batchings bucketed,plain] [--precisions fp32,bf16]
 # Environment: PYTHON (a Python with torch; default python3), TORCH_LIB (libtorch lib/ folder,
 # instead of asking Python).
 # --small: tiny limits (the test runs the bundle this way on CPU so it never rots).
 # --deadline-secs: optional work (the sweep, the TF32 pair) is skipped or cut to end by then.
+# --precisions: the bench and predictor pairs to run (default fp32,bf16 on CUDA, fp32 on CPU).
 # --phases: which phases run (default train,bench,predictor, plus sweep with --sweep); the
 # predictor needs a trained checkpoint from this results folder.
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 RES="${1:?usage: run.sh RESULTS_DIR [--device cuda|cpu] [--small] [--sweep] [--bench-steps N] [--repeats N] [--deadline-secs N]}"
 shift
-DEVICE=cuda; SMALL=0; SWEEP=0; STEPS=300; REPEATS=3; DEADLINE=0; PHASES=train,bench,predictor
+DEVICE=cuda; SMALL=0; SWEEP=0; STEPS=300; REPEATS=3; DEADLINE=0; PHASES=train,bench,predictor; BATCHINGS=bucketed,plain; PRECISIONS=
 T0=$(date +%s)
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -42,9 +45,12 @@ while [ $# -gt 0 ]; do
     --repeats) REPEATS="$2"; shift 2 ;;
     --deadline-secs) DEADLINE="$2"; shift 2 ;;
     --phases) PHASES="$2"; shift 2 ;;
+    --batchings) BATCHINGS="$2"; shift 2 ;;
+    --precisions) PRECISIONS="$2"; shift 2 ;;
     *) echo "run.sh: unknown option $1" >&2; exit 2 ;;
   esac
 done
+[ -n "$PRECISIONS" ] || { PRECISIONS=fp32; [ "$DEVICE" != cpu ] && PRECISIONS=fp32,bf16; }
 mkdir -p "$RES/logs"
 RES="$(cd "$RES" && pwd)"
 PY="${PYTHON:-python3}"
@@ -120,33 +126,33 @@ if phase bench; then
 echo "== 2. training throughput, trainer vs transformers (${REPEATS} x ${STEPS} steps)" >&2
 : > "$RES/logs/bench-train.txt"
 py_device=cpu; [ "$DEVICE" != cpu ] && py_device=cuda
-rust_bench() { # VARIANT BATCHING [extra trainer flags...]; prints nothing, appends a row
+rust_bench() { # VARIANT BATCHING [extra trainer flags...]; appends one row per timed window
   local variant="$1" batching="$2"; shift 2
   local flag=(); [ "$batching" = plain ] && flag=(--no-bucketing)
-  local line
-  line=$("$T" bench --device "$DEVICE" --threads "$THREADS" --steps "$STEPS" "${flag[@]}" "$@" \
-    2>> "$RES/logs/bench.log" | tail -n1) || { echo "rust bench $variant $batching failed" >&2; return 0; }
-  echo "rust $batching $variant $line" >> "$RES/logs/bench-train.txt"
+  "$T" bench --device "$DEVICE" --threads "$THREADS" --steps "$STEPS" "${flag[@]}" "$@" 2>> "$RES/logs/bench.log" \
+    | grep samples/s | sed "s/^/rust $batching $variant /" >> "$RES/logs/bench-train.txt" \
+    || echo "rust bench $variant $batching failed" >&2
 }
-for batching in bucketed plain; do
-  for r in $(seq 1 "$REPEATS"); do
-    rust_bench default "$batching" --write-batches "$WORK/batches-$batching.json"
+# Both sides time REPEATS windows in one process, replaying the same batches: the first window
+# pays for shapes seen for the first time (per-shape attention plans), later ones do not. One pair
+# per batching and precision (the variant column names the precision).
+for precision in ${PRECISIONS//,/ }; do
+  for batching in ${BATCHINGS//,/ }; do
+    rust_bench "$precision" "$batching" --precision "$precision" --repeats "$REPEATS" \
+      --write-batches "$WORK/batches-$batching.json"
+    if [ "$have_transformers" = 1 ] && [ -s "$WORK/batches-$batching.json" ]; then
+      "$PY" "$HERE/scripts/bench_train_transformers.py" --model "$HERE/model" --data "$WORK/data/train.tsv" \
+        --steps "$STEPS" --repeats "$REPEATS" --threads "$THREADS" --device "$py_device" \
+        --precision "$precision" --batching "$batching" --batches "$WORK/batches-$batching.json" \
+        2>> "$RES/logs/bench.log" | grep samples/s | sed "s/^/python $batching $precision /" >> "$RES/logs/bench-train.txt" \
+        || echo "python bench $batching $precision failed" >&2
+    fi
   done
-  precision=$(grep "^rust $batching default" "$RES/logs/bench-train.txt" | tail -n1 | sed -n 's/.*precision \([a-z0-9]*\).*/\1/p')
-  if [ "$have_transformers" = 1 ] && [ -s "$WORK/batches-$batching.json" ]; then
-    "$PY" "$HERE/scripts/bench_train_transformers.py" --model "$HERE/model" --data "$WORK/data/train.tsv" \
-      --steps "$STEPS" --repeats "$REPEATS" --threads "$THREADS" --device "$py_device" \
-      --precision "${precision:-fp32}" --batching "$batching" --batches "$WORK/batches-$batching.json" \
-      2>> "$RES/logs/bench.log" | grep samples/s | sed "s/^/python $batching default /" >> "$RES/logs/bench-train.txt" \
-      || echo "python bench $batching failed" >&2
-  fi
 done
-if [ "$DEVICE" != cpu ]; then
-  rust_bench per-tensor-optimizer bucketed --optimizer-layout per-tensor
-  if [ "$(left)" -gt 120 ]; then
-    rust_bench fp32-tf32 bucketed --precision fp32
-    TORCH_ALLOW_TF32_CUBLAS_OVERRIDE=0 rust_bench fp32-no-tf32 bucketed --precision fp32
-  fi
+if [ "$DEVICE" != cpu ] && [[ ",$PRECISIONS," == *",bf16,"* ]]; then
+  # What the attention kernel choice is worth in bf16 (the dispatcher picks cuDNN, which plans per
+  # shape), same batches, two windows: cold, warm.
+  rust_bench bf16-sdpa-dispatcher bucketed --precision bf16 --repeats 2 --attention sdpa
 fi
 
 fi
@@ -157,18 +163,45 @@ port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); 
 : > "$RES/logs/bench-predictor.txt"
 for where in "$DEVICE" cpu; do
   [ "$where" = cpu ] && [ "$DEVICE" = cpu ] && [ -s "$RES/logs/bench-predictor.txt" ] && break
-  p1=$(port); p2=$(port)
-  "$P" serve --model "$WORK/registry/models/goemotions/aliases/latest" --device "$where" --threads "$THREADS" \
-    --listen "127.0.0.1:$p1" --metrics-listen "127.0.0.1:$p2" > "$RES/logs/predictor-$where.log" 2>&1 &
-  pid=$!
-  for _ in $(seq 1 240); do "$P" info --addr "http://127.0.0.1:$p1" > /dev/null 2>&1 && break; sleep 0.5; done
-  line=$("$P" bench --addr "http://127.0.0.1:$p1" --texts "$WORK/data/test.tsv" --streams 8 \
-    --max-seconds "$BENCH_SECONDS" --idle-requests "$IDLE" --pid "$pid" 2>> "$RES/logs/bench.log" | tr '\n' ' ') \
-    || echo "predictor bench on $where failed" >&2
-  echo "$where $line" >> "$RES/logs/bench-predictor.txt"
-  kill -TERM "$pid"; wait "$pid" 2>/dev/null || true
+  precisions=$PRECISIONS; [ "$where" = cpu ] && precisions=fp32
+  for precision in ${precisions//,/ }; do
+    p1=$(port); p2=$(port)
+    "$P" serve --model "$WORK/registry/models/goemotions/aliases/latest" --device "$where" --threads "$THREADS" \
+      --precision "$precision" --listen "127.0.0.1:$p1" --metrics-listen "127.0.0.1:$p2" \
+      > "$RES/logs/predictor-$where-$precision.log" 2>&1 &
+    pid=$!
+    for _ in $(seq 1 240); do "$P" info --addr "http://127.0.0.1:$p1" > /dev/null 2>&1 && break; sleep 0.5; done
+    for _ in $(seq 1 "$REPEATS"); do
+      line=$("$P" bench --addr "http://127.0.0.1:$p1" --texts "$WORK/data/test.tsv" --streams 8 \
+        --max-seconds "$BENCH_SECONDS" --idle-requests "$IDLE" --pid "$pid" 2>> "$RES/logs/bench.log" | tr '\n' ' ') \
+        || echo "predictor bench on $where $precision failed" >&2
+      echo "$where $precision $line" >> "$RES/logs/bench-predictor.txt"
+    done
+    kill -TERM "$pid"; wait "$pid" 2>/dev/null || true
+  done
 done
 
+fi
+
+if phase sdpa && [ "$DEVICE" != cpu ]; then
+  echo "== 5a. per-call cost of bf16 attention per mask form and backend" >&2
+  timeout 150 "$PY" "$HERE/scripts/sdpa_overhead.py" >> "$RES/logs/profile.txt" 2>> "$RES/logs/bench.log" \
+    || echo "sdpa_overhead.py failed" >&2
+fi
+
+if phase nsys && [ "$DEVICE" != cpu ]; then
+  NSYS="$(command -v nsys || ls /usr/local/cuda/bin/nsys /opt/nvidia/nsight-systems/*/bin/nsys 2>/dev/null | head -n1 || true)"
+  if [ -n "$NSYS" ]; then
+    echo "== 5b. CUDA API time of the trainer's bench (bf16, one cold window)" >&2
+    timeout 150 "$NSYS" profile -t cuda,cudnn,cublas -o "$WORK/nsys-rust" --force-overwrite true --stats=true \
+      "$T" bench --device "$DEVICE" --threads "$THREADS" --steps 100 > "$RES/logs/nsys-rust.txt" 2>&1 \
+      || echo "nsys failed" >&2
+    { echo "nsys, trainer bench 100 steps bf16 (cuda_api_sum, top rows):"
+      grep -A 22 "cuda_api_sum" "$RES/logs/nsys-rust.txt" | head -n 24
+      grep -A 14 "cuda_gpu_kern_sum" "$RES/logs/nsys-rust.txt" | head -n 16; } >> "$RES/logs/profile.txt" || true
+  else
+    echo "no nsys on this machine" >> "$RES/logs/profile.txt"
+  fi
 fi
 
 if phase profile && [ "$DEVICE" != cpu ]; then
@@ -177,9 +210,6 @@ if phase profile && [ "$DEVICE" != cpu ]; then
     CUDA_LAUNCH_BLOCKING=1 "$T" bench --device "$DEVICE" --threads "$THREADS" --steps 100 --precision "$precision" \
       2>&1 | grep -E "time per phase|samples/s" | sed "s/^/launch-blocking $precision: /" >> "$RES/logs/profile.txt" || true
   done
-  # Per-call cost of bf16 attention for each mask form and backend (transformers' side of the question).
-  timeout 90 "$PY" "$HERE/scripts/sdpa_overhead.py" >> "$RES/logs/profile.txt" 2>> "$RES/logs/bench.log" \
-    || echo "sdpa_overhead.py failed" >&2
   NCU="$(command -v ncu || ls /usr/local/cuda/bin/ncu /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -n1 || true)"
   if [ -n "$NCU" ]; then
     # About one step after the warm-up: skip the first 2,500 kernels, time the next 1,500.
@@ -188,7 +218,7 @@ if phase profile && [ "$DEVICE" != cpu ]; then
       timeout 100 "$NCU" --clock-control none --metrics gpu__time_duration.sum --csv --launch-skip 2500 \
         --launch-count 1500 "$@" > "$RES/logs/ncu-$name.csv" 2> "$RES/logs/ncu-$name.log" || echo "ncu $name failed" >&2
     }
-    ncu_run rust "$T" bench --device "$DEVICE" --threads "$THREADS" --steps 20 --write-batches "$WORK/batches-ncu.json"
+    ncu_run rust "$T" bench --device "$DEVICE" --threads "$THREADS" --precision bf16 --steps 20 --write-batches "$WORK/batches-ncu.json"
     [ "$have_transformers" = 1 ] && ncu_run python "$PY" "$HERE/scripts/bench_train_transformers.py" --model "$HERE/model" \
       --data "$WORK/data/train.tsv" --steps 20 --threads "$THREADS" --device cuda --precision bf16 --batches "$WORK/batches-ncu.json"
     python3 - "$RES/logs" >> "$RES/logs/profile.txt" <<'PYEOF' || echo "ncu summary failed" >&2
@@ -282,20 +312,27 @@ for line in read(f"{logs}/bench-train.txt").splitlines():
 for (side, batching, variant), lines in runs.items():
     def stat(pat):
         v = [x for x in (num(pat, l) for l in lines) if x is not None]
-        return {"median": statistics.median(v), "min": min(v), "max": max(v)} if v else None
+        return {"median": statistics.median(v), "min": min(v), "max": max(v), "first": v[0]} if v else None
     summary["train_throughput"].append({
         "side": side, "batching": batching, "variant": variant, "runs": len(lines),
         "samples_per_second": stat(r"([0-9.]+) samples/s"),
         "real_tokens_per_second": stat(r"([0-9.]+) real tokens/s"),
         "padded_tokens_per_second": stat(r"([0-9.]+) padded tokens/s"),
         "precision": (re.search(r"precision (\w+)", lines[0]) or [None, None])[1]})
+pred = {}
 for line in read(f"{logs}/bench-predictor.txt").splitlines():
-    where = line.split()[0]
+    where, precision = line.split()[:2]
+    pred.setdefault((where, precision), []).append(line)
+for (where, precision), lines in pred.items():
+    def stat(pat):
+        v = [x for x in (num(pat, l) for l in lines) if x is not None]
+        return {"median": statistics.median(v), "min": min(v), "max": max(v)} if v else None
     summary["predictor"].append({
-        "device": where, "texts_per_second_8_streams": num(r"= ([0-9.]+) texts/s", line),
-        "idle_p50_ms": num(r"idle single-text p50 ([0-9.]+) ms", line),
-        "idle_p99_ms": num(r"idle single-text p50 [0-9.]+ ms p99 ([0-9.]+) ms", line),
-        "peak_rss": (re.search(r"peak RSS: (\S+ \S+)", line) or [None, None])[1]})
+        "device": where, "precision": precision, "runs": len(lines),
+        "texts_per_second_8_streams": stat(r"= ([0-9.]+) texts/s"),
+        "idle_p50_ms": stat(r"idle single-text p50 ([0-9.]+) ms"),
+        "idle_p99_ms": stat(r"idle single-text p50 [0-9.]+ ms p99 ([0-9.]+) ms"),
+        "peak_rss": (re.search(r"peak RSS: (\S+ \S+)", lines[-1]) or [None, None])[1]})
 for path in sorted(glob.glob(f"{res}/sweep/*/report.json")):
     r = json.load(open(path))
     manifest = glob.glob(f"{work}/registry/models/sweep-{os.path.basename(os.path.dirname(path))}/versions/*/manifest.json")
@@ -310,26 +347,29 @@ out = [f"# GPU run — {summary['date']}", "", f"GPU: {gpu}; device {summary['de
 if t:
     out += ["## Default recipe, full data", "", "| wall time (s) | train samples/s | test macro-F1 (per-label) | test micro-F1 (global) | epochs (best) | dev macro-F1 per epoch |", "|---:|---:|---:|---:|---:|---|",
             f"| {t['wall_seconds']:.0f} | {t['samples_per_second']:.1f} | {t['test_macro_f1_per_label']:.4f} | {t['test_micro_f1_global']:.4f} (t={t['global_threshold']:.2f}) | {t['epochs']} ({t['best_epoch']}) | {t['dev_macro_f1_per_epoch']} |", ""]
-out += ["## Training throughput (same model, data, batches, batch 32, max-len 128, precision; median (min–max) over runs)", "",
-       "| side | batching | variant | precision | samples/s | real tokens/s | padded tokens/s | runs |", "|---|---|---|---|---:|---:|---:|---:|"]
+out += ["## Training throughput (same model, data, batches, batch 32, max-len 128, precision; median (min–max) over timed windows, the first one cold)", "",
+       "| side | batching | variant | precision | samples/s | first window samples/s | real tokens/s | padded tokens/s | windows |", "|---|---|---|---|---:|---:|---:|---:|---:|"]
 for r in summary["train_throughput"]:
-    out.append(f"| {r['side']} | {r['batching']} | {r['variant']} | {r['precision']} | {fmt(r['samples_per_second'])} | {fmt(r['real_tokens_per_second'])} | {fmt(r['padded_tokens_per_second'])} | {r['runs']} |")
+    first = f"{r['samples_per_second']['first']:.1f}" if r["samples_per_second"] else "–"
+    out.append(f"| {r['side']} | {r['batching']} | {r['variant']} | {r['precision']} | {fmt(r['samples_per_second'])} | {first} | {fmt(r['real_tokens_per_second'])} | {fmt(r['padded_tokens_per_second'])} | {r['runs']} |")
 by = {(r["side"], r["batching"], r["variant"]): r["samples_per_second"] for r in summary["train_throughput"]}
-for b in ("bucketed", "plain"):
-    rs, ps = by.get(("rust", b, "default")), by.get(("python", b, "default"))
-    if rs and ps:
+for (side, batching, variant), rs in by.items():
+    ps = by.get(("python", batching, variant))
+    if side == "rust" and ps:
         overlap = rs["min"] <= ps["max"] and ps["min"] <= rs["max"]
-        out.append(f"\nratio trainer/transformers ({b}): {rs['median'] / ps['median']:.2f}x" + (" (ranges overlap: within noise)" if overlap else ""))
-flat, per = by.get(("rust", "bucketed", "default")), by.get(("rust", "bucketed", "per-tensor-optimizer"))
-if flat and per:
-    out.append(f"\nflat vs per-tensor optimizer (bucketed): {flat['median'] / per['median']:.2f}x")
-tf, notf = by.get(("rust", "bucketed", "fp32-tf32")), by.get(("rust", "bucketed", "fp32-no-tf32"))
-if tf and notf:
-    out.append(f"\nfp32 with TF32 vs without (bucketed): {tf['median'] / notf['median']:.2f}x")
+        out.append(f"\nratio trainer/transformers ({batching}, {variant}): {rs['median'] / ps['median']:.2f}x"
+                   + (" (ranges overlap: within noise)" if overlap else " (ranges apart)"))
+base, other = by.get(("rust", "bucketed", "bf16")), by.get(("rust", "bucketed", "bf16-sdpa-dispatcher"))
+if base and other:
+    out.append(f"\nbf16, direct memory-efficient attention vs the dispatcher's choice (bucketed): first window "
+               f"{base['first'] / other['first']:.2f}x, best window {base['max'] / other['max']:.2f}x")
+f32, b16 = by.get(("rust", "bucketed", "fp32")), by.get(("rust", "bucketed", "bf16"))
+if f32 and b16:
+    out.append(f"\ntrainer fp32 vs bf16 (bucketed): {f32['median'] / b16['median']:.2f}x")
 out += ["", "## Predictor (8 streams over the test split, then idle single-text calls)", "",
-        "| device | texts/s | idle p50 (ms) | idle p99 (ms) | peak RSS |", "|---|---:|---:|---:|---|"]
+        "| device | precision | texts/s | idle p50 (ms) | idle p99 (ms) | peak RSS | runs |", "|---|---|---:|---:|---:|---|---:|"]
 for r in summary["predictor"]:
-    out.append(f"| {r['device']} | {r['texts_per_second_8_streams']} | {r['idle_p50_ms']} | {r['idle_p99_ms']} | {r['peak_rss']} |")
+    out.append(f"| {r['device']} | {r['precision']} | {fmt(r['texts_per_second_8_streams'])} | {fmt(r['idle_p50_ms'])} | {fmt(r['idle_p99_ms'])} | {r['peak_rss']} | {r['runs']} |")
 if summary["sweep"]:
     out += ["", "## Recipe sweep (variants side by side on one device; select on dev, test shown for information)", "",
             "| variant | dev macro-F1 | test macro-F1 | train seconds |", "|---|---:|---:|---:|"]

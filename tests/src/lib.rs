@@ -206,7 +206,9 @@ pub fn spawn_predictor(
         &format!("127.0.0.1:{metrics_port}"),
     ])
     .args(extra)
-    .env("RUST_LOG", "info");
+    .env("RUST_LOG", "info")
+    // Scores are compared with the in-process fp32 model; `auto` would pick bf16 on CPUs with it.
+    .env("PREDICTOR_PRECISION", "fp32");
     for (k, v) in env {
         cmd.env(k, v);
     }

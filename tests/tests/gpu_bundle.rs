@@ -48,18 +48,22 @@ fn gpu_bundle_runs_end_to_end_on_cpu() {
     for batching in ["bucketed", "plain"] {
         let row = throughput
             .iter()
-            .find(|r| r["side"] == "rust" && r["batching"] == batching && r["variant"] == "default")
+            .find(|r| r["side"] == "rust" && r["batching"] == batching && r["variant"] == "fp32")
             .unwrap_or_else(|| panic!("no rust {batching} row: {summary}"));
         let median = |key: &str| row[key]["median"].as_f64().unwrap();
         assert!(median("samples_per_second") > 0.0);
         assert!(median("padded_tokens_per_second") >= median("real_tokens_per_second"));
     }
     let predictor = &summary["predictor"][0];
+    assert_eq!(predictor["precision"], "fp32", "{summary}");
     assert!(
-        predictor["texts_per_second_8_streams"].as_f64().unwrap() > 0.0,
+        predictor["texts_per_second_8_streams"]["median"]
+            .as_f64()
+            .unwrap()
+            > 0.0,
         "{summary}"
     );
-    assert!(predictor["idle_p99_ms"].as_f64().unwrap() > 0.0);
+    assert!(predictor["idle_p99_ms"]["median"].as_f64().unwrap() > 0.0);
     assert_eq!(summary["sweep"].as_array().unwrap().len(), 2, "{summary}");
     let md = std::fs::read_to_string(results.join("summary.md")).unwrap();
     assert!(

@@ -6,7 +6,8 @@ use std::time::Instant;
 
 use common::checkpoint::BaseModel;
 use common::data::{self, Dataset};
-use common::tokenizer::Encoded;
+use common::model::Attention;
+use common::tokenizer::{pad_batch_to_multiple, Encoded};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use tch::Device;
@@ -61,18 +62,37 @@ impl StepProfile {
     }
 }
 
-pub struct Throughput {
-    /// The batches taken (indices into the training split), warm-up first.
-    pub batches: Vec<Vec<usize>>,
+/// What to time and how.
+#[derive(Debug, Clone, Copy)]
+pub struct BenchOptions {
+    /// Timed steps per window.
+    pub steps: u64,
+    /// Timed windows in one process, each replaying the same batches (the first one pays for
+    /// shapes seen for the first time, later ones run with every per-shape cache warm).
+    pub repeats: u32,
+    pub bucketing: bool,
+    pub layout: Layout,
+    pub attention: Attention,
+    /// Batch lengths rounded up to a multiple of this (1: the longest text).
+    pub pad_multiple: usize,
+}
+
+/// One timed window.
+pub struct Window {
     pub samples_per_second: f64,
     /// Tokens of the texts themselves (no padding) per second.
     pub real_tokens_per_second: f64,
     /// Tokens the model computed on, padding included, per second.
     pub padded_tokens_per_second: f64,
     pub seconds: f64,
-    pub steps: u64,
-    pub precision: common::model::Precision,
     pub profile: StepProfile,
+}
+
+pub struct Throughput {
+    /// The batches taken (indices into the training split), warm-up first.
+    pub batches: Vec<Vec<usize>>,
+    pub windows: Vec<Window>,
+    pub precision: common::model::Precision,
 }
 
 /// Batches for the benchmark: the trainer's length-bucketed order, or plain shuffled batches.
@@ -91,79 +111,99 @@ pub fn bench_batches(
     }
 }
 
-/// Times `steps` training steps (after `WARMUP_STEPS` untimed ones) on the training split.
+/// Times `opts.repeats` windows of `opts.steps` training steps (after `WARMUP_STEPS` untimed
+/// ones) on the training split; every window replays the same batches.
 pub fn throughput(
     base: &BaseModel,
     data: &Dataset,
     cfg: &TrainConfig,
     device: Device,
-    steps: u64,
-    bucketing: bool,
-    layout: Layout,
+    opts: BenchOptions,
 ) -> Result<Throughput, TrainError> {
     let precision = cfg.precision.resolve(device)?;
-    let (model, tokenizer) = fine_tune::build_model(base, &data.labels, cfg, device, precision)?;
+    let (mut model, tokenizer) =
+        fine_tune::build_model(base, &data.labels, cfg, device, precision)?;
+    model.set_attention(opts.attention);
     let l = data.labels.len();
     let texts: Vec<&str> = data.train.iter().map(|e| e.text.as_str()).collect();
     let encoded = tokenizer.encode_all(&texts)?;
     let lengths: Vec<usize> = encoded.iter().map(|e| e.ids.len()).collect();
-    let order: Vec<Vec<usize>> = bench_batches(&lengths, cfg.batch_size, cfg.seed, bucketing)
+    let order: Vec<Vec<usize>> = bench_batches(&lengths, cfg.batch_size, cfg.seed, opts.bucketing)
         .into_iter()
         .cycle()
-        .take((steps + WARMUP_STEPS) as usize)
+        .take((opts.steps + WARMUP_STEPS) as usize)
         .collect();
     let targets = data::targets(&data.train, l);
-    let mut opt = fine_tune::optimizer_for(&model, cfg.weight_decay, layout);
+    if let Some(first) = order.first() {
+        let items: Vec<&Encoded> = first.iter().map(|&i| &encoded[i]).collect();
+        let b = pad_batch_to_multiple(&items, tokenizer.pad_id(), device, opts.pad_multiple);
+        let chosen = model.predict_proba(&b.input_ids, &b.attention_mask);
+        model.set_attention(Attention::Sdpa);
+        let reference = model.predict_proba(&b.input_ids, &b.attention_mask);
+        model.set_attention(opts.attention);
+        let delta = (chosen - reference).abs().max().double_value(&[]);
+        tracing::info!(
+            attention = ?model.resolved_attention(device),
+            max_abs_delta_vs_sdpa = delta,
+            "attention kernel"
+        );
+    }
+    let mut opt = fine_tune::optimizer_for(&model, cfg.weight_decay, opts.layout);
     let sync = || {
         if let Device::Cuda(i) = device {
             tch::Cuda::synchronize(i as i64);
         }
     };
-    let mut started = Instant::now();
-    let (mut samples, mut real, mut padded) = (0usize, 0usize, 0usize);
     let fresh_profile = || StepProfile {
         host_only: device != Device::Cpu,
         ..StepProfile::default()
     };
-    let mut profile = fresh_profile();
-    for (step, batch) in order.iter().enumerate() {
-        if step as u64 == WARMUP_STEPS {
-            sync();
-            started = Instant::now();
-            (samples, real, padded) = (0, 0, 0);
-            profile = fresh_profile();
+    let (warmup, timed) = order.split_at(WARMUP_STEPS.min(order.len() as u64) as usize);
+    let mut windows = Vec::new();
+    for window in 0..=opts.repeats.max(1) {
+        // Window 0 is the untimed warm-up.
+        let batches = if window == 0 { warmup } else { timed };
+        sync();
+        let started = Instant::now();
+        let (mut samples, mut real, mut padded) = (0usize, 0usize, 0usize);
+        let mut profile = fresh_profile();
+        for batch in batches {
+            // CPU kernels are synchronous, so the laps are the phases' times; on CUDA they are
+            // the host's (see `StepProfile::host_only`).
+            let mut lap = Instant::now();
+            let mut phase = |slot: &mut f64| {
+                *slot += lap.elapsed().as_secs_f64();
+                lap = Instant::now();
+            };
+            let items: Vec<&Encoded> = batch.iter().map(|&i| &encoded[i]).collect();
+            let b = pad_batch_to_multiple(&items, tokenizer.pad_id(), device, opts.pad_multiple);
+            let y = fine_tune::batch_targets(&targets, batch, l, device);
+            phase(&mut profile.data);
+            let loss = fine_tune::batch_loss(&model, &b, &y, None);
+            phase(&mut profile.forward);
+            fine_tune::backward(&mut opt, &loss, cfg.max_grad_norm);
+            phase(&mut profile.backward);
+            opt.step(cfg.learning_rate);
+            phase(&mut profile.optimizer);
+            samples += batch.len();
+            real += items.iter().map(|e| e.ids.len()).sum::<usize>();
+            padded += b.input_ids.size()[1] as usize * items.len();
         }
-        // CPU kernels are synchronous, so the laps are the phases' times; on CUDA they are the
-        // host's (see `StepProfile::host_only`).
-        let mut lap = Instant::now();
-        let mut phase = |slot: &mut f64| {
-            *slot += lap.elapsed().as_secs_f64();
-            lap = Instant::now();
-        };
-        let items: Vec<&Encoded> = batch.iter().map(|&i| &encoded[i]).collect();
-        let b = tokenizer.batch(&items, device);
-        let y = fine_tune::batch_targets(&targets, batch, l, device);
-        phase(&mut profile.data);
-        let loss = fine_tune::batch_loss(&model, &b, &y, None);
-        phase(&mut profile.forward);
-        fine_tune::backward(&mut opt, &loss, cfg.max_grad_norm);
-        phase(&mut profile.backward);
-        opt.step(cfg.learning_rate);
-        phase(&mut profile.optimizer);
-        samples += batch.len();
-        real += items.iter().map(|e| e.ids.len()).sum::<usize>();
-        padded += items.iter().map(|e| e.ids.len()).max().unwrap_or(0) * items.len();
+        sync();
+        let seconds = started.elapsed().as_secs_f64().max(1e-9);
+        if window > 0 {
+            windows.push(Window {
+                samples_per_second: samples as f64 / seconds,
+                real_tokens_per_second: real as f64 / seconds,
+                padded_tokens_per_second: padded as f64 / seconds,
+                seconds,
+                profile,
+            });
+        }
     }
-    sync();
-    let seconds = started.elapsed().as_secs_f64().max(1e-9);
     Ok(Throughput {
         batches: order,
-        samples_per_second: samples as f64 / seconds,
-        real_tokens_per_second: real as f64 / seconds,
-        padded_tokens_per_second: padded as f64 / seconds,
-        seconds,
-        steps,
+        windows,
         precision,
-        profile,
     })
 }

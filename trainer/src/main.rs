@@ -104,33 +104,35 @@ fn main() -> anyhow::Result<()> {
                 &common::store::Store::open(&cmd.base.base_model)?,
             ))?;
             let cfg = cmd.hyper.config();
-            let r = bench::throughput(
-                &base,
-                &data,
-                &cfg,
-                device,
-                cmd.steps,
-                !cmd.no_bucketing,
-                cmd.optimizer_layout,
-            )?;
-            eprintln!("time per phase: {}", r.profile.shares(r.seconds));
+            let opts = bench::BenchOptions {
+                steps: cmd.steps,
+                repeats: cmd.repeats,
+                bucketing: !cmd.no_bucketing,
+                layout: cmd.optimizer_layout,
+                attention: cmd.attention,
+                pad_multiple: cmd.pad_to_multiple_of as usize,
+            };
+            let r = bench::throughput(&base, &data, &cfg, device, opts)?;
             if let Some(path) = &cmd.write_batches {
                 std::fs::write(path, serde_json::to_vec(&r.batches)?)
                     .with_context(|| format!("writing {}", path.display()))?;
             }
-            println!(
-                "rust-tch train: {:.1} samples/s, {:.0} real tokens/s, {:.0} padded tokens/s over {} steps (batch {}, max-len {}, threads {}, bucketing {}, precision {}, device {})",
-                r.samples_per_second,
-                r.real_tokens_per_second,
-                r.padded_tokens_per_second,
-                r.steps,
-                cfg.batch_size,
-                cfg.max_length,
-                tch::get_num_threads(),
-                !cmd.no_bucketing,
-                r.precision,
-                common::device::describe(device)
-            );
+            for w in &r.windows {
+                eprintln!("time per phase: {}", w.profile.shares(w.seconds));
+                println!(
+                    "rust-tch train: {:.1} samples/s, {:.0} real tokens/s, {:.0} padded tokens/s over {} steps (batch {}, max-len {}, threads {}, bucketing {}, precision {}, device {})",
+                    w.samples_per_second,
+                    w.real_tokens_per_second,
+                    w.padded_tokens_per_second,
+                    cmd.steps,
+                    cfg.batch_size,
+                    cfg.max_length,
+                    tch::get_num_threads(),
+                    !cmd.no_bucketing,
+                    r.precision,
+                    common::device::describe(device)
+                );
+            }
         }
         Command::Serve(cmd) => {
             let device = cmd.device.init()?;

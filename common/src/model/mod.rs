@@ -3,7 +3,7 @@ mod bert;
 mod config;
 mod precision;
 
-pub use bert::{BertClassifier, LoadReport, ModelError, ModelOutput, Pooling};
+pub use bert::{Attention, BertClassifier, LoadReport, ModelError, ModelOutput, Pooling};
 pub use config::BertConfig;
 pub use config::ConfigError;
 pub use precision::{Precision, PrecisionChoice, PrecisionError};
