@@ -20,8 +20,9 @@ torch.set_num_threads(args.threads)
 texts = [line.split("\t")[0] for line in open(args.texts, encoding="utf-8")]
 if args.limit:
     texts = texts[: args.limit]
-tok = AutoTokenizer.from_pretrained(args.checkpoint)
-model = AutoModelForSequenceClassification.from_pretrained(args.checkpoint).eval()
+tok = AutoTokenizer.from_pretrained(args.checkpoint, trust_remote_code=True)
+# trust_remote_code: mean-pooled checkpoints ship their modeling code (what the predictor computes).
+model = AutoModelForSequenceClassification.from_pretrained(args.checkpoint, trust_remote_code=True).eval()
 if args.precision == "bf16":
     model = model.to(torch.bfloat16)
 

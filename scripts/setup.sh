@@ -5,6 +5,8 @@
 #   .cache/data/goemotions        the official GoEmotions splits, sha256-verified
 #   .cache/tools/bin/s3s-fs       a real S3 server for the tests (with --with-s3)
 #   .cache/tools/moto/            moto's S3 server, atomic conditional writes (with --with-s3)
+#   .cache/tools/buf/             buf 1.75.0 (npm @bufbuild/buf), contract lint and breaking checks (with --with-clients)
+#   .cache/tools/grpc/            Python venv with grpcio + grpcio-tools, a client no one here wrote (with --with-clients)
 #   .cache/env.sh                 environment for cargo (LIBTORCH, ...)
 # Re-running does nothing when everything is in place.
 #
@@ -12,6 +14,7 @@
 #   TORCH_VARIANT=cpu|cuda  cpu (default): slim install, CPU only, ~1.3 GB; cuda: full PyPI torch with CUDA libs (~4.6 GB)
 #   GOEMOTIONS_DIR=PATH     take the data from PATH (else ../shared/data/goemotions, else download)
 #   --with-s3               also install s3s-fs 0.14.1 and moto[server] 5.1.18 (needed by the tests)
+#   --with-clients          also install buf and Python grpcio (needed by the tests)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -23,10 +26,12 @@ MODEL_DIR="$ROOT/.cache/models/all-MiniLM-L6-v2"
 DATA_DIR="$ROOT/.cache/data/goemotions"
 DATA_URL="https://raw.githubusercontent.com/google-research/google-research/master/goemotions/data"
 WITH_S3=0
+WITH_CLIENTS=0
 for arg in "$@"; do
   case "$arg" in
     --with-s3) WITH_S3=1 ;;
-    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    --with-clients) WITH_CLIENTS=1 ;;
+    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
     *) echo "setup: unknown option $arg" >&2; exit 2 ;;
   esac
 done
@@ -112,7 +117,21 @@ if [ "$WITH_S3" = 1 ] && [ ! -x "$ROOT/.cache/tools/moto/bin/moto_server" ]; the
   "$ROOT/.cache/tools/moto/bin/pip" install -q 'moto[server]==5.1.18' || fail "pip install moto[server] failed (network?)"
 fi
 
-# 5. Environment for cargo.
+# 5. Clients and contract tools for the tests.
+if [ "$WITH_CLIENTS" = 1 ] && [ ! -x "$ROOT/.cache/tools/buf/node_modules/.bin/buf" ]; then
+  step "installing buf 1.75.0 (npm @bufbuild/buf: contract lint, breaking-change check, buf curl)"
+  command -v npm >/dev/null || fail "npm not found (install Node.js) — needed for buf"
+  mkdir -p "$ROOT/.cache/tools/buf"
+  npm install --silent --no-audit --no-fund --prefix "$ROOT/.cache/tools/buf" @bufbuild/buf@1.75.0 \
+    || fail "npm install @bufbuild/buf failed (network?)"
+fi
+if [ "$WITH_CLIENTS" = 1 ] && [ ! -x "$ROOT/.cache/tools/grpc/bin/python" ]; then
+  step "installing grpcio 1.76.0 + grpcio-tools (a Python gRPC client for the tests)"
+  "$PY" -m venv "$ROOT/.cache/tools/grpc" || fail "cannot create .cache/tools/grpc"
+  "$ROOT/.cache/tools/grpc/bin/pip" install -q 'grpcio==1.76.0' 'grpcio-tools==1.76.0' \
+    || { rm -rf "$ROOT/.cache/tools/grpc"; fail "pip install grpcio failed (network?)"; }
+fi
+# 6. Environment for cargo.
 cat > "$ROOT/.cache/env.sh" <<ENVEOF
 export LIBTORCH="$TORCH_DIR"
 export LIBTORCH_BYPASS_VERSION_CHECK=0
@@ -120,5 +139,7 @@ export GOEMOTIONS_DATA_DIR="$DATA_DIR"
 export GOEMOTIONS_BASE_MODEL="$MODEL_DIR"
 export S3S_FS_BIN="$ROOT/.cache/tools/bin/s3s-fs"
 export MOTO_SERVER_BIN="$ROOT/.cache/tools/moto/bin/moto_server"
+export BUF_BIN="$ROOT/.cache/tools/buf/node_modules/.bin/buf"
+export GRPC_PYTHON="$ROOT/.cache/tools/grpc/bin/python"
 ENVEOF
-step "set-up complete (torch $TORCH_VARIANT, model, data$([ "$WITH_S3" = 1 ] && echo ', s3s-fs, moto'))"
+step "set-up complete (torch $TORCH_VARIANT, model, data$([ "$WITH_S3" = 1 ] && echo ', s3s-fs, moto')$([ "$WITH_CLIENTS" = 1 ] && echo ', buf, grpcio'))"

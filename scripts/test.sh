@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# The test suite, from a fresh machine: set-up (venv + torch, model, data, s3s-fs), offline
-# validation of the Kubernetes overlays, the binaries the end-to-end tests start, then every
-# test of the workspace.
+# The test suite, from a fresh machine: set-up (venv + torch, model, data, s3s-fs, moto, buf,
+# grpcio), offline validation of the Kubernetes overlays, the binaries the end-to-end tests
+# start, then every test of the workspace.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
-scripts/setup.sh --with-s3
+scripts/setup.sh --with-s3 --with-clients
 # shellcheck disable=SC1091
 source .cache/env.sh
 scripts/validate-k8s.sh | grep -v '^INFO'

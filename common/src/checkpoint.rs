@@ -22,6 +22,18 @@ pub const TOKENIZER_EXTRAS: [&str; 3] = [
     "tokenizer_config.json",
     "special_tokens_map.json",
 ];
+/// Hugging Face remote code shipped in mean-pooled checkpoints (`auto_map` in config.json), so
+/// `transformers` with `trust_remote_code=True` scores exactly as the predictor does.
+pub const REMOTE_CODE: [(&str, &str); 2] = [
+    (
+        "configuration_goemotions.py",
+        include_str!("../hf/configuration_goemotions.py"),
+    ),
+    (
+        "modeling_goemotions.py",
+        include_str!("../hf/modeling_goemotions.py"),
+    ),
+];
 pub const FORMAT_VERSION: u32 = 1;
 
 #[derive(Debug, thiserror::Error)]

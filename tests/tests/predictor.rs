@@ -637,3 +637,156 @@ case_tests!(
     idle_connection_closed,
     missing_model_creates_nothing,
 );
+
+/// The README's two clients that no one here wrote: Python grpcio with stubs generated from
+/// proto/ (examples/python/classify.py) and `buf curl` with the .proto files, against a real
+/// predictor; both give the scores of the in-process model.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_grpcio_and_buf_curl_clients() {
+    let dir = tempfile::tempdir().unwrap();
+    let version = shared_registry(dir.path());
+    let alias = dir.path().join("models/goemotions/aliases/latest");
+    let (mut proc, addr, _) =
+        spawn_predictor(alias.to_str().unwrap(), &[], &[], dir.path().join("p.log"));
+    wait_serving(&mut proc, &addr, Duration::from_secs(60)).await;
+    let texts = [TEXTS[0], TEXTS[1]];
+    let expected = in_process_scores(
+        &dir.path()
+            .join(format!("models/goemotions/versions/{version}")),
+        &texts,
+    )
+    .await;
+    let root = workspace_root();
+    let hostport = addr.trim_start_matches("http://");
+
+    let python = std::env::var("GRPC_PYTHON").unwrap_or_else(|_| {
+        root.join(".cache/tools/grpc/bin/python")
+            .display()
+            .to_string()
+    });
+    let gen = dir.path().join("gen");
+    std::fs::create_dir_all(&gen).unwrap();
+    let protoc = std::process::Command::new(&python)
+        .args(["-m", "grpc_tools.protoc", "-I"])
+        .arg(root.join("proto"))
+        .arg(format!("--python_out={}", gen.display()))
+        .arg(format!("--grpc_python_out={}", gen.display()))
+        .arg(root.join("proto/goemotions/v1/predictor.proto"))
+        .output()
+        .expect("run grpc_tools.protoc (scripts/setup.sh --with-clients)");
+    assert!(
+        protoc.status.success(),
+        "{}",
+        String::from_utf8_lossy(&protoc.stderr)
+    );
+    let run = std::process::Command::new(&python)
+        .arg(root.join("examples/python/classify.py"))
+        .arg(hostport)
+        .args(texts)
+        .env("PYTHONPATH", &gen)
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&run.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), texts.len());
+    let labels = common::labels::LabelSet::load(&data_dir()).unwrap().names;
+    for (line, want) in lines.iter().zip(&expected) {
+        assert_eq!(line["model_version"], version.as_str());
+        let got: Vec<f32> = labels
+            .iter()
+            .map(|name| line["scores"][name.as_str()].as_f64().unwrap() as f32)
+            .collect();
+        assert_close(&got, want, "python grpcio");
+    }
+
+    let buf = std::env::var("BUF_BIN").unwrap_or_else(|_| {
+        root.join(".cache/tools/buf/node_modules/.bin/buf")
+            .display()
+            .to_string()
+    });
+    let body =
+        serde_json::json!({"texts": texts, "options": {"returnAllScores": true}}).to_string();
+    let curl = std::process::Command::new(&buf)
+        .args([
+            "curl",
+            "--protocol",
+            "grpc",
+            "--http2-prior-knowledge",
+            "--schema",
+        ])
+        .arg(root.join("proto"))
+        .args(["-d", &body])
+        .arg(format!("{addr}/goemotions.v1.Predictor/Classify"))
+        .output()
+        .expect("run buf curl (scripts/setup.sh --with-clients)");
+    assert!(
+        curl.status.success(),
+        "{}",
+        String::from_utf8_lossy(&curl.stderr)
+    );
+    let reply: serde_json::Value = serde_json::from_slice(&curl.stdout).unwrap();
+    assert_eq!(reply["modelVersion"], version.as_str());
+    for (result, want) in reply["results"].as_array().unwrap().iter().zip(&expected) {
+        let got: Vec<f32> = result["scores"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s.as_f64().unwrap() as f32)
+            .collect();
+        assert_close(&got, want, "buf curl");
+    }
+}
+
+/// A mean-pooled checkpoint loads in the real `transformers` with its shipped modeling code
+/// (`trust_remote_code=True`), and both the model and `pipeline()` give the Rust model's scores
+/// on 200 test texts; loading it without the remote code is refused instead of silently using
+/// BERT's [CLS] pooler (scripts/hf_load_checkpoint.py makes each check). Python `torch` cannot be
+/// imported from the slim libtorch install the build uses, and the full one is 5 GB, so this runs
+/// where `scripts/setup-ref-venv.sh` has made `.venv-ref`:
+/// `cargo test -p goemotions-tests --test predictor -- --ignored transformers_scores`.
+#[test]
+#[ignore = "needs .venv-ref (scripts/setup-ref-venv.sh: full torch + transformers, 5 GB)"]
+fn transformers_scores_mean_pooled_checkpoints_like_the_predictor() {
+    let dir = tempfile::tempdir().unwrap();
+    let version = shared_registry(dir.path());
+    let version_dir = dir
+        .path()
+        .join(format!("models/goemotions/versions/{version}"));
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(version_dir.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["classifier_pooling"], "mean");
+    assert_eq!(config["model_type"], "goemotions_bert");
+    let root = workspace_root();
+    let run = std::process::Command::new(root.join(".venv-ref/bin/python"))
+        .arg(root.join("scripts/hf_load_checkpoint.py"))
+        .arg(&version_dir)
+        .arg("--trainer")
+        .arg(bin("trainer"))
+        .arg("--texts")
+        .arg(data_dir().join("test.tsv"))
+        .args(["--limit", "200"])
+        .env("HF_HUB_OFFLINE", "1")
+        .output()
+        .expect("run scripts/hf_load_checkpoint.py with .venv-ref (scripts/setup-ref-venv.sh)");
+    let out = format!(
+        "{}{}",
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr)
+    );
+    println!("{out}");
+    assert!(run.status.success(), "{out}");
+    for check in [
+        "ok   AutoModelForSequenceClassification",
+        "ok   pipeline",
+        "ok   plain load refused",
+    ] {
+        assert!(out.contains(check), "missing `{check}`:\n{out}");
+    }
+}

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 use common::checkpoint::{self, BaseModel, Manifest, CONFIG, TOKENIZER, TOKENIZER_EXTRAS, WEIGHTS};
 use common::data::{DataError, Dataset, DatasetError};
-use common::model::Precision;
+use common::model::{Pooling, Precision};
 use common::registry::{self, Registry};
 use common::store::Store;
 use tokio::runtime::Handle;
@@ -162,7 +162,8 @@ pub fn run(
 }
 
 /// The published files: config, weights, tokenizer and its side files, with the tokenizer
-/// config's `model_max_length` set to the length the model was trained and is served with.
+/// config's `model_max_length` set to the length the model was trained and is served with, and
+/// for mean pooling the Hugging Face modeling code that reproduces it.
 fn checkpoint_files(
     outcome: &TrainOutcome,
     base: &BaseModel,
@@ -187,6 +188,11 @@ fn checkpoint_files(
                 bytes.clone()
             };
             files.push((extra.to_string(), bytes));
+        }
+    }
+    if outcome.model.pooling() == Pooling::Mean {
+        for (name, code) in checkpoint::REMOTE_CODE {
+            files.push((name.to_string(), Bytes::from_static(code.as_bytes())));
         }
     }
     Ok(files)

@@ -17,6 +17,10 @@ fn default_dropout() -> f64 {
     0.1
 }
 
+/// The `model_type` and class of mean-pooled checkpoints (their modeling code ships with them).
+pub const REMOTE_MODEL_TYPE: &str = "goemotions_bert";
+pub const REMOTE_ARCHITECTURE: &str = "GoEmotionsBertForSequenceClassification";
+
 /// A `config.json` value that cannot work, named by its field.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("{field} {message}")]
@@ -149,7 +153,8 @@ impl BertConfig {
             .collect()
     }
 
-    /// Fills the classification fields for multi-label classification over `labels`.
+    /// Fills the classification fields for multi-label classification over `labels`: a plain
+    /// `BertForSequenceClassification` for CLS pooling, the shipped remote-code class for mean pooling.
     pub fn set_classification(&mut self, labels: &[String], pooling: &str) {
         self.id2label = Some(
             labels
@@ -166,16 +171,57 @@ impl BertConfig {
                 .collect(),
         );
         self.problem_type = Some("multi_label_classification".into());
-        self.architectures = Some(vec!["BertForSequenceClassification".into()]);
         self.classifier_pooling = Some(pooling.into());
-        self.extra
-            .insert("model_type".into(), Value::String("bert".into()));
+        if pooling == "mean" {
+            // transformers has no mean-pooled BERT head: the checkpoint ships its own
+            // (crate::checkpoint::REMOTE_CODE), and a model type of its own makes the plain
+            // `AutoModelForSequenceClassification` refuse it instead of silently using the CLS pooler.
+            self.architectures = Some(vec![REMOTE_ARCHITECTURE.into()]);
+            self.extra
+                .insert("model_type".into(), Value::String(REMOTE_MODEL_TYPE.into()));
+            self.extra.insert(
+                "auto_map".into(),
+                serde_json::json!({
+                    "AutoConfig": "configuration_goemotions.GoEmotionsBertConfig",
+                    "AutoModelForSequenceClassification":
+                        format!("modeling_goemotions.{REMOTE_ARCHITECTURE}"),
+                }),
+            );
+        } else {
+            self.architectures = Some(vec!["BertForSequenceClassification".into()]);
+            self.extra
+                .insert("model_type".into(), Value::String("bert".into()));
+            self.extra.remove("auto_map");
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mean_pooling_declares_its_remote_code_and_cls_stays_plain_bert() {
+        let base = r#"{"vocab_size": 10, "hidden_size": 8, "num_hidden_layers": 1,
+            "num_attention_heads": 2, "intermediate_size": 16, "max_position_embeddings": 32}"#;
+        let labels = vec!["joy".to_string(), "neutral".to_string()];
+        let mut c = BertConfig::from_json(base.as_bytes()).unwrap();
+        c.set_classification(&labels, "mean");
+        let json: Value = serde_json::from_slice(&c.to_json()).unwrap();
+        assert_eq!(json["model_type"], REMOTE_MODEL_TYPE);
+        assert_eq!(json["architectures"][0], REMOTE_ARCHITECTURE);
+        assert_eq!(
+            json["auto_map"]["AutoModelForSequenceClassification"],
+            "modeling_goemotions.GoEmotionsBertForSequenceClassification"
+        );
+        // Retrained with CLS pooling from that checkpoint: plain BERT again, no remote code.
+        let mut again = BertConfig::from_json(&c.to_json()).unwrap();
+        again.set_classification(&labels, "cls");
+        let json: Value = serde_json::from_slice(&again.to_json()).unwrap();
+        assert_eq!(json["model_type"], "bert");
+        assert_eq!(json["architectures"][0], "BertForSequenceClassification");
+        assert!(json.get("auto_map").is_none(), "{json}");
+    }
 
     #[test]
     fn validation_names_the_field() {
