@@ -1,4 +1,5 @@
-//! Generates the goemotions.v1 gRPC code and a file descriptor set for server reflection.
+//! Generates the goemotions.v1 and Open Inference Protocol (`inference`) gRPC code and one file
+//! descriptor set for server reflection.
 use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -11,9 +12,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             &[
                 "goemotions/v1/predictor.proto",
                 "goemotions/v1/trainer.proto",
+                "inference/grpc_predict_v2.proto",
             ],
             &["."],
         )?;
     println!("cargo:rerun-if-changed=goemotions");
+    println!("cargo:rerun-if-changed=inference");
     Ok(())
 }

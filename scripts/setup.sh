@@ -6,7 +6,7 @@
 #   .cache/tools/bin/s3s-fs       a real S3 server for the tests (with --with-s3)
 #   .cache/tools/moto/            moto's S3 server, atomic conditional writes (with --with-s3)
 #   .cache/tools/buf/             buf 1.75.0 (npm @bufbuild/buf), contract lint and breaking checks (with --with-clients)
-#   .cache/tools/grpc/            Python venv with grpcio + grpcio-tools, a client no one here wrote (with --with-clients)
+#   .cache/tools/grpc/            Python venv with grpcio + grpcio-tools and tritonclient: clients no one here wrote (with --with-clients)
 #   .cache/env.sh                 environment for cargo (LIBTORCH, ...)
 # Re-running does nothing when everything is in place.
 #
@@ -125,11 +125,11 @@ if [ "$WITH_CLIENTS" = 1 ] && [ ! -x "$ROOT/.cache/tools/buf/node_modules/.bin/b
   npm install --silent --no-audit --no-fund --prefix "$ROOT/.cache/tools/buf" @bufbuild/buf@1.75.0 \
     || fail "npm install @bufbuild/buf failed (network?)"
 fi
-if [ "$WITH_CLIENTS" = 1 ] && [ ! -x "$ROOT/.cache/tools/grpc/bin/python" ]; then
-  step "installing grpcio 1.76.0 + grpcio-tools (a Python gRPC client for the tests)"
-  "$PY" -m venv "$ROOT/.cache/tools/grpc" || fail "cannot create .cache/tools/grpc"
-  "$ROOT/.cache/tools/grpc/bin/pip" install -q 'grpcio==1.76.0' 'grpcio-tools==1.76.0' \
-    || { rm -rf "$ROOT/.cache/tools/grpc"; fail "pip install grpcio failed (network?)"; }
+if [ "$WITH_CLIENTS" = 1 ] && ! "$ROOT/.cache/tools/grpc/bin/python" -c 'import grpc_tools, tritonclient.grpc' 2>/dev/null; then
+  step "installing grpcio 1.85.3, grpcio-tools 1.76.0 and tritonclient[grpc] 2.73.0 (Python clients for the tests)"
+  [ -x "$ROOT/.cache/tools/grpc/bin/pip" ] || "$PY" -m venv "$ROOT/.cache/tools/grpc" || fail "cannot create .cache/tools/grpc"
+  "$ROOT/.cache/tools/grpc/bin/pip" install -q 'grpcio==1.85.3' 'grpcio-tools==1.76.0' 'tritonclient[grpc]==2.73.0' \
+    || { rm -rf "$ROOT/.cache/tools/grpc"; fail "pip install of the Python gRPC clients failed (network?)"; }
 fi
 # 6. Environment for cargo.
 cat > "$ROOT/.cache/env.sh" <<ENVEOF

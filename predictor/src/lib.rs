@@ -3,7 +3,8 @@
 //! - `engine`: the loaded model and turning scores into labelled results (core);
 //! - `batcher`: queue room, dynamic batching on a dedicated inference thread (backend);
 //! - `reload`: loading checkpoints and following an alias with atomic swaps;
-//! - `service`: the thin gRPC layer (router), building every proto message;
+//! - `service`: the thin gRPC layer (router), building every proto message; `oip`: the Open
+//!   Inference Protocol (KServe v2) over the same path;
 //! - `server`: assembly (auth, TLS, health, reflection, drain), `telemetry`: Prometheus metrics;
 //! - `cli`, `client`, `bench`: the command line and the client-side tools.
 pub mod batcher;
@@ -11,6 +12,7 @@ pub mod bench;
 pub mod cli;
 pub mod client;
 pub(crate) mod engine;
+pub(crate) mod oip;
 pub(crate) mod reload;
 pub mod server;
 pub(crate) mod service;

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use common::grpc::{self, Access};
 use common::registry::ModelRef;
+use proto::inference::grpc_inference_service_server::GrpcInferenceServiceServer;
 use proto::v1::predictor_server::PredictorServer;
 use tch::Device;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -19,10 +20,14 @@ use tonic::transport::server::{Connected, TcpConnectInfo};
 use tonic_health::ServingStatus;
 
 use crate::batcher::{Batcher, BatcherConfig};
+use crate::oip::InferenceService;
 use crate::reload::{set_health, ModelSlot, Reloader, SERVICE_NAME};
 use crate::service::PredictorService;
 use crate::telemetry::{self, Metrics};
 use crate::Limits;
+
+/// The Open Inference Protocol's gRPC service, served beside goemotions.v1.
+const OIP_SERVICE_NAME: &str = "inference.GRPCInferenceService";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -101,6 +106,10 @@ pub async fn serve(model: ModelRef, opts: ServeOptions) -> Result<(), ServerErro
         metrics,
         draining: drain_rx.clone(),
     };
+    let inference = GrpcInferenceServiceServer::new(InferenceService {
+        predictor: service.clone(),
+    })
+    .max_decoding_message_size(opts.limits.max_message_bytes);
     let predictor =
         PredictorServer::new(service).max_decoding_message_size(opts.limits.max_message_bytes);
     let (reflection_v1, reflection_v1alpha) = grpc::reflection(
@@ -108,7 +117,7 @@ pub async fn serve(model: ModelRef, opts: ServeOptions) -> Result<(), ServerErro
             proto::v1::FILE_DESCRIPTOR_SET,
             tonic_health::pb::FILE_DESCRIPTOR_SET,
         ],
-        &[SERVICE_NAME, "grpc.health.v1.Health"],
+        &[SERVICE_NAME, OIP_SERVICE_NAME, "grpc.health.v1.Health"],
     )?;
 
     let drain_timeout = opts.drain_timeout;
@@ -148,6 +157,10 @@ pub async fn serve(model: ModelRef, opts: ServeOptions) -> Result<(), ServerErro
         .add_service(reflection_v1alpha)
         .add_service(tonic::service::interceptor::InterceptedService::new(
             predictor,
+            opts.access.interceptor(),
+        ))
+        .add_service(tonic::service::interceptor::InterceptedService::new(
+            inference,
             opts.access.interceptor(),
         ))
         .serve_with_incoming_shutdown(incoming, shutdown);

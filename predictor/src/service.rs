@@ -81,6 +81,16 @@ pub(crate) enum ClassifyError {
     Draining,
     #[error("an item exceeded the message size limit ({0}); it and every item after it were not read: resend the unanswered ids except the oversized one")]
     Oversized(String),
+    /// An Open Inference Protocol request whose tensors or parameters do not fit the model.
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("model {name:?} version {version:?} is not served here; this predictor serves {served:?} version {served_version:?}")]
+    UnknownModel {
+        name: String,
+        version: String,
+        served: String,
+        served_version: String,
+    },
 }
 
 impl ClassifyError {
@@ -92,7 +102,9 @@ impl ClassifyError {
             ClassifyError::TooManyTexts { .. }
             | ClassifyError::TextTooLong { .. }
             | ClassifyError::Options(_)
-            | ClassifyError::Tokenize(_) => Code::InvalidArgument,
+            | ClassifyError::Tokenize(_)
+            | ClassifyError::BadRequest(_) => Code::InvalidArgument,
+            ClassifyError::UnknownModel { .. } => Code::NotFound,
             ClassifyError::Queue(SubmitError::Stopped) => Code::Unavailable,
             ClassifyError::Queue(_) | ClassifyError::Oversized(_) => Code::ResourceExhausted,
             ClassifyError::Inference(_) => Code::Internal,
@@ -142,7 +154,7 @@ fn options(o: Option<&ClassifyOptions>, num_labels: usize) -> Result<OutputOptio
 }
 
 impl PredictorService {
-    fn current(&self) -> Result<Arc<ServingModel>, ClassifyError> {
+    pub(crate) fn current(&self) -> Result<Arc<ServingModel>, ClassifyError> {
         self.slot.get().ok_or(ClassifyError::NoModel)
     }
 
@@ -179,7 +191,12 @@ impl PredictorService {
         Ok(Pending::Queued { encoded, rx })
     }
 
-    fn record<T>(&self, method: &str, result: &Result<T, ClassifyError>, started: Instant) {
+    pub(crate) fn record<T>(
+        &self,
+        method: &str,
+        result: &Result<T, ClassifyError>,
+        started: Instant,
+    ) {
         let code = result
             .as_ref()
             .map(|_| Code::Ok)
@@ -192,6 +209,64 @@ impl PredictorService {
             .request_seconds
             .with_label_values(&[method])
             .observe(started.elapsed().as_secs_f64());
+    }
+
+    /// A batch of texts, start to finish (Classify and the Open Inference Protocol's ModelInfer):
+    /// limits checked for every text before any is queued, one result per text in order.
+    pub(crate) async fn classify_batch(
+        &self,
+        texts: &[String],
+        options_in: Option<&ClassifyOptions>,
+        method: &str,
+    ) -> Result<(Vec<TextResult>, Arc<ServingModel>), ClassifyError> {
+        let model = self.current()?;
+        if texts.len() > self.limits.max_texts_per_request {
+            return Err(ClassifyError::TooManyTexts {
+                count: texts.len(),
+                limit: self.limits.max_texts_per_request,
+            });
+        }
+        let opts = options(options_in, model.num_labels())?;
+        for (i, text) in texts.iter().enumerate() {
+            self.check_text(text, || format!("texts[{i}]"))?;
+        }
+        let to_score = texts.iter().filter(|t| !t.trim().is_empty()).count();
+        let mut room = self
+            .batcher
+            .reserve(to_score, Some(self.limits.queue_wait))
+            .await?;
+        let in_text = |index: usize| {
+            move |e: ClassifyError| ClassifyError::Text {
+                index,
+                source: Box::new(e),
+            }
+        };
+        let mut pending = Vec::with_capacity(texts.len());
+        for (i, text) in texts.iter().enumerate() {
+            pending.push(
+                self.enqueue(&model, text, &mut room, None)
+                    .map_err(in_text(i))?,
+            );
+        }
+        let mut results = Vec::with_capacity(pending.len());
+        for (i, p) in pending.into_iter().enumerate() {
+            results.push(finish(&model, p, opts).await.map_err(in_text(i))?);
+        }
+        self.metrics
+            .texts
+            .with_label_values(&[method])
+            .inc_by(results.len() as u64);
+        Ok((results, model))
+    }
+
+    /// The served model, if any.
+    pub(crate) fn served(&self) -> Option<Arc<ServingModel>> {
+        self.slot.get()
+    }
+
+    /// Whether the server takes requests: a model is loaded and it is not draining.
+    pub(crate) fn ready(&self) -> bool {
+        self.slot.get().is_some() && !*self.draining.borrow()
     }
 
     /// One stream item, start to finish.
@@ -265,51 +340,14 @@ impl Predictor for PredictorService {
         request: Request<ClassifyRequest>,
     ) -> Result<Response<ClassifyResponse>, Status> {
         let started = Instant::now();
-        let result = async {
-            let req = request.into_inner();
-            let model = self.current()?;
-            if req.texts.len() > self.limits.max_texts_per_request {
-                return Err(ClassifyError::TooManyTexts {
-                    count: req.texts.len(),
-                    limit: self.limits.max_texts_per_request,
-                });
-            }
-            let opts = options(req.options.as_ref(), model.num_labels())?;
-            for (i, text) in req.texts.iter().enumerate() {
-                self.check_text(text, || format!("texts[{i}]"))?;
-            }
-            let to_score = req.texts.iter().filter(|t| !t.trim().is_empty()).count();
-            let mut room = self
-                .batcher
-                .reserve(to_score, Some(self.limits.queue_wait))
-                .await?;
-            let in_text = |index: usize| {
-                move |e: ClassifyError| ClassifyError::Text {
-                    index,
-                    source: Box::new(e),
-                }
-            };
-            let mut pending = Vec::with_capacity(req.texts.len());
-            for (i, text) in req.texts.iter().enumerate() {
-                pending.push(
-                    self.enqueue(&model, text, &mut room, None)
-                        .map_err(in_text(i))?,
-                );
-            }
-            let mut results = Vec::with_capacity(pending.len());
-            for (i, p) in pending.into_iter().enumerate() {
-                results.push(finish(&model, p, opts).await.map_err(in_text(i))?);
-            }
-            self.metrics
-                .texts
-                .with_label_values(&["Classify"])
-                .inc_by(results.len() as u64);
-            Ok(ClassifyResponse {
+        let req = request.into_inner();
+        let result = self
+            .classify_batch(&req.texts, req.options.as_ref(), "Classify")
+            .await
+            .map(|(results, model)| ClassifyResponse {
                 results,
                 model_version: model.version().to_string(),
-            })
-        }
-        .await;
+            });
         self.record("Classify", &result, started);
         result.map(Response::new).map_err(Status::from)
     }

@@ -32,7 +32,10 @@ fn check_edited(edit: impl Fn(String) -> String) -> Output {
     let dir = tempfile::tempdir().expect("tempdir");
     let src = workspace_root().join("proto");
     std::fs::create_dir_all(dir.path().join("goemotions/v1")).unwrap();
+    std::fs::create_dir_all(dir.path().join("inference")).unwrap();
     std::fs::copy(src.join("buf.yaml"), dir.path().join("buf.yaml")).unwrap();
+    let oip = "inference/grpc_predict_v2.proto";
+    std::fs::copy(src.join(oip), dir.path().join(oip)).unwrap();
     for file in ["predictor.proto", "trainer.proto"] {
         let mut body = std::fs::read_to_string(src.join("goemotions/v1").join(file)).unwrap();
         if file == "predictor.proto" {

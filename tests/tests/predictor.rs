@@ -790,3 +790,102 @@ fn transformers_scores_mean_pooled_checkpoints_like_the_predictor() {
         assert!(out.contains(check), "missing `{check}`:\n{out}");
     }
 }
+
+/// The Open Inference Protocol (KServe v2) beside goemotions.v1 on the same port, driven by
+/// NVIDIA's Triton client (examples/python/oip_triton.py): health, metadata, readiness per model
+/// name, and inference whose scores equal the in-process model's; bad tensors and unknown models
+/// get INVALID_ARGUMENT and NOT_FOUND.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_inference_protocol_with_the_triton_client() {
+    use proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
+    use proto::inference::model_infer_request::InferInputTensor;
+    use proto::inference::{InferTensorContents, ModelInferRequest};
+
+    let dir = tempfile::tempdir().unwrap();
+    let version = shared_registry(dir.path());
+    let alias = dir.path().join("models/goemotions/aliases/latest");
+    let (mut proc, addr, _) =
+        spawn_predictor(alias.to_str().unwrap(), &[], &[], dir.path().join("p.log"));
+    wait_serving(&mut proc, &addr, Duration::from_secs(60)).await;
+    let texts = [TEXTS[0], TEXTS[3], ""];
+    let expected = in_process_scores(
+        &dir.path()
+            .join(format!("models/goemotions/versions/{version}")),
+        &texts[..2],
+    )
+    .await;
+    let root = workspace_root();
+    let python = std::env::var("GRPC_PYTHON").unwrap_or_else(|_| {
+        root.join(".cache/tools/grpc/bin/python")
+            .display()
+            .to_string()
+    });
+    let run = std::process::Command::new(&python)
+        .arg(root.join("examples/python/oip_triton.py"))
+        .arg(addr.trim_start_matches("http://"))
+        .arg("goemotions")
+        .args(texts)
+        .output()
+        .expect("run the Triton client (scripts/setup.sh --with-clients)");
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let out: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
+    assert_eq!(out["live"], true, "{out}");
+    assert_eq!(out["ready"], true, "{out}");
+    assert_eq!(out["model_ready"], true, "{out}");
+    assert_eq!(out["other_model_ready"], false, "{out}");
+    assert_eq!(out["model"]["name"], "goemotions", "{out}");
+    assert_eq!(out["model"]["versions"][0], version.as_str(), "{out}");
+    assert_eq!(out["model"]["inputs"][0]["datatype"], "BYTES", "{out}");
+    assert_eq!(out["model"]["outputs"][0]["shape"][1], "28", "{out}");
+    assert_eq!(out["version"], version.as_str());
+    let results = out["results"].as_array().unwrap();
+    assert_eq!(results.len(), 3);
+    for (r, want) in results.iter().zip(&expected) {
+        let got: Vec<f32> = r["scores"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s.as_f64().unwrap() as f32)
+            .collect();
+        assert_close(&got, want, "triton client");
+        assert_eq!(r["labels"]["top_k"].as_array().unwrap().len(), 2, "{r}");
+    }
+    // An empty text: no labels, zero scores (the tensor keeps its shape).
+    assert_eq!(results[2]["labels"]["labels"], serde_json::json!([]));
+
+    let mut oip = GrpcInferenceServiceClient::connect(addr.clone())
+        .await
+        .unwrap();
+    let request = |model: &str, datatype: &str| ModelInferRequest {
+        model_name: model.into(),
+        inputs: vec![InferInputTensor {
+            name: "text".into(),
+            datatype: datatype.into(),
+            shape: vec![1],
+            parameters: Default::default(),
+            contents: Some(InferTensorContents {
+                bytes_contents: vec![b"hello".to_vec()],
+                ..Default::default()
+            }),
+        }],
+        ..Default::default()
+    };
+    let status = oip
+        .model_infer(request("goemotions", "FP32"))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("BYTES"), "{status:?}");
+    let status = oip.model_infer(request("bert", "BYTES")).await.unwrap_err();
+    assert_eq!(status.code(), Code::NotFound, "{status:?}");
+    assert!(status.message().contains("goemotions"), "{status:?}");
+    let ok = oip
+        .model_infer(request("goemotions", "BYTES"))
+        .await
+        .unwrap();
+    assert_eq!(ok.into_inner().outputs.len(), 2);
+}

@@ -1,0 +1,477 @@
+//! The Open Inference Protocol (KServe v2) over gRPC, `inference.GRPCInferenceService`, served
+//! beside goemotions.v1 on the same port and through the same scoring path
+//! (`PredictorService::classify_batch`): the same limits, queue, metrics and access control.
+//! Only the tensor mapping lives here (see `proto/inference/grpc_predict_v2.proto`).
+use std::collections::HashMap;
+use std::time::Instant;
+
+use proto::inference::grpc_inference_service_server::GrpcInferenceService;
+use proto::inference::model_infer_request::InferInputTensor;
+use proto::inference::model_infer_response::InferOutputTensor;
+use proto::inference::model_metadata_response::TensorMetadata;
+use proto::inference::{
+    infer_parameter::ParameterChoice, InferParameter, ModelInferRequest, ModelInferResponse,
+    ModelMetadataRequest, ModelMetadataResponse, ModelReadyRequest, ModelReadyResponse,
+    ServerLiveRequest, ServerLiveResponse, ServerMetadataRequest, ServerMetadataResponse,
+    ServerReadyRequest, ServerReadyResponse,
+};
+use proto::v1::{ClassifyOptions, TextResult};
+use tonic::{Request, Response, Status};
+
+use crate::engine::ServingModel;
+use crate::service::{ClassifyError, PredictorService};
+
+/// The input tensor: UTF-8 texts.
+pub(crate) const INPUT: &str = "text";
+/// Output: sigmoid scores `[n, labels]` in label-id order.
+pub(crate) const SCORES: &str = "scores";
+/// Output: per text, JSON `{"labels": [...], "top_k": [{"label", "score"}...]}`.
+pub(crate) const LABELS: &str = "labels";
+/// What ServerMetadata and ModelMetadata call this server and its models.
+const SERVER_NAME: &str = "goemotions-predictor";
+const PLATFORM: &str = "goemotions-bert";
+
+#[derive(Clone)]
+pub struct InferenceService {
+    pub(crate) predictor: PredictorService,
+}
+
+fn bad(message: impl Into<String>) -> ClassifyError {
+    ClassifyError::BadRequest(message.into())
+}
+
+/// The served model if `name` (and `version`, when not empty) names it.
+fn check_model(model: &ServingModel, name: &str, version: &str) -> Result<(), ClassifyError> {
+    let served = &model.manifest.model_name;
+    if name != served || !(version.is_empty() || version == model.version()) {
+        return Err(ClassifyError::UnknownModel {
+            name: name.into(),
+            version: version.into(),
+            served: served.clone(),
+            served_version: model.version().into(),
+        });
+    }
+    Ok(())
+}
+
+/// Splits `raw_input_contents` BYTES: each element is a 4-byte little-endian length, then bytes.
+fn split_raw_bytes(raw: &[u8]) -> Result<Vec<&[u8]>, ClassifyError> {
+    let mut out = Vec::new();
+    let mut rest = raw;
+    while !rest.is_empty() {
+        let (len, tail) = rest.split_first_chunk::<4>().ok_or_else(|| {
+            bad(format!(
+                "raw_input_contents: element {} has a truncated length prefix",
+                out.len()
+            ))
+        })?;
+        let len = u32::from_le_bytes(*len) as usize;
+        if tail.len() < len {
+            return Err(bad(format!(
+                "raw_input_contents: element {} says {len} bytes, {} remain",
+                out.len(),
+                tail.len()
+            )));
+        }
+        out.push(&tail[..len]);
+        rest = &tail[len..];
+    }
+    Ok(out)
+}
+
+/// The texts of a ModelInfer request: one BYTES input of shape `[n]` or `[n, 1]`.
+fn input_texts(req: &ModelInferRequest) -> Result<Vec<String>, ClassifyError> {
+    let [input] = req.inputs.as_slice() else {
+        return Err(bad(format!(
+            "expected exactly one input tensor ({INPUT:?}, BYTES), got {}",
+            req.inputs.len()
+        )));
+    };
+    let InferInputTensor {
+        name,
+        datatype,
+        shape,
+        contents,
+        ..
+    } = input;
+    if datatype != "BYTES" {
+        return Err(bad(format!(
+            "input {name:?} has datatype {datatype}; texts are BYTES"
+        )));
+    }
+    let n = match shape.as_slice() {
+        [n] | [n, 1] if *n >= 0 => *n as usize,
+        other => {
+            return Err(bad(format!(
+                "input {name:?} has shape {other:?}; expected [n] or [n, 1]"
+            )))
+        }
+    };
+    let elements: Vec<&[u8]> = match req.raw_input_contents.as_slice() {
+        [] => contents
+            .as_ref()
+            .map(|c| c.bytes_contents.iter().map(Vec::as_slice).collect())
+            .unwrap_or_default(),
+        [raw] => split_raw_bytes(raw)?,
+        more => {
+            return Err(bad(format!(
+                "{} raw_input_contents for one input",
+                more.len()
+            )))
+        }
+    };
+    if elements.len() != n {
+        return Err(bad(format!(
+            "input {name:?} has shape {shape:?} but holds {} texts",
+            elements.len()
+        )));
+    }
+    elements
+        .into_iter()
+        .enumerate()
+        .map(|(i, e)| {
+            String::from_utf8(e.to_vec()).map_err(|_| bad(format!("text {i} is not valid UTF-8")))
+        })
+        .collect()
+}
+
+/// `top_k` (integer) and `threshold` (number in (0, 1)) from the request parameters.
+fn classify_options(
+    parameters: &HashMap<String, InferParameter>,
+) -> Result<ClassifyOptions, ClassifyError> {
+    let mut options = ClassifyOptions {
+        top_k: 0,
+        return_all_scores: true,
+        threshold: None,
+    };
+    for (key, value) in parameters {
+        let choice = value.parameter_choice.as_ref();
+        match key.as_str() {
+            "top_k" => {
+                let k = match choice {
+                    Some(ParameterChoice::Int64Param(k)) => u32::try_from(*k).ok(),
+                    Some(ParameterChoice::Uint64Param(k)) => u32::try_from(*k).ok(),
+                    _ => None,
+                };
+                options.top_k =
+                    k.ok_or_else(|| bad("parameter top_k must be a non-negative integer"))?;
+            }
+            "threshold" => {
+                let t = match choice {
+                    Some(ParameterChoice::DoubleParam(t)) => *t,
+                    _ => return Err(bad("parameter threshold must be a number in (0, 1)")),
+                };
+                options.threshold = Some(t as f32);
+            }
+            // Triton's clients send these on their own; they do not change the answer.
+            "binary_data_output" | "binary_data_size" | "sequence_id" | "priority" | "timeout" => {}
+            other => {
+                return Err(bad(format!(
+                    "unknown parameter {other:?}; this model takes top_k and threshold"
+                )))
+            }
+        }
+    }
+    Ok(options)
+}
+
+/// Which outputs to return: all when none are named.
+fn requested_outputs(req: &ModelInferRequest) -> Result<(bool, bool), ClassifyError> {
+    if req.outputs.is_empty() {
+        return Ok((true, true));
+    }
+    let (mut scores, mut labels) = (false, false);
+    for o in &req.outputs {
+        match o.name.as_str() {
+            SCORES => scores = true,
+            LABELS => labels = true,
+            other => {
+                return Err(bad(format!(
+                    "unknown output {other:?}; outputs are {SCORES:?} and {LABELS:?}"
+                )))
+            }
+        }
+    }
+    Ok((scores, labels))
+}
+
+fn labels_json(model: &ServingModel, r: &TextResult) -> Vec<u8> {
+    let names: Vec<&str> = r.labels.iter().map(|l| l.name.as_str()).collect();
+    let top_k: Vec<serde_json::Value> = r
+        .top_k
+        .iter()
+        .map(|l| serde_json::json!({"label": l.name, "score": l.score}))
+        .collect();
+    debug_assert!(r
+        .labels
+        .iter()
+        .all(|l| (l.id as usize) < model.num_labels()));
+    serde_json::to_vec(&serde_json::json!({"labels": names, "top_k": top_k})).unwrap_or_default()
+}
+
+fn output_tensor(name: &str, datatype: &str, shape: Vec<i64>) -> InferOutputTensor {
+    InferOutputTensor {
+        name: name.into(),
+        datatype: datatype.into(),
+        shape,
+        parameters: HashMap::new(),
+        contents: None,
+    }
+}
+
+/// BYTES elements in raw form: each a 4-byte little-endian length, then its bytes.
+fn join_raw_bytes(elements: impl Iterator<Item = Vec<u8>>) -> Vec<u8> {
+    let mut out = Vec::new();
+    for e in elements {
+        out.extend_from_slice(&(e.len() as u32).to_le_bytes());
+        out.extend_from_slice(&e);
+    }
+    out
+}
+
+fn tensor_metadata(name: &str, datatype: &str, shape: Vec<i64>) -> TensorMetadata {
+    TensorMetadata {
+        name: name.into(),
+        datatype: datatype.into(),
+        shape,
+    }
+}
+
+impl InferenceService {
+    async fn infer(&self, req: ModelInferRequest) -> Result<ModelInferResponse, ClassifyError> {
+        let model = self.predictor.current()?;
+        check_model(&model, &req.model_name, &req.model_version)?;
+        let texts = input_texts(&req)?;
+        let options = classify_options(&req.parameters)?;
+        let (want_scores, want_labels) = requested_outputs(&req)?;
+        let (results, model) = self
+            .predictor
+            .classify_batch(&texts, Some(&options), "ModelInfer")
+            .await?;
+        let n = results.len() as i64;
+        let width = model.num_labels();
+        // Tensor data goes in `raw_output_contents` (one entry per output, in order), as Triton
+        // answers and as its client reads; `contents` stays empty.
+        let mut outputs = Vec::new();
+        let mut raw: Vec<Vec<u8>> = Vec::new();
+        if want_scores {
+            // An empty text has no scores (as in goemotions.v1); in a tensor it scores 0 everywhere.
+            let flat: Vec<f32> = results
+                .iter()
+                .flat_map(|r| {
+                    if r.scores.len() == width {
+                        r.scores.clone()
+                    } else {
+                        vec![0.0; width]
+                    }
+                })
+                .collect();
+            outputs.push(output_tensor(SCORES, "FP32", vec![n, width as i64]));
+            raw.push(flat.iter().flat_map(|v| v.to_le_bytes()).collect());
+        }
+        if want_labels {
+            outputs.push(output_tensor(LABELS, "BYTES", vec![n]));
+            raw.push(join_raw_bytes(
+                results.iter().map(|r| labels_json(&model, r)),
+            ));
+        }
+        Ok(ModelInferResponse {
+            model_name: model.manifest.model_name.clone(),
+            model_version: model.version().into(),
+            id: req.id,
+            parameters: HashMap::new(),
+            outputs,
+            raw_output_contents: raw,
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl GrpcInferenceService for InferenceService {
+    async fn server_live(
+        &self,
+        _request: Request<ServerLiveRequest>,
+    ) -> Result<Response<ServerLiveResponse>, Status> {
+        Ok(Response::new(ServerLiveResponse { live: true }))
+    }
+
+    async fn server_ready(
+        &self,
+        _request: Request<ServerReadyRequest>,
+    ) -> Result<Response<ServerReadyResponse>, Status> {
+        Ok(Response::new(ServerReadyResponse {
+            ready: self.predictor.ready(),
+        }))
+    }
+
+    async fn model_ready(
+        &self,
+        request: Request<ModelReadyRequest>,
+    ) -> Result<Response<ModelReadyResponse>, Status> {
+        let req = request.into_inner();
+        let ready = self.predictor.ready()
+            && self
+                .predictor
+                .served()
+                .is_some_and(|m| check_model(&m, &req.name, &req.version).is_ok());
+        Ok(Response::new(ModelReadyResponse { ready }))
+    }
+
+    async fn server_metadata(
+        &self,
+        _request: Request<ServerMetadataRequest>,
+    ) -> Result<Response<ServerMetadataResponse>, Status> {
+        Ok(Response::new(ServerMetadataResponse {
+            name: SERVER_NAME.into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            extensions: Vec::new(),
+        }))
+    }
+
+    async fn model_metadata(
+        &self,
+        request: Request<ModelMetadataRequest>,
+    ) -> Result<Response<ModelMetadataResponse>, Status> {
+        let req = request.into_inner();
+        let result = self.predictor.current().and_then(|model| {
+            check_model(&model, &req.name, &req.version)?;
+            Ok(ModelMetadataResponse {
+                name: model.manifest.model_name.clone(),
+                versions: vec![model.version().into()],
+                platform: PLATFORM.into(),
+                inputs: vec![tensor_metadata(INPUT, "BYTES", vec![-1])],
+                outputs: vec![
+                    tensor_metadata(SCORES, "FP32", vec![-1, model.num_labels() as i64]),
+                    tensor_metadata(LABELS, "BYTES", vec![-1]),
+                ],
+            })
+        });
+        result.map(Response::new).map_err(Status::from)
+    }
+
+    async fn model_infer(
+        &self,
+        request: Request<ModelInferRequest>,
+    ) -> Result<Response<ModelInferResponse>, Status> {
+        let started = Instant::now();
+        let result = self.infer(request.into_inner()).await;
+        self.predictor.record("ModelInfer", &result, started);
+        result.map(Response::new).map_err(Status::from)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proto::inference::InferTensorContents;
+
+    fn raw(texts: &[&str]) -> Vec<u8> {
+        texts
+            .iter()
+            .flat_map(|t| {
+                let mut v = (t.len() as u32).to_le_bytes().to_vec();
+                v.extend_from_slice(t.as_bytes());
+                v
+            })
+            .collect()
+    }
+
+    fn request(shape: Vec<i64>, raw_contents: Vec<Vec<u8>>) -> ModelInferRequest {
+        ModelInferRequest {
+            inputs: vec![InferInputTensor {
+                name: INPUT.into(),
+                datatype: "BYTES".into(),
+                shape,
+                parameters: HashMap::new(),
+                contents: None,
+            }],
+            raw_input_contents: raw_contents,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn raw_bytes_round_trip() {
+        let joined = join_raw_bytes(["a", "", "héllo"].iter().map(|t| t.as_bytes().to_vec()));
+        assert_eq!(joined, raw(&["a", "", "héllo"]));
+        let split = split_raw_bytes(&joined).unwrap();
+        assert_eq!(split, vec![&b"a"[..], &b""[..], "héllo".as_bytes()]);
+    }
+
+    #[test]
+    fn raw_bytes_texts_are_split_by_their_length_prefixes() {
+        let req = request(vec![2, 1], vec![raw(&["héllo", ""])]);
+        assert_eq!(input_texts(&req).unwrap(), vec!["héllo", ""]);
+    }
+
+    #[test]
+    fn malformed_inputs_are_refused_with_the_reason() {
+        let cases = [
+            (request(vec![3], vec![raw(&["a", "b"])]), "holds 2 texts"),
+            (
+                request(vec![2, 2], vec![raw(&["a", "b"])]),
+                "expected [n] or [n, 1]",
+            ),
+            (
+                request(vec![1], vec![vec![9, 0, 0, 0, b'x']]),
+                "says 9 bytes",
+            ),
+            (
+                request(vec![1], vec![vec![1, 0]]),
+                "truncated length prefix",
+            ),
+            (
+                request(
+                    vec![1],
+                    vec![raw(&["\u{0}"]).into_iter().chain([0xff]).collect()],
+                ),
+                "truncated",
+            ),
+        ];
+        for (req, want) in cases {
+            let err = input_texts(&req).unwrap_err().to_string();
+            assert!(err.contains(want), "{err} (wanted {want})");
+        }
+        let mut not_utf8 = request(vec![1], vec![]);
+        not_utf8.inputs[0].contents = Some(InferTensorContents {
+            bytes_contents: vec![vec![0xff, 0xfe]],
+            ..Default::default()
+        });
+        assert!(input_texts(&not_utf8)
+            .unwrap_err()
+            .to_string()
+            .contains("UTF-8"));
+        let mut fp32 = request(vec![1], vec![]);
+        fp32.inputs[0].datatype = "FP32".into();
+        assert!(input_texts(&fp32)
+            .unwrap_err()
+            .to_string()
+            .contains("BYTES"));
+    }
+
+    #[test]
+    fn parameters_map_to_options_and_unknown_ones_are_refused() {
+        let p = |k: &str, c: ParameterChoice| {
+            HashMap::from([(
+                k.to_string(),
+                InferParameter {
+                    parameter_choice: Some(c),
+                },
+            )])
+        };
+        let o = classify_options(&p("top_k", ParameterChoice::Int64Param(5))).unwrap();
+        assert_eq!(o.top_k, 5);
+        let o = classify_options(&p("threshold", ParameterChoice::DoubleParam(0.3))).unwrap();
+        assert_eq!(o.threshold, Some(0.3));
+        assert!(classify_options(&p("top_k", ParameterChoice::Int64Param(-1))).is_err());
+        assert!(
+            classify_options(&p("threshold", ParameterChoice::StringParam("x".into()))).is_err()
+        );
+        assert!(
+            classify_options(&p("temperature", ParameterChoice::DoubleParam(1.0)))
+                .unwrap_err()
+                .to_string()
+                .contains("temperature")
+        );
+    }
+}
