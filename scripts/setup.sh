@@ -125,10 +125,10 @@ if [ "$WITH_CLIENTS" = 1 ] && [ ! -x "$ROOT/.cache/tools/buf/node_modules/.bin/b
   npm install --silent --no-audit --no-fund --prefix "$ROOT/.cache/tools/buf" @bufbuild/buf@1.75.0 \
     || fail "npm install @bufbuild/buf failed (network?)"
 fi
-if [ "$WITH_CLIENTS" = 1 ] && ! "$ROOT/.cache/tools/grpc/bin/python" -c 'import grpc_tools, tritonclient.grpc' 2>/dev/null; then
-  step "installing grpcio 1.85.3, grpcio-tools 1.76.0 and tritonclient[grpc] 2.73.0 (Python clients for the tests)"
+if [ "$WITH_CLIENTS" = 1 ] && ! "$ROOT/.cache/tools/grpc/bin/python" -c 'import grpc_tools, tritonclient.grpc, tritonclient.http' 2>/dev/null; then
+  step "installing grpcio 1.85.3, grpcio-tools 1.76.0 and tritonclient[grpc,http] 2.73.0 (Python clients for the tests)"
   [ -x "$ROOT/.cache/tools/grpc/bin/pip" ] || "$PY" -m venv "$ROOT/.cache/tools/grpc" || fail "cannot create .cache/tools/grpc"
-  "$ROOT/.cache/tools/grpc/bin/pip" install -q 'grpcio==1.85.3' 'grpcio-tools==1.76.0' 'tritonclient[grpc]==2.73.0' \
+  "$ROOT/.cache/tools/grpc/bin/pip" install -q 'grpcio==1.85.3' 'grpcio-tools==1.76.0' 'tritonclient[grpc,http]==2.73.0' \
     || { rm -rf "$ROOT/.cache/tools/grpc"; fail "pip install of the Python gRPC clients failed (network?)"; }
 fi
 # 6. Environment for cargo.

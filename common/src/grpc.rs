@@ -49,6 +49,8 @@ pub enum AccessError {
     Unauthenticated { addr: SocketAddr },
     #[error("TLS configuration: {0}")]
     Tls(#[from] tonic::transport::Error),
+    #[error("--http-listen serves plain HTTP and cannot be combined with --tls-cert/--tls-key; terminate TLS in front of it (ingress, mesh)")]
+    PlainHttpWithTls,
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, AccessError> {
@@ -94,6 +96,11 @@ impl Access {
 
     pub fn authenticated(&self) -> bool {
         self.token.is_some()
+    }
+
+    /// The required token, for servers other than gRPC (the HTTP API) to check.
+    pub fn token(&self) -> Option<BearerToken> {
+        self.token.clone()
     }
 
     pub fn tls(&self) -> Option<ServerTlsConfig> {

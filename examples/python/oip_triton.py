@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
 """Calls the predictor over the Open Inference Protocol (KServe v2) with NVIDIA's Triton client
-(`pip install 'tritonclient[grpc]'`), which knows nothing of this project:
+(`pip install 'tritonclient[grpc,http]'`), which knows nothing of this project, over gRPC (the
+predictor's --listen) or HTTP/JSON (its --http-listen):
 
     python examples/python/oip_triton.py 127.0.0.1:50051 goemotions "I'm so happy!" "This is awful."
+    python examples/python/oip_triton.py --http 127.0.0.1:8080 goemotions "I'm so happy!"
 
 Prints one JSON object: health, server and model metadata, and per text its predicted labels and
 the 28 scores (label-id order).
@@ -11,27 +13,38 @@ import json
 import sys
 
 import numpy as np
-import tritonclient.grpc as grpcclient
 
 
 def main():
-    url, model, texts = sys.argv[1], sys.argv[2], sys.argv[3:]
-    client = grpcclient.InferenceServerClient(url=url)
-    meta = client.get_model_metadata(model, as_json=True)
-    text = grpcclient.InferInput("text", [len(texts)], "BYTES")
-    text.set_data_from_numpy(np.array([t.encode() for t in texts], dtype=np.object_))
-    outputs = [grpcclient.InferRequestedOutput("scores"), grpcclient.InferRequestedOutput("labels")]
+    args = sys.argv[1:]
+    http = args[0] == "--http"
+    if http:
+        import tritonclient.http as client_lib
+
+        args = args[1:]
+    else:
+        import tritonclient.grpc as client_lib
+    url, model, texts = args[0], args[1], args[2:]
+    client = client_lib.InferenceServerClient(url=url)
+    as_json = {} if http else {"as_json": True}
+    meta = client.get_model_metadata(model, **as_json)
+    text = client_lib.InferInput("text", [len(texts)], "BYTES")
+    data = np.array([t.encode() for t in texts], dtype=np.object_)
+    text.set_data_from_numpy(data, **({"binary_data": False} if http else {}))
+    binary = {"binary_data": False} if http else {}
+    outputs = [client_lib.InferRequestedOutput("scores", **binary), client_lib.InferRequestedOutput("labels", **binary)]
     result = client.infer(model, [text], outputs=outputs, parameters={"top_k": 2})
     scores = result.as_numpy("scores")
     labels = [json.loads(b) for b in result.as_numpy("labels")]
+    response = result.get_response()
     print(json.dumps({
         "live": client.is_server_live(),
         "ready": client.is_server_ready(),
         "model_ready": client.is_model_ready(model),
         "other_model_ready": client.is_model_ready(model + "-other"),
-        "server": client.get_server_metadata(as_json=True),
+        "server": client.get_server_metadata(**as_json),
         "model": meta,
-        "version": result.get_response().model_version,
+        "version": response["model_version"] if http else response.model_version,
         "results": [{"labels": l, "scores": s.tolist()} for l, s in zip(labels, scores)],
     }))
 

@@ -48,6 +48,10 @@ pub struct ServeArgs {
     /// --allow-unauthenticated.
     #[arg(long, env = "PREDICTOR_LISTEN", default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
+    /// Open Inference Protocol (KServe v2) HTTP/JSON API listen address (`/v2/...`), off when
+    /// unset. Same token rule as --listen; plain HTTP (terminate TLS in front).
+    #[arg(long, env = "PREDICTOR_HTTP_LISTEN")]
+    pub http_listen: Option<SocketAddr>,
     /// Prometheus /metrics listen address (plain HTTP).
     #[arg(
         long,
@@ -148,6 +152,18 @@ impl ServeArgs {
                 queue_wait: seconds(self.queue_wait_ms / 1000.0),
             },
             access: Access::from_args(&self.access, self.listen)?,
+            http_listen: match self.http_listen {
+                Some(addr) => {
+                    // The same exposure rule for the HTTP address (refused beyond loopback
+                    // without a token), and no plain HTTP beside TLS.
+                    let http = Access::from_args(&self.access, addr)?;
+                    if http.tls().is_some() {
+                        return Err(AccessError::PlainHttpWithTls);
+                    }
+                    Some(addr)
+                }
+                None => None,
+            },
             keepalive: optional_seconds(self.keepalive_secs),
             keepalive_timeout: seconds(self.keepalive_timeout_secs),
             idle_timeout: optional_seconds(self.idle_timeout_secs),

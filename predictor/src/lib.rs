@@ -4,7 +4,7 @@
 //! - `batcher`: queue room, dynamic batching on a dedicated inference thread (backend);
 //! - `reload`: loading checkpoints and following an alias with atomic swaps;
 //! - `service`: the thin gRPC layer (router), building every proto message; `oip`: the Open
-//!   Inference Protocol (KServe v2) over the same path;
+//!   Inference Protocol (KServe v2) over the same path, `rest` the same over HTTP/JSON;
 //! - `server`: assembly (auth, TLS, health, reflection, drain), `telemetry`: Prometheus metrics;
 //! - `cli`, `client`, `bench`: the command line and the client-side tools.
 pub mod batcher;
@@ -14,6 +14,7 @@ pub mod client;
 pub(crate) mod engine;
 pub(crate) mod oip;
 pub(crate) mod reload;
+pub(crate) mod rest;
 pub mod server;
 pub(crate) mod service;
 pub(crate) mod telemetry;

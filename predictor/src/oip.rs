@@ -136,7 +136,7 @@ fn input_texts(req: &ModelInferRequest) -> Result<Vec<String>, ClassifyError> {
 }
 
 /// `top_k` (integer) and `threshold` (number in (0, 1)) from the request parameters.
-fn classify_options(
+pub(crate) fn classify_options(
     parameters: &HashMap<String, InferParameter>,
 ) -> Result<ClassifyOptions, ClassifyError> {
     let mut options = ClassifyOptions {
@@ -173,26 +173,6 @@ fn classify_options(
         }
     }
     Ok(options)
-}
-
-/// Which outputs to return: all when none are named.
-fn requested_outputs(req: &ModelInferRequest) -> Result<(bool, bool), ClassifyError> {
-    if req.outputs.is_empty() {
-        return Ok((true, true));
-    }
-    let (mut scores, mut labels) = (false, false);
-    for o in &req.outputs {
-        match o.name.as_str() {
-            SCORES => scores = true,
-            LABELS => labels = true,
-            other => {
-                return Err(bad(format!(
-                    "unknown output {other:?}; outputs are {SCORES:?} and {LABELS:?}"
-                )))
-            }
-        }
-    }
-    Ok((scores, labels))
 }
 
 fn labels_json(model: &ServingModel, r: &TextResult) -> Vec<u8> {
@@ -237,26 +217,79 @@ fn tensor_metadata(name: &str, datatype: &str, shape: Vec<i64>) -> TensorMetadat
     }
 }
 
+/// A ModelInfer request in protocol-neutral form (gRPC and REST parse into it).
+#[derive(Debug)]
+pub(crate) struct Inference {
+    pub model_name: String,
+    pub model_version: String,
+    pub id: String,
+    pub texts: Vec<String>,
+    pub options: ClassifyOptions,
+    pub want_scores: bool,
+    pub want_labels: bool,
+}
+
+/// Its answer: `scores` row-major `[n, labels]`, `labels` one JSON document per text.
+pub(crate) struct Inferred {
+    pub model_name: String,
+    pub model_version: String,
+    pub id: String,
+    pub num_labels: usize,
+    pub scores: Option<Vec<f32>>,
+    pub labels: Option<Vec<Vec<u8>>>,
+}
+
+impl Inferred {
+    pub fn len(&self) -> usize {
+        self.labels
+            .as_ref()
+            .map(Vec::len)
+            .or_else(|| {
+                self.scores
+                    .as_ref()
+                    .map(|s| s.len() / self.num_labels.max(1))
+            })
+            .unwrap_or(0)
+    }
+}
+
+/// Output names requested, validated (all when none are named).
+pub(crate) fn wanted_outputs<'a>(
+    names: impl Iterator<Item = &'a str>,
+) -> Result<(bool, bool), ClassifyError> {
+    let (mut scores, mut labels, mut any) = (false, false, false);
+    for name in names {
+        any = true;
+        match name {
+            SCORES => scores = true,
+            LABELS => labels = true,
+            other => {
+                return Err(bad(format!(
+                    "unknown output {other:?}; outputs are {SCORES:?} and {LABELS:?}"
+                )))
+            }
+        }
+    }
+    Ok(if any { (scores, labels) } else { (true, true) })
+}
+
 impl InferenceService {
-    async fn infer(&self, req: ModelInferRequest) -> Result<ModelInferResponse, ClassifyError> {
+    /// Scores the texts through the shared path; `method` labels the metrics.
+    pub(crate) async fn run(
+        &self,
+        request: Inference,
+        method: &str,
+    ) -> Result<Inferred, ClassifyError> {
         let model = self.predictor.current()?;
-        check_model(&model, &req.model_name, &req.model_version)?;
-        let texts = input_texts(&req)?;
-        let options = classify_options(&req.parameters)?;
-        let (want_scores, want_labels) = requested_outputs(&req)?;
+        check_model(&model, &request.model_name, &request.model_version)?;
         let (results, model) = self
             .predictor
-            .classify_batch(&texts, Some(&options), "ModelInfer")
+            .classify_batch(&request.texts, Some(&request.options), method)
             .await?;
-        let n = results.len() as i64;
         let width = model.num_labels();
-        // Tensor data goes in `raw_output_contents` (one entry per output, in order), as Triton
-        // answers and as its client reads; `contents` stays empty.
-        let mut outputs = Vec::new();
-        let mut raw: Vec<Vec<u8>> = Vec::new();
-        if want_scores {
-            // An empty text has no scores (as in goemotions.v1); in a tensor it scores 0 everywhere.
-            let flat: Vec<f32> = results
+        // An empty text has no scores (as in goemotions.v1); in a tensor it scores 0 everywhere.
+        let scores = request.want_scores.then(|| {
+            results
                 .iter()
                 .flat_map(|r| {
                     if r.scores.len() == width {
@@ -265,20 +298,105 @@ impl InferenceService {
                         vec![0.0; width]
                     }
                 })
-                .collect();
-            outputs.push(output_tensor(SCORES, "FP32", vec![n, width as i64]));
-            raw.push(flat.iter().flat_map(|v| v.to_le_bytes()).collect());
-        }
-        if want_labels {
-            outputs.push(output_tensor(LABELS, "BYTES", vec![n]));
-            raw.push(join_raw_bytes(
-                results.iter().map(|r| labels_json(&model, r)),
-            ));
-        }
-        Ok(ModelInferResponse {
+                .collect()
+        });
+        let labels = request
+            .want_labels
+            .then(|| results.iter().map(|r| labels_json(&model, r)).collect());
+        Ok(Inferred {
             model_name: model.manifest.model_name.clone(),
             model_version: model.version().into(),
+            id: request.id,
+            num_labels: width,
+            scores,
+            labels,
+        })
+    }
+
+    /// Server readiness, model readiness and metadata, shared with REST.
+    pub(crate) fn ready(&self) -> bool {
+        self.predictor.ready()
+    }
+
+    pub(crate) fn model_ready(&self, name: &str, version: &str) -> bool {
+        self.predictor.ready()
+            && self
+                .predictor
+                .served()
+                .is_some_and(|m| check_model(&m, name, version).is_ok())
+    }
+
+    pub(crate) fn model_metadata(
+        &self,
+        name: &str,
+        version: &str,
+    ) -> Result<ModelMetadataResponse, ClassifyError> {
+        let model = self.predictor.current()?;
+        check_model(&model, name, version)?;
+        Ok(ModelMetadataResponse {
+            name: model.manifest.model_name.clone(),
+            versions: vec![model.version().into()],
+            platform: PLATFORM.into(),
+            inputs: vec![tensor_metadata(INPUT, "BYTES", vec![-1])],
+            outputs: vec![
+                tensor_metadata(SCORES, "FP32", vec![-1, model.num_labels() as i64]),
+                tensor_metadata(LABELS, "BYTES", vec![-1]),
+            ],
+        })
+    }
+
+    pub(crate) fn server_metadata() -> ServerMetadataResponse {
+        ServerMetadataResponse {
+            name: SERVER_NAME.into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            extensions: Vec::new(),
+        }
+    }
+
+    /// Records a call in the shared request metrics.
+    pub(crate) fn record<T>(
+        &self,
+        method: &str,
+        result: &Result<T, ClassifyError>,
+        started: Instant,
+    ) {
+        self.predictor.record(method, result, started);
+    }
+
+    async fn infer(&self, req: ModelInferRequest) -> Result<ModelInferResponse, ClassifyError> {
+        let (want_scores, want_labels) =
+            wanted_outputs(req.outputs.iter().map(|o| o.name.as_str()))?;
+        let inference = Inference {
+            texts: input_texts(&req)?,
+            options: classify_options(&req.parameters)?,
+            model_name: req.model_name,
+            model_version: req.model_version,
             id: req.id,
+            want_scores,
+            want_labels,
+        };
+        let out = self.run(inference, "ModelInfer").await?;
+        let n = out.len() as i64;
+        // Tensor data goes in `raw_output_contents` (one entry per output, in order), as Triton
+        // answers and as its client reads; `contents` stays empty.
+        let mut outputs = Vec::new();
+        let mut raw: Vec<Vec<u8>> = Vec::new();
+        if let Some(scores) = &out.scores {
+            outputs.push(output_tensor(
+                SCORES,
+                "FP32",
+                vec![n, out.num_labels as i64],
+            ));
+            raw.push(scores.iter().flat_map(|v| v.to_le_bytes()).collect());
+        }
+        if let Some(labels) = out.labels {
+            outputs.push(output_tensor(LABELS, "BYTES", vec![n]));
+            raw.push(join_raw_bytes(labels.into_iter()));
+        }
+        Ok(ModelInferResponse {
+            model_name: out.model_name,
+            model_version: out.model_version,
+            id: out.id,
             parameters: HashMap::new(),
             outputs,
             raw_output_contents: raw,
@@ -300,7 +418,7 @@ impl GrpcInferenceService for InferenceService {
         _request: Request<ServerReadyRequest>,
     ) -> Result<Response<ServerReadyResponse>, Status> {
         Ok(Response::new(ServerReadyResponse {
-            ready: self.predictor.ready(),
+            ready: self.ready(),
         }))
     }
 
@@ -309,23 +427,16 @@ impl GrpcInferenceService for InferenceService {
         request: Request<ModelReadyRequest>,
     ) -> Result<Response<ModelReadyResponse>, Status> {
         let req = request.into_inner();
-        let ready = self.predictor.ready()
-            && self
-                .predictor
-                .served()
-                .is_some_and(|m| check_model(&m, &req.name, &req.version).is_ok());
-        Ok(Response::new(ModelReadyResponse { ready }))
+        Ok(Response::new(ModelReadyResponse {
+            ready: self.model_ready(&req.name, &req.version),
+        }))
     }
 
     async fn server_metadata(
         &self,
         _request: Request<ServerMetadataRequest>,
     ) -> Result<Response<ServerMetadataResponse>, Status> {
-        Ok(Response::new(ServerMetadataResponse {
-            name: SERVER_NAME.into(),
-            version: env!("CARGO_PKG_VERSION").into(),
-            extensions: Vec::new(),
-        }))
+        Ok(Response::new(Self::server_metadata()))
     }
 
     async fn model_metadata(
@@ -333,20 +444,9 @@ impl GrpcInferenceService for InferenceService {
         request: Request<ModelMetadataRequest>,
     ) -> Result<Response<ModelMetadataResponse>, Status> {
         let req = request.into_inner();
-        let result = self.predictor.current().and_then(|model| {
-            check_model(&model, &req.name, &req.version)?;
-            Ok(ModelMetadataResponse {
-                name: model.manifest.model_name.clone(),
-                versions: vec![model.version().into()],
-                platform: PLATFORM.into(),
-                inputs: vec![tensor_metadata(INPUT, "BYTES", vec![-1])],
-                outputs: vec![
-                    tensor_metadata(SCORES, "FP32", vec![-1, model.num_labels() as i64]),
-                    tensor_metadata(LABELS, "BYTES", vec![-1]),
-                ],
-            })
-        });
-        result.map(Response::new).map_err(Status::from)
+        self.model_metadata(&req.name, &req.version)
+            .map(Response::new)
+            .map_err(Status::from)
     }
 
     async fn model_infer(
@@ -355,7 +455,7 @@ impl GrpcInferenceService for InferenceService {
     ) -> Result<Response<ModelInferResponse>, Status> {
         let started = Instant::now();
         let result = self.infer(request.into_inner()).await;
-        self.predictor.record("ModelInfer", &result, started);
+        self.record("ModelInfer", &result, started);
         result.map(Response::new).map_err(Status::from)
     }
 }

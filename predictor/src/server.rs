@@ -22,6 +22,7 @@ use tonic_health::ServingStatus;
 use crate::batcher::{Batcher, BatcherConfig};
 use crate::oip::InferenceService;
 use crate::reload::{set_health, ModelSlot, Reloader, SERVICE_NAME};
+use crate::rest;
 use crate::service::PredictorService;
 use crate::telemetry::{self, Metrics};
 use crate::Limits;
@@ -46,6 +47,8 @@ pub enum ServerError {
 /// Everything `serve` needs besides the model reference.
 pub struct ServeOptions {
     pub listen: SocketAddr,
+    /// The Open Inference Protocol's HTTP/JSON API, when set.
+    pub http_listen: Option<SocketAddr>,
     pub metrics_listen: SocketAddr,
     pub device: Device,
     pub precision: common::model::PrecisionChoice,
@@ -69,6 +72,10 @@ pub async fn serve(model: ModelRef, opts: ServeOptions) -> Result<(), ServerErro
     // Bind first: a port in use fails here, before anything says it is listening.
     let listener = grpc::bind(opts.listen).await?;
     let metrics_listener = grpc::bind(opts.metrics_listen).await?;
+    let http_listener = match opts.http_listen {
+        Some(addr) => Some(grpc::bind(addr).await?),
+        None => None,
+    };
     let metrics = Metrics::new();
     let batcher = Batcher::start(opts.batcher.clone(), metrics.clone());
     let slot = Arc::new(ModelSlot::default());
@@ -106,10 +113,31 @@ pub async fn serve(model: ModelRef, opts: ServeOptions) -> Result<(), ServerErro
         metrics,
         draining: drain_rx.clone(),
     };
-    let inference = GrpcInferenceServiceServer::new(InferenceService {
+    let oip = InferenceService {
         predictor: service.clone(),
-    })
-    .max_decoding_message_size(opts.limits.max_message_bytes);
+    };
+    if let Some(listener) = http_listener {
+        let app = rest::router(
+            oip.clone(),
+            opts.access.token(),
+            opts.limits.max_message_bytes,
+        );
+        let mut stop = drain_rx.clone();
+        tracing::info!(addr = ?listener.local_addr().ok(), "Open Inference Protocol HTTP listening");
+        tokio::spawn(async move {
+            let drained = async move {
+                let _ = stop.wait_for(|d| *d).await;
+            };
+            if let Err(e) = axum::serve(listener, app)
+                .with_graceful_shutdown(drained)
+                .await
+            {
+                tracing::error!(error = %e, "HTTP API stopped");
+            }
+        });
+    }
+    let inference = GrpcInferenceServiceServer::new(oip)
+        .max_decoding_message_size(opts.limits.max_message_bytes);
     let predictor =
         PredictorServer::new(service).max_decoding_message_size(opts.limits.max_message_bytes);
     let (reflection_v1, reflection_v1alpha) = grpc::reflection(

@@ -791,29 +791,9 @@ fn transformers_scores_mean_pooled_checkpoints_like_the_predictor() {
     }
 }
 
-/// The Open Inference Protocol (KServe v2) beside goemotions.v1 on the same port, driven by
-/// NVIDIA's Triton client (examples/python/oip_triton.py): health, metadata, readiness per model
-/// name, and inference whose scores equal the in-process model's; bad tensors and unknown models
-/// get INVALID_ARGUMENT and NOT_FOUND.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn open_inference_protocol_with_the_triton_client() {
-    use proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
-    use proto::inference::model_infer_request::InferInputTensor;
-    use proto::inference::{InferTensorContents, ModelInferRequest};
-
-    let dir = tempfile::tempdir().unwrap();
-    let version = shared_registry(dir.path());
-    let alias = dir.path().join("models/goemotions/aliases/latest");
-    let (mut proc, addr, _) =
-        spawn_predictor(alias.to_str().unwrap(), &[], &[], dir.path().join("p.log"));
-    wait_serving(&mut proc, &addr, Duration::from_secs(60)).await;
-    let texts = [TEXTS[0], TEXTS[3], ""];
-    let expected = in_process_scores(
-        &dir.path()
-            .join(format!("models/goemotions/versions/{version}")),
-        &texts[..2],
-    )
-    .await;
+/// Runs examples/python/oip_triton.py (NVIDIA's Triton client, gRPC or `--http`) and checks what
+/// it saw: health, metadata, readiness per model name, scores equal to the in-process model's.
+fn check_triton_client(mode: &[&str], url: &str, version: &str, expected: &[Vec<f32>]) {
     let root = workspace_root();
     let python = std::env::var("GRPC_PYTHON").unwrap_or_else(|_| {
         root.join(".cache/tools/grpc/bin/python")
@@ -822,14 +802,15 @@ async fn open_inference_protocol_with_the_triton_client() {
     });
     let run = std::process::Command::new(&python)
         .arg(root.join("examples/python/oip_triton.py"))
-        .arg(addr.trim_start_matches("http://"))
+        .args(mode)
+        .arg(url)
         .arg("goemotions")
-        .args(texts)
+        .args([TEXTS[0], TEXTS[3], ""])
         .output()
         .expect("run the Triton client (scripts/setup.sh --with-clients)");
     assert!(
         run.status.success(),
-        "{}",
+        "{mode:?}: {}",
         String::from_utf8_lossy(&run.stderr)
     );
     let out: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
@@ -838,13 +819,14 @@ async fn open_inference_protocol_with_the_triton_client() {
     assert_eq!(out["model_ready"], true, "{out}");
     assert_eq!(out["other_model_ready"], false, "{out}");
     assert_eq!(out["model"]["name"], "goemotions", "{out}");
-    assert_eq!(out["model"]["versions"][0], version.as_str(), "{out}");
+    assert_eq!(out["model"]["versions"][0], version, "{out}");
     assert_eq!(out["model"]["inputs"][0]["datatype"], "BYTES", "{out}");
-    assert_eq!(out["model"]["outputs"][0]["shape"][1], "28", "{out}");
-    assert_eq!(out["version"], version.as_str());
+    let width = &out["model"]["outputs"][0]["shape"][1];
+    assert_eq!(width.to_string().trim_matches('"'), "28", "{out}");
+    assert_eq!(out["version"], version);
     let results = out["results"].as_array().unwrap();
     assert_eq!(results.len(), 3);
-    for (r, want) in results.iter().zip(&expected) {
+    for (r, want) in results.iter().zip(expected) {
         let got: Vec<f32> = r["scores"]
             .as_array()
             .unwrap()
@@ -856,6 +838,70 @@ async fn open_inference_protocol_with_the_triton_client() {
     }
     // An empty text: no labels, zero scores (the tensor keeps its shape).
     assert_eq!(results[2]["labels"]["labels"], serde_json::json!([]));
+}
+
+/// Runs curl with `args`; returns the body and the HTTP status code.
+fn curl(args: &[&str]) -> (String, String) {
+    let out = std::process::Command::new("curl")
+        .args(["-s", "-w", "\n%{http_code}"])
+        .args(args)
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, code) = text.rsplit_once('\n').unwrap_or((&text, ""));
+    (body.to_string(), code.to_string())
+}
+
+/// The Open Inference Protocol (KServe v2) beside goemotions.v1 on the same port and over
+/// HTTP/JSON on --http-listen, driven by NVIDIA's Triton client (gRPC and HTTP) and by curl as
+/// the README shows; bad tensors and unknown models get INVALID_ARGUMENT / 400 and NOT_FOUND /
+/// 404 naming the problem; REST calls count in the same request metrics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_inference_protocol_with_the_triton_client() {
+    use proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
+    use proto::inference::model_infer_request::InferInputTensor;
+    use proto::inference::{InferTensorContents, ModelInferRequest};
+
+    let dir = tempfile::tempdir().unwrap();
+    let version = shared_registry(dir.path());
+    let alias = dir.path().join("models/goemotions/aliases/latest");
+    let http = format!("127.0.0.1:{}", free_port());
+    let (mut proc, addr, metrics) = spawn_predictor(
+        alias.to_str().unwrap(),
+        &["--http-listen", &http],
+        &[],
+        dir.path().join("p.log"),
+    );
+    wait_serving(&mut proc, &addr, Duration::from_secs(60)).await;
+    let expected = in_process_scores(
+        &dir.path()
+            .join(format!("models/goemotions/versions/{version}")),
+        &[TEXTS[0], TEXTS[3]],
+    )
+    .await;
+    check_triton_client(&[], addr.trim_start_matches("http://"), &version, &expected);
+    check_triton_client(&["--http"], &http, &version, &expected);
+
+    let (body, code) = curl(&[&format!("http://{http}/v2/health/ready")]);
+    assert_eq!((body.as_str(), code.as_str()), (r#"{"ready":true}"#, "200"));
+    let infer_url = format!("http://{http}/v2/models/goemotions/infer");
+    let request = r#"{"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["I am so happy!"]}]}"#;
+    let json = "content-type: application/json";
+    let (body, code) = curl(&["-H", json, "-d", request, &infer_url]);
+    assert_eq!(code, "200", "{body}");
+    let reply: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(reply["model_version"], version.as_str());
+    assert_eq!(reply["outputs"][0]["shape"], serde_json::json!([1, 28]));
+    let unknown = format!("http://{http}/v2/models/bert/infer");
+    let (body, code) = curl(&["-H", json, "-d", request, &unknown]);
+    assert_eq!(code, "404", "{body}");
+    assert!(body.contains("goemotions"), "{body}");
+    let fp32 = r#"{"inputs": [{"shape": [1], "datatype": "FP32", "data": [1]}]}"#;
+    let (body, code) = curl(&["-H", json, "-d", fp32, &infer_url]);
+    assert_eq!(code, "400", "{body}");
+    assert!(body.contains("BYTES"), "{body}");
+    let page = metrics_text(metrics).await;
+    assert!(page.contains(r#"method="RestModelInfer""#), "{page}");
 
     let mut oip = GrpcInferenceServiceClient::connect(addr.clone())
         .await
@@ -888,4 +934,64 @@ async fn open_inference_protocol_with_the_triton_client() {
         .await
         .unwrap();
     assert_eq!(ok.into_inner().outputs.len(), 2);
+}
+
+/// The HTTP API keeps the gRPC rules: the token on everything but health, the message size
+/// limit (413), and a start refused beyond loopback without a token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rest_api_keeps_the_token_and_the_message_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    shared_registry(dir.path());
+    let alias = dir.path().join("models/goemotions/aliases/latest");
+    let http = format!("127.0.0.1:{}", free_port());
+    let (mut proc, addr, _) = spawn_predictor(
+        alias.to_str().unwrap(),
+        &[
+            "--http-listen",
+            &http,
+            "--auth-token",
+            "s3cret",
+            "--max-message-bytes",
+            "2048",
+        ],
+        &[],
+        dir.path().join("p.log"),
+    );
+    wait_serving(&mut proc, &addr, Duration::from_secs(60)).await;
+    let infer_url = format!("http://{http}/v2/models/goemotions/infer");
+    let request =
+        r#"{"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["hello"]}]}"#;
+    let (_, code) = curl(&[&format!("http://{http}/v2/health/live")]);
+    assert_eq!(code, "200", "health stays open");
+    let (body, code) = curl(&["-d", request, &infer_url]);
+    assert_eq!(code, "401", "{body}");
+    let (body, code) = curl(&[
+        "-H",
+        "authorization: bearer s3cret",
+        "-d",
+        request,
+        &infer_url,
+    ]);
+    assert_eq!(code, "200", "{body}");
+    let big = format!(
+        r#"{{"inputs": [{{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["{}"]}}]}}"#,
+        "x".repeat(3000)
+    );
+    let (body, code) = curl(&["-H", "authorization: Bearer s3cret", "-d", &big, &infer_url]);
+    assert_eq!(code, "413", "{body}");
+
+    let exposed = std::process::Command::new(bin("predictor"))
+        .args(["serve", "--device", "cpu", "--model"])
+        .arg(&alias)
+        .args(["--http-listen", &format!("0.0.0.0:{}", free_port())])
+        .args(["--listen", &format!("127.0.0.1:{}", free_port())])
+        .args(["--metrics-listen", &format!("127.0.0.1:{}", free_port())])
+        .output()
+        .unwrap();
+    assert!(!exposed.status.success());
+    assert!(
+        String::from_utf8_lossy(&exposed.stderr).contains("refusing to listen on 0.0.0.0"),
+        "{}",
+        String::from_utf8_lossy(&exposed.stderr)
+    );
 }
