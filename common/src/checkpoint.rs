@@ -101,6 +101,27 @@ pub struct Manifest {
     pub created_at: String,
     #[serde(default)]
     pub files: Vec<FileEntry>,
+    /// Coarse groupings served beside the labels (Ekman's, sentiment), with decision thresholds
+    /// tuned on dev; empty in checkpoints written before they existed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groupings: Vec<Grouping>,
+}
+
+/// A coarse grouping of the labels as served: its groups, their members and thresholds.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Grouping {
+    /// "ekman" or "sentiment".
+    pub name: String,
+    pub groups: Vec<ServedGroup>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ServedGroup {
+    pub name: String,
+    /// Label ids.
+    pub members: Vec<usize>,
+    /// Decision threshold on the group's score (its best member's), tuned on dev.
+    pub threshold: f32,
 }
 
 impl Manifest {
@@ -256,6 +277,29 @@ fn parse_manifest(bytes: &[u8], uri: &str) -> Result<Manifest, CheckpointError> 
             "global_threshold is {}, outside [0, 1]",
             manifest.global_threshold
         )));
+    }
+    for g in &manifest.groupings {
+        if g.groups.is_empty() {
+            return Err(invalid(format!("grouping {:?} has no groups", g.name)));
+        }
+        for group in &g.groups {
+            let what = format!("grouping {:?} group {:?}", g.name, group.name);
+            if group.members.is_empty() {
+                return Err(invalid(format!("{what} has no members")));
+            }
+            if let Some(m) = group.members.iter().find(|&&m| m >= manifest.labels.len()) {
+                return Err(invalid(format!(
+                    "{what} names label id {m}, but there are {} labels",
+                    manifest.labels.len()
+                )));
+            }
+            if !in_unit(group.threshold) {
+                return Err(invalid(format!(
+                    "{what} threshold is {}, outside [0, 1]",
+                    group.threshold
+                )));
+            }
+        }
     }
     manifest
         .pooling()
@@ -447,6 +491,7 @@ mod tests {
             data_sha256: BTreeMap::new(),
             created_at: "2026-01-01T00:00:00Z".into(),
             files: vec![],
+            groupings: vec![],
         }
     }
 
@@ -501,5 +546,30 @@ mod tests {
         write(&store, &files(), m).await.unwrap();
         let err = read(&store).await.unwrap_err().to_string();
         assert!(err.contains("1 thresholds for 2 labels"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn groupings_naming_unknown_labels_or_bad_thresholds_are_refused() {
+        let group = |members: Vec<usize>, threshold: f32| Grouping {
+            name: "ekman".into(),
+            groups: vec![ServedGroup {
+                name: "joy".into(),
+                members,
+                threshold,
+            }],
+        };
+        for (g, want) in [
+            (group(vec![0, 2], 0.4), "names label id 2"),
+            (group(vec![1], 1.5), "outside [0, 1]"),
+            (group(vec![], 0.4), "no members"),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Store::open(dir.path().to_str().unwrap()).unwrap();
+            let mut m = manifest();
+            m.groupings = vec![g];
+            write(&store, &files(), m).await.unwrap();
+            let err = read(&store).await.unwrap_err().to_string();
+            assert!(err.contains(want), "{err} (wanted {want})");
+        }
     }
 }

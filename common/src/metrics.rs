@@ -127,6 +127,31 @@ fn group_matrix(matrix: &[bool], num_labels: usize, groups: &[LabelGroup]) -> Ve
         .collect()
 }
 
+/// Scores of coarse groups, row by row: a group's score is its best member's (a text carries the
+/// group when it carries any member, so the group is as likely as its likeliest member).
+pub fn group_scores(scores: &[f32], num_labels: usize, groups: &[LabelGroup]) -> Vec<f32> {
+    scores
+        .chunks(num_labels)
+        .flat_map(|row| {
+            groups.iter().map(move |g| {
+                g.members
+                    .iter()
+                    .map(|&m| row[m])
+                    .fold(f32::NEG_INFINITY, f32::max)
+            })
+        })
+        .collect()
+}
+
+/// Multi-hot group targets: a text has a group when it has any of its members.
+pub fn group_targets(targets: &[u8], num_labels: usize, groups: &[LabelGroup]) -> Vec<u8> {
+    let truth: Vec<bool> = targets.iter().map(|&t| t != 0).collect();
+    group_matrix(&truth, num_labels, groups)
+        .into_iter()
+        .map(u8::from)
+        .collect()
+}
+
 /// Evaluates scores against multi-hot targets (`0`/`1`) at the given per-label thresholds.
 pub fn evaluate(
     scores: &[f32],
@@ -339,6 +364,24 @@ mod tests {
                 members: vec![0],
             }],
         }
+    }
+
+    #[test]
+    fn group_scores_take_the_best_member_and_targets_any_member() {
+        let groups = vec![
+            LabelGroup {
+                name: "ab".into(),
+                members: vec![0, 1],
+            },
+            LabelGroup {
+                name: "c".into(),
+                members: vec![2],
+            },
+        ];
+        let scores = [0.1, 0.7, 0.2, 0.4, 0.3, 0.9];
+        assert_eq!(group_scores(&scores, 3, &groups), vec![0.7, 0.2, 0.4, 0.9]);
+        let targets = [0, 1, 0, 0, 0, 1];
+        assert_eq!(group_targets(&targets, 3, &groups), vec![1, 0, 0, 1]);
     }
 
     #[test]

@@ -370,6 +370,7 @@ mod tests {
             data_sha256: BTreeMap::new(),
             created_at: "now".into(),
             files: vec![],
+            groupings: vec![],
         }
     }
 

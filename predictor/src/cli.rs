@@ -198,6 +198,9 @@ pub struct ClassifyArgs {
     /// Print all 28 scores.
     #[arg(long)]
     pub all_scores: bool,
+    /// Coarse groupings to show beside the labels: ekman, sentiment (comma-separated).
+    #[arg(long, value_delimiter = ',', value_parser = ["ekman", "sentiment"])]
+    pub groups: Vec<String>,
     /// Texts to classify; none: read one text per line from stdin and stream them.
     pub texts: Vec<String>,
 }

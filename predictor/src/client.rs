@@ -5,7 +5,8 @@ use std::time::{Duration, Instant};
 
 use proto::v1::predictor_client::PredictorClient;
 use proto::v1::{
-    stream_classify_response, ClassifyOptions, ClassifyRequest, StreamClassifyRequest, TextResult,
+    stream_classify_response, ClassifyOptions, ClassifyRequest, Grouping, StreamClassifyRequest,
+    TextResult,
 };
 use tokio::io::AsyncBufReadExt;
 use tonic::metadata::MetadataValue;
@@ -117,6 +118,16 @@ pub fn describe(result: &TextResult) -> String {
         let all: Vec<String> = result.scores.iter().map(|v| format!("{v:.3}")).collect();
         s.push_str(&format!(" | scores: [{}]", all.join(", ")));
     }
+    for g in &result.groups {
+        let name = Grouping::try_from(g.grouping)
+            .map(|g| {
+                g.as_str_name()
+                    .trim_start_matches("GROUPING_")
+                    .to_lowercase()
+            })
+            .unwrap_or_default();
+        s.push_str(&format!(" | {name}: {}", fmt(&g.labels)));
+    }
     s
 }
 
@@ -127,6 +138,14 @@ pub async fn classify(args: ClassifyArgs) -> Result<(), ClientError> {
         top_k: args.top_k,
         return_all_scores: args.all_scores,
         threshold: args.threshold,
+        groupings: args
+            .groups
+            .iter()
+            .map(|g| match g.as_str() {
+                "ekman" => Grouping::Ekman as i32,
+                _ => Grouping::Sentiment as i32,
+            })
+            .collect(),
     };
     if !args.texts.is_empty() {
         let started = Instant::now();
@@ -165,7 +184,7 @@ pub async fn classify(args: ClassifyArgs) -> Result<(), ClientError> {
             let item = StreamClassifyRequest {
                 id: n.to_string(),
                 text: line,
-                options: Some(options),
+                options: Some(options.clone()),
             };
             if tx.send(item).await.is_err() {
                 break;

@@ -1,6 +1,6 @@
 //! A loaded model version and the post-processing of its scores: the labels that pass their
 //! thresholds and the top-k, as plain data (the service turns them into proto messages).
-use common::checkpoint::{self, Manifest};
+use common::checkpoint::{self, Grouping, Manifest};
 use common::inference::{self, InferenceError};
 use common::model::{BertClassifier, Precision};
 use common::registry::RegistryError;
@@ -84,7 +84,12 @@ pub struct OutputOptions {
     pub all_scores: bool,
     /// One threshold for every label instead of the per-label ones.
     pub threshold: Option<f32>,
+    /// Indices into the manifest's groupings to answer, in order (at most `MAX_GROUPINGS`).
+    pub groupings: [Option<usize>; MAX_GROUPINGS],
 }
+
+/// Groupings one request can ask for.
+pub const MAX_GROUPINGS: usize = 4;
 
 impl Default for OutputOptions {
     fn default() -> Self {
@@ -92,6 +97,7 @@ impl Default for OutputOptions {
             top_k: DEFAULT_TOP_K,
             all_scores: false,
             threshold: None,
+            groupings: [None; MAX_GROUPINGS],
         }
     }
 }
@@ -102,6 +108,12 @@ pub enum OptionsError {
     Threshold(f32),
     #[error("top_k must be at most {max}, got {got}")]
     TopK { max: usize, got: usize },
+    #[error("unknown grouping {0}; ask for ekman or sentiment")]
+    UnknownGrouping(String),
+    #[error("this checkpoint has no {0:?} grouping (it was trained before groupings were tuned and stored); retrain it to serve groups")]
+    NoGrouping(String),
+    #[error("at most {MAX_GROUPINGS} groupings per request")]
+    TooManyGroupings,
 }
 
 impl OutputOptions {
@@ -128,7 +140,25 @@ impl OutputOptions {
             top_k,
             all_scores,
             threshold,
+            groupings: [None; MAX_GROUPINGS],
         })
+    }
+
+    /// Adds the named groupings (as the manifest names them) to answer.
+    pub fn with_groupings<'a>(
+        mut self,
+        names: impl Iterator<Item = &'a str>,
+        stored: &[Grouping],
+    ) -> Result<Self, OptionsError> {
+        let mut slots = self.groupings.iter_mut();
+        for name in names {
+            let index = stored
+                .iter()
+                .position(|g| g.name == name)
+                .ok_or_else(|| OptionsError::NoGrouping(name.to_string()))?;
+            *slots.next().ok_or(OptionsError::TooManyGroupings)? = Some(index);
+        }
+        Ok(self)
     }
 }
 
@@ -150,12 +180,24 @@ pub struct Labelled {
     pub scores: Vec<f32>,
     pub truncated: bool,
     pub num_tokens: usize,
+    /// The groupings asked for, in order.
+    pub groups: Vec<LabelledGrouping>,
+}
+
+/// One grouping's answer: predicted groups (highest first) and every group's score, with `id`
+/// the group's index in its grouping.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LabelledGrouping {
+    pub grouping: usize,
+    pub labels: Vec<Scored>,
+    pub scores: Vec<Scored>,
 }
 
 /// Labels a text's scores (label-id order) with the model's thresholds or the caller's.
 pub fn label(
     scores: &[f32],
     thresholds: &[f32],
+    groupings: &[Grouping],
     encoded: &Encoded,
     opts: OutputOptions,
 ) -> Labelled {
@@ -181,6 +223,40 @@ pub fn label(
         },
         truncated: encoded.truncated,
         num_tokens: encoded.ids.len(),
+        groups: opts
+            .groupings
+            .iter()
+            .flatten()
+            .filter_map(|&g| groupings.get(g).map(|grouping| (g, grouping)))
+            .map(|(g, grouping)| label_grouping(scores, g, grouping))
+            .collect(),
+    }
+}
+
+fn label_grouping(scores: &[f32], index: usize, grouping: &Grouping) -> LabelledGrouping {
+    let all: Vec<Scored> = grouping
+        .groups
+        .iter()
+        .enumerate()
+        .map(|(id, g)| Scored {
+            id,
+            score: g
+                .members
+                .iter()
+                .filter_map(|&m| scores.get(m).copied())
+                .fold(0.0, f32::max),
+        })
+        .collect();
+    let mut labels: Vec<Scored> = all
+        .iter()
+        .filter(|s| s.score >= grouping.groups[s.id].threshold)
+        .cloned()
+        .collect();
+    labels.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.id.cmp(&b.id)));
+    LabelledGrouping {
+        grouping: index,
+        labels,
+        scores: all,
     }
 }
 
@@ -202,6 +278,7 @@ mod tests {
         let r = label(
             &scores,
             &thresholds,
+            &[],
             &encoded(7, true),
             OutputOptions::default(),
         );
@@ -213,7 +290,7 @@ mod tests {
         assert!(r.truncated && r.num_tokens == 7);
 
         let global = OutputOptions::new(1, true, Some(0.15), 4).unwrap();
-        let r = label(&scores, &thresholds, &encoded(3, false), global);
+        let r = label(&scores, &thresholds, &[], &encoded(3, false), global);
         let ids: Vec<usize> = r.labels.iter().map(|s| s.id).collect();
         assert_eq!(ids, vec![1, 2, 0]);
         assert_eq!(r.top_k.len(), 1);
@@ -221,10 +298,60 @@ mod tests {
     }
 
     #[test]
+    fn groups_score_as_their_best_member_and_pass_their_own_threshold() {
+        use common::checkpoint::ServedGroup;
+        let group = |name: &str, members: Vec<usize>, threshold: f32| ServedGroup {
+            name: name.into(),
+            members,
+            threshold,
+        };
+        let stored = vec![
+            Grouping {
+                name: "ekman".into(),
+                groups: vec![
+                    group("joy", vec![0, 1], 0.6),
+                    group("sadness", vec![2], 0.3),
+                ],
+            },
+            Grouping {
+                name: "sentiment".into(),
+                groups: vec![group("positive", vec![0, 1, 2], 0.99)],
+            },
+        ];
+        let opts = OutputOptions::default()
+            .with_groupings(["sentiment", "ekman"].into_iter(), &stored)
+            .unwrap();
+        let r = label(
+            &[0.2, 0.7, 0.4],
+            &[0.5; 3],
+            &stored,
+            &encoded(3, false),
+            opts,
+        );
+        assert_eq!(r.groups.len(), 2);
+        assert_eq!(r.groups[0].grouping, 1, "in the order asked for");
+        assert!(r.groups[0].labels.is_empty(), "0.7 misses 0.99");
+        let ekman = &r.groups[1];
+        assert_eq!(
+            ekman.scores.iter().map(|s| s.score).collect::<Vec<_>>(),
+            vec![0.7, 0.4]
+        );
+        assert_eq!(
+            ekman.labels.iter().map(|s| s.id).collect::<Vec<_>>(),
+            vec![0, 1]
+        );
+        assert_eq!(
+            OutputOptions::default().with_groupings(["nope"].into_iter(), &stored),
+            Err(OptionsError::NoGrouping("nope".into()))
+        );
+    }
+
+    #[test]
     fn ties_break_by_label_id() {
         let r = label(
             &[0.5, 0.5, 0.5],
             &[0.9; 3],
+            &[],
             &encoded(1, false),
             OutputOptions::default(),
         );

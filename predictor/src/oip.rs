@@ -15,7 +15,7 @@ use proto::inference::{
     ServerLiveRequest, ServerLiveResponse, ServerMetadataRequest, ServerMetadataResponse,
     ServerReadyRequest, ServerReadyResponse,
 };
-use proto::v1::{ClassifyOptions, TextResult};
+use proto::v1::{ClassifyOptions, Grouping, TextResult};
 use tonic::{Request, Response, Status};
 
 use crate::engine::ServingModel;
@@ -143,6 +143,7 @@ pub(crate) fn classify_options(
         top_k: 0,
         return_all_scores: true,
         threshold: None,
+        groupings: vec![],
     };
     for (key, value) in parameters {
         let choice = value.parameter_choice.as_ref();
@@ -162,6 +163,24 @@ pub(crate) fn classify_options(
                     _ => return Err(bad("parameter threshold must be a number in (0, 1)")),
                 };
                 options.threshold = Some(t as f32);
+            }
+            "groupings" => {
+                let Some(ParameterChoice::StringParam(names)) = choice else {
+                    return Err(bad(
+                        "parameter groupings must be a string such as \"ekman,sentiment\"",
+                    ));
+                };
+                for name in names.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+                    options.groupings.push(match name {
+                        "ekman" => Grouping::Ekman as i32,
+                        "sentiment" => Grouping::Sentiment as i32,
+                        other => {
+                            return Err(bad(format!(
+                                "unknown grouping {other:?}; ask for ekman or sentiment"
+                            )))
+                        }
+                    });
+                }
             }
             // Triton's clients send these on their own; they do not change the answer.
             "binary_data_output" | "binary_data_size" | "sequence_id" | "priority" | "timeout" => {}
@@ -186,7 +205,24 @@ fn labels_json(model: &ServingModel, r: &TextResult) -> Vec<u8> {
         .labels
         .iter()
         .all(|l| (l.id as usize) < model.num_labels()));
-    serde_json::to_vec(&serde_json::json!({"labels": names, "top_k": top_k})).unwrap_or_default()
+    let mut doc = serde_json::json!({"labels": names, "top_k": top_k});
+    for g in &r.groups {
+        let name = Grouping::try_from(g.grouping)
+            .map(|g| {
+                g.as_str_name()
+                    .trim_start_matches("GROUPING_")
+                    .to_lowercase()
+            })
+            .unwrap_or_default();
+        let scores: serde_json::Map<String, serde_json::Value> = g
+            .scores
+            .iter()
+            .map(|s| (s.name.clone(), serde_json::json!(s.score)))
+            .collect();
+        let predicted: Vec<&str> = g.labels.iter().map(|l| l.name.as_str()).collect();
+        doc["groups"][name] = serde_json::json!({"labels": predicted, "scores": scores});
+    }
+    serde_json::to_vec(&doc).unwrap_or_default()
 }
 
 fn output_tensor(name: &str, datatype: &str, shape: Vec<i64>) -> InferOutputTensor {

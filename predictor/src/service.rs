@@ -13,8 +13,8 @@ use futures::Stream;
 use proto::v1::predictor_server::Predictor;
 use proto::v1::{
     stream_classify_response, ClassifyOptions, ClassifyRequest, ClassifyResponse,
-    GetModelInfoRequest, ItemError, LabelScore, ModelInfo, StreamClassifyRequest,
-    StreamClassifyResponse, TextResult,
+    GetModelInfoRequest, GroupResult, Grouping, ItemError, LabelScore, ModelInfo,
+    StreamClassifyRequest, StreamClassifyResponse, TextResult,
 };
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
@@ -127,12 +127,34 @@ fn text_result(model: &ServingModel, r: Labelled) -> TextResult {
         name: names[s.id].clone(),
         score: s.score,
     };
+    let groups = r
+        .groups
+        .into_iter()
+        .map(|g| {
+            let grouping = &model.manifest.groupings[g.grouping];
+            let named = |s: engine::Scored| LabelScore {
+                id: s.id as u32,
+                name: grouping.groups[s.id].name.clone(),
+                score: s.score,
+            };
+            GroupResult {
+                grouping: match grouping.name.as_str() {
+                    "ekman" => Grouping::Ekman,
+                    "sentiment" => Grouping::Sentiment,
+                    _ => Grouping::Unspecified,
+                } as i32,
+                labels: g.labels.into_iter().map(named).collect(),
+                scores: g.scores.into_iter().map(named).collect(),
+            }
+        })
+        .collect();
     TextResult {
         labels: r.labels.into_iter().map(scored).collect(),
         top_k: r.top_k.into_iter().map(scored).collect(),
         scores: r.scores,
         truncated: r.truncated,
         num_tokens: r.num_tokens as u32,
+        groups,
     }
 }
 
@@ -141,16 +163,29 @@ fn empty_result() -> TextResult {
     TextResult::default()
 }
 
-fn options(o: Option<&ClassifyOptions>, num_labels: usize) -> Result<OutputOptions, ClassifyError> {
-    match o {
-        None => Ok(OutputOptions::default()),
-        Some(o) => Ok(OutputOptions::new(
-            o.top_k as usize,
-            o.return_all_scores,
-            o.threshold,
-            num_labels,
-        )?),
-    }
+fn options(
+    o: Option<&ClassifyOptions>,
+    model: &ServingModel,
+) -> Result<OutputOptions, ClassifyError> {
+    let Some(o) = o else {
+        return Ok(OutputOptions::default());
+    };
+    let names = o
+        .groupings
+        .iter()
+        .map(|&g| match Grouping::try_from(g) {
+            Ok(Grouping::Ekman) => Ok("ekman"),
+            Ok(Grouping::Sentiment) => Ok("sentiment"),
+            _ => Err(OptionsError::UnknownGrouping(g.to_string())),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(OutputOptions::new(
+        o.top_k as usize,
+        o.return_all_scores,
+        o.threshold,
+        model.num_labels(),
+    )?
+    .with_groupings(names.into_iter(), &model.manifest.groupings)?)
 }
 
 impl PredictorService {
@@ -226,7 +261,7 @@ impl PredictorService {
                 limit: self.limits.max_texts_per_request,
             });
         }
-        let opts = options(options_in, model.num_labels())?;
+        let opts = options(options_in, &model)?;
         for (i, text) in texts.iter().enumerate() {
             self.check_text(text, || format!("texts[{i}]"))?;
         }
@@ -278,7 +313,7 @@ impl PredictorService {
     ) -> Result<(TextResult, String), ClassifyError> {
         let model = self.current()?;
         self.check_text(&item.text, || format!("text of item {:?}", item.id))?;
-        let opts = options(item.options.as_ref(), model.num_labels())?;
+        let opts = options(item.options.as_ref(), &model)?;
         let pending = self.enqueue(&model, &item.text, &mut room, Some(caller))?;
         let result = finish(&model, pending, opts).await?;
         Ok((result, model.version().to_string()))
@@ -294,7 +329,8 @@ async fn finish(
         Pending::Empty => Ok(empty_result()),
         Pending::Queued { encoded, rx } => {
             let scores = rx.await.map_err(|_| ClassifyError::WorkerStopped)??;
-            let labelled = engine::label(&scores, &model.manifest.thresholds, &encoded, opts);
+            let m = &model.manifest;
+            let labelled = engine::label(&scores, &m.thresholds, &m.groupings, &encoded, opts);
             Ok(text_result(model, labelled))
         }
     }

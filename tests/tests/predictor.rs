@@ -25,6 +25,7 @@ const TEXTS: [&str; 6] = [
 
 fn all_scores() -> Option<ClassifyOptions> {
     Some(ClassifyOptions {
+        groupings: vec![],
         top_k: 3,
         return_all_scores: true,
         threshold: None,
@@ -288,6 +289,7 @@ async fn limits_and_bad_input_get_documented_status_codes() {
     );
 
     let bad = Some(ClassifyOptions {
+        groupings: vec![],
         top_k: 0,
         return_all_scores: false,
         threshold: Some(1.5),
@@ -300,6 +302,7 @@ async fn limits_and_bad_input_get_documented_status_codes() {
         Code::InvalidArgument
     );
     let bad = Some(ClassifyOptions {
+        groupings: vec![],
         top_k: 29,
         return_all_scores: false,
         threshold: None,
@@ -333,6 +336,7 @@ async fn limits_and_bad_input_get_documented_status_codes() {
 
     // A global threshold override changes which labels pass.
     let low = Some(ClassifyOptions {
+        groupings: vec![],
         top_k: 1,
         return_all_scores: true,
         threshold: Some(0.01),
@@ -994,4 +998,92 @@ async fn rest_api_keeps_the_token_and_the_message_limit() {
         "{}",
         String::from_utf8_lossy(&exposed.stderr)
     );
+}
+
+/// Ekman and sentiment groups served from one model: each group scores as its best member
+/// label, is predicted exactly when it reaches the threshold stored in the manifest (tuned on
+/// dev), and comes back in the order asked for; an unknown grouping is INVALID_ARGUMENT.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn coarse_groups_follow_the_label_scores_and_stored_thresholds() {
+    use proto::v1::Grouping;
+    let dir = tempfile::tempdir().unwrap();
+    let version = shared_registry(dir.path());
+    let version_dir = dir
+        .path()
+        .join(format!("models/goemotions/versions/{version}"));
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(version_dir.join("manifest.json")).unwrap()).unwrap();
+    let groupings = manifest["groupings"].as_array().unwrap();
+    let names: Vec<&str> = groupings
+        .iter()
+        .map(|g| g["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, vec!["ekman", "sentiment"]);
+    let alias = dir.path().join("models/goemotions/aliases/latest");
+    let (mut proc, addr, _) =
+        spawn_predictor(alias.to_str().unwrap(), &[], &[], dir.path().join("p.log"));
+    wait_serving(&mut proc, &addr, Duration::from_secs(60)).await;
+    let mut c = client(&addr).await;
+    let options = |groupings: Vec<i32>| {
+        Some(ClassifyOptions {
+            groupings,
+            top_k: 3,
+            return_all_scores: true,
+            threshold: None,
+        })
+    };
+    let response = c
+        .classify(ClassifyRequest {
+            texts: TEXTS.iter().map(|t| t.to_string()).collect(),
+            options: options(vec![Grouping::Sentiment as i32, Grouping::Ekman as i32]),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut predicted_any = 0;
+    for r in &response.results {
+        assert_eq!(r.groups.len(), 2);
+        assert_eq!(
+            r.groups[0].grouping,
+            Grouping::Sentiment as i32,
+            "order asked for"
+        );
+        for g in &r.groups {
+            let stored = if g.grouping == Grouping::Ekman as i32 {
+                &groupings[0]
+            } else {
+                &groupings[1]
+            };
+            let stored_groups = stored["groups"].as_array().unwrap();
+            assert_eq!(g.scores.len(), stored_groups.len());
+            for (s, sg) in g.scores.iter().zip(stored_groups) {
+                let best = sg["members"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|m| r.scores[m.as_u64().unwrap() as usize])
+                    .fold(0.0f32, f32::max);
+                assert_eq!(s.score, best, "{}", s.name);
+                assert_eq!(s.name, sg["name"].as_str().unwrap());
+                let passes = s.score >= sg["threshold"].as_f64().unwrap() as f32;
+                assert_eq!(
+                    g.labels.iter().any(|l| l.name == s.name),
+                    passes,
+                    "{}",
+                    s.name
+                );
+                predicted_any += usize::from(passes);
+            }
+        }
+    }
+    assert!(predicted_any > 0, "some group is predicted for some text");
+    let status = c
+        .classify(ClassifyRequest {
+            texts: vec!["hi".into()],
+            options: options(vec![7]),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("grouping"), "{status:?}");
 }

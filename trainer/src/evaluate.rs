@@ -4,10 +4,10 @@
 use std::path::Path;
 use std::time::Instant;
 
-use common::checkpoint::{self, LoadedModel};
+use common::checkpoint::{self, Grouping, LoadedModel, ServedGroup};
 use common::data::{self, Dataset, DatasetError, Example};
 use common::inference::{self, InferenceError};
-use common::labels::LabelSet;
+use common::labels::{LabelGroup, LabelSet};
 use common::metrics;
 use common::model::PrecisionChoice;
 use common::registry::{ModelRef, RegistryError};
@@ -17,7 +17,7 @@ use tch::Device;
 
 use crate::baseline::Baseline;
 use crate::fine_tune::TrainOutcome;
-use crate::report::{Cost, ModelResults, Report, SplitSizes};
+use crate::report::{Cost, GroupingResult, ModelResults, Report, SplitSizes, GROUPING_REFERENCES};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EvalError {
@@ -66,11 +66,88 @@ pub struct RunInfo<'a> {
 }
 
 /// Scores the fine-tuned model on the test split and builds the job's report.
+/// Ekman's and the sentiment grouping as the predictor serves them: a group's score is its best
+/// member's, and each group gets a threshold tuned on dev (with the labels' fallbacks).
+pub fn tune_groupings(dev_scores: &[f32], dev: &[Example], labels: &LabelSet) -> Vec<Grouping> {
+    let l = labels.len();
+    let targets = data::targets(dev, l);
+    [("ekman", &labels.ekman), ("sentiment", &labels.sentiment)]
+        .into_iter()
+        .filter(|(_, groups)| !groups.is_empty())
+        .map(|(name, groups)| {
+            let scores = metrics::group_scores(dev_scores, l, groups);
+            let truth = metrics::group_targets(&targets, l, groups);
+            let t = metrics::tune_thresholds(&scores, &truth, groups.len());
+            Grouping {
+                name: name.into(),
+                groups: groups
+                    .iter()
+                    .zip(&t.per_label)
+                    .map(|(g, &threshold)| ServedGroup {
+                        name: g.name.clone(),
+                        members: g.members.clone(),
+                        threshold,
+                    })
+                    .collect(),
+            }
+        })
+        .collect()
+}
+
+/// Test macro-F1 of each served grouping at its stored thresholds.
+fn grouping_results(
+    scores: &[f32],
+    test: &[Example],
+    l: usize,
+    groupings: &[Grouping],
+) -> Vec<GroupingResult> {
+    let targets = data::targets(test, l);
+    groupings
+        .iter()
+        .map(|g| {
+            let groups: Vec<LabelGroup> = g
+                .groups
+                .iter()
+                .map(|s| LabelGroup {
+                    name: s.name.clone(),
+                    members: s.members.clone(),
+                })
+                .collect();
+            let as_labels = LabelSet {
+                names: groups.iter().map(|s| s.name.clone()).collect(),
+                ekman: vec![],
+                sentiment: vec![],
+            };
+            let thresholds: Vec<f32> = g.groups.iter().map(|s| s.threshold).collect();
+            let e = metrics::evaluate(
+                &metrics::group_scores(scores, l, &groups),
+                &metrics::group_targets(&targets, l, &groups),
+                &as_labels,
+                &thresholds,
+            );
+            GroupingResult {
+                grouping: g.name.clone(),
+                macro_f1: e.macro_f1,
+                per_group: e
+                    .per_label
+                    .iter()
+                    .map(|m| (m.name.clone(), m.f1, m.threshold))
+                    .collect(),
+                reference_macro_f1: GROUPING_REFERENCES
+                    .iter()
+                    .find(|(n, _)| *n == g.name)
+                    .map(|(_, r)| *r),
+            }
+        })
+        .collect()
+}
+
 pub fn job_report(
     outcome: &TrainOutcome,
     data: &Dataset,
     baseline: Option<ModelResults>,
     info: &RunInfo,
+    groupings: &[Grouping],
 ) -> Result<Report, EvalError> {
     let l = data.labels.len();
     let started = Instant::now();
@@ -107,6 +184,7 @@ pub fn job_report(
         hyperparameters: info.hyperparameters.clone(),
         history: outcome.history.clone(),
         best_epoch: Some(outcome.best_epoch),
+        served_groups: grouping_results(&scores, &data.test, l, groupings),
         fine_tuned,
         baseline,
     })
@@ -169,6 +247,7 @@ pub fn baseline_report(data: &Dataset) -> Report {
         best_epoch: None,
         fine_tuned: run_baseline(data),
         baseline: None,
+        served_groups: vec![],
     }
 }
 
@@ -228,6 +307,7 @@ pub fn checkpoint_report(
         hyperparameters: m.hyperparameters.clone(),
         history: vec![],
         best_epoch: None,
+        served_groups: grouping_results(&scores, &examples, labels.len(), &m.groupings),
         fine_tuned: results,
         baseline: None,
     })

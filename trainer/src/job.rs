@@ -127,7 +127,8 @@ pub fn run(
         hyperparameters: hyperparameters.clone(),
         train_eval_batch_size: spec.train.eval_batch_size,
     };
-    let report = evaluate::job_report(&outcome, &data, baseline, &info)?;
+    let groupings = evaluate::tune_groupings(&outcome.dev_scores, &data.dev, &data.labels);
+    let report = evaluate::job_report(&outcome, &data, baseline, &info, &groupings)?;
     check_cancel(observer)?;
     if let Some(dir) = &spec.report_dir {
         report.write(dir).map_err(|source| JobError::Report {
@@ -156,6 +157,7 @@ pub fn run(
         data_sha256: data.sha256.clone(),
         created_at: chrono::Utc::now().to_rfc3339(),
         files: vec![],
+        groupings,
     };
     let manifest = publish(spec, handle, observer, &files, manifest)?;
     Ok(JobOutput { manifest, report })
@@ -232,6 +234,9 @@ fn manifest_metrics(
     ] {
         metrics.insert(format!("test.macro_f1.{key}"), e.macro_f1);
         metrics.insert(format!("test.micro_f1.{key}"), e.micro_f1);
+    }
+    for g in &report.served_groups {
+        metrics.insert(format!("test.{}_macro_f1.served", g.grouping), g.macro_f1);
     }
     metrics
 }
