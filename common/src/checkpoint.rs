@@ -287,12 +287,6 @@ fn parse_manifest(bytes: &[u8], uri: &str) -> Result<Manifest, CheckpointError> 
             if group.members.is_empty() {
                 return Err(invalid(format!("{what} has no members")));
             }
-            if let Some(m) = group.members.iter().find(|&&m| m >= manifest.labels.len()) {
-                return Err(invalid(format!(
-                    "{what} names label id {m}, but there are {} labels",
-                    manifest.labels.len()
-                )));
-            }
             if !in_unit(group.threshold) {
                 return Err(invalid(format!(
                     "{what} threshold is {}, outside [0, 1]",
@@ -459,6 +453,19 @@ impl Checkpoint {
                 ));
             }
         }
+        // After the head check, so a manifest that lost labels is refused for that first.
+        for g in &m.groupings {
+            for group in &g.groups {
+                if let Some(id) = group.members.iter().find(|&&id| id >= m.labels.len()) {
+                    return Err(invalid(format!(
+                        "grouping {:?} group {:?} names label id {id}, but there are {} labels",
+                        g.name,
+                        group.name,
+                        m.labels.len()
+                    )));
+                }
+            }
+        }
         model.set_precision(precision);
         model.store_weights_for_inference();
         Ok(LoadedModel {
@@ -549,7 +556,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn groupings_naming_unknown_labels_or_bad_thresholds_are_refused() {
+    async fn groupings_without_members_or_with_bad_thresholds_are_refused() {
         let group = |members: Vec<usize>, threshold: f32| Grouping {
             name: "ekman".into(),
             groups: vec![ServedGroup {
@@ -558,8 +565,8 @@ mod tests {
                 threshold,
             }],
         };
+        // (Label ids beyond the labels are refused when the model loads, after the head check.)
         for (g, want) in [
-            (group(vec![0, 2], 0.4), "names label id 2"),
             (group(vec![1], 1.5), "outside [0, 1]"),
             (group(vec![], 0.4), "no members"),
         ] {

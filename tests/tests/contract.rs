@@ -70,8 +70,8 @@ fn additions_are_allowed_and_linted() {
     // A new optional field is compatible...
     let out = check_edited(|p| {
         p.replace(
-            "  optional float threshold = 3;\n}",
-            "  optional float threshold = 3;\n  // Added later.\n  bool explain = 4;\n}",
+            "message GetModelInfoRequest {}",
+            "message GetModelInfoRequest {\n  // Added later.\n  bool verbose = 1;\n}",
         )
     });
     assert!(out.status.success(), "{}", text(&out));

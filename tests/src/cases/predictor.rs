@@ -166,7 +166,7 @@ pub async fn invalid_checkpoints_refused(dir: &Path) -> Outcome {
     );
     let v1 = shared_registry(dir);
     let name = "goemotions";
-    let variants: [BrokenVersion; 4] = [
+    let variants: [BrokenVersion; 5] = [
         (
             "bad-max-length",
             "max_length must be in",
@@ -196,6 +196,12 @@ pub async fn invalid_checkpoints_refused(dir: &Path) -> Outcome {
                     }
                 }
             },
+        ),
+        (
+            "bad-grouping",
+            "names label id 99, but there are 28 labels",
+            |_| {},
+            |m| m["groupings"][0]["groups"][0]["members"] = serde_json::json!([0, 99]),
         ),
     ];
     for (version, _, edit_config, edit_manifest) in &variants {
