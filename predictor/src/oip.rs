@@ -194,17 +194,13 @@ pub(crate) fn classify_options(
     Ok(options)
 }
 
-fn labels_json(model: &ServingModel, r: &TextResult) -> Vec<u8> {
+fn labels_json(r: &TextResult) -> Vec<u8> {
     let names: Vec<&str> = r.labels.iter().map(|l| l.name.as_str()).collect();
     let top_k: Vec<serde_json::Value> = r
         .top_k
         .iter()
         .map(|l| serde_json::json!({"label": l.name, "score": l.score}))
         .collect();
-    debug_assert!(r
-        .labels
-        .iter()
-        .all(|l| (l.id as usize) < model.num_labels()));
     let mut doc = serde_json::json!({"labels": names, "top_k": top_k});
     for g in &r.groups {
         let name = Grouping::try_from(g.grouping)
@@ -338,7 +334,7 @@ impl InferenceService {
         });
         let labels = request
             .want_labels
-            .then(|| results.iter().map(|r| labels_json(&model, r)).collect());
+            .then(|| results.iter().map(labels_json).collect());
         Ok(Inferred {
             model_name: model.manifest.model_name.clone(),
             model_version: model.version().into(),
