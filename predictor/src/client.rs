@@ -120,11 +120,7 @@ pub fn describe(result: &TextResult) -> String {
     }
     for g in &result.groups {
         let name = Grouping::try_from(g.grouping)
-            .map(|g| {
-                g.as_str_name()
-                    .trim_start_matches("GROUPING_")
-                    .to_lowercase()
-            })
+            .map(Grouping::short_name)
             .unwrap_or_default();
         s.push_str(&format!(" | {name}: {}", fmt(&g.labels)));
     }
@@ -141,10 +137,8 @@ pub async fn classify(args: ClassifyArgs) -> Result<(), ClientError> {
         groupings: args
             .groups
             .iter()
-            .map(|g| match g.as_str() {
-                "ekman" => Grouping::Ekman as i32,
-                _ => Grouping::Sentiment as i32,
-            })
+            .filter_map(|g| Grouping::from_short_name(g))
+            .map(|g| g as i32)
             .collect(),
     };
     if !args.texts.is_empty() {

@@ -171,22 +171,19 @@ pub(crate) fn classify_options(
                     ));
                 };
                 for name in names.split(',').map(str::trim).filter(|n| !n.is_empty()) {
-                    options.groupings.push(match name {
-                        "ekman" => Grouping::Ekman as i32,
-                        "sentiment" => Grouping::Sentiment as i32,
-                        other => {
-                            return Err(bad(format!(
-                                "unknown grouping {other:?}; ask for ekman or sentiment"
-                            )))
-                        }
-                    });
+                    let g = Grouping::from_short_name(name).ok_or_else(|| {
+                        bad(format!(
+                            "unknown grouping {name:?}; ask for ekman or sentiment"
+                        ))
+                    })?;
+                    options.groupings.push(g as i32);
                 }
             }
             // Triton's clients send these on their own; they do not change the answer.
             "binary_data_output" | "binary_data_size" | "sequence_id" | "priority" | "timeout" => {}
             other => {
                 return Err(bad(format!(
-                    "unknown parameter {other:?}; this model takes top_k and threshold"
+                    "unknown parameter {other:?}; this model takes top_k, threshold and groupings"
                 )))
             }
         }
@@ -204,11 +201,7 @@ fn labels_json(r: &TextResult) -> Vec<u8> {
     let mut doc = serde_json::json!({"labels": names, "top_k": top_k});
     for g in &r.groups {
         let name = Grouping::try_from(g.grouping)
-            .map(|g| {
-                g.as_str_name()
-                    .trim_start_matches("GROUPING_")
-                    .to_lowercase()
-            })
+            .map(Grouping::short_name)
             .unwrap_or_default();
         let scores: serde_json::Map<String, serde_json::Value> = g
             .scores

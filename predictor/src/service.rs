@@ -138,11 +138,8 @@ fn text_result(model: &ServingModel, r: Labelled) -> TextResult {
                 score: s.score,
             };
             GroupResult {
-                grouping: match grouping.name.as_str() {
-                    "ekman" => Grouping::Ekman,
-                    "sentiment" => Grouping::Sentiment,
-                    _ => Grouping::Unspecified,
-                } as i32,
+                grouping: Grouping::from_short_name(&grouping.name).unwrap_or(Grouping::Unspecified)
+                    as i32,
                 labels: g.labels.into_iter().map(named).collect(),
                 scores: g.scores.into_iter().map(named).collect(),
             }
@@ -174,8 +171,7 @@ fn options(
         .groupings
         .iter()
         .map(|&g| match Grouping::try_from(g) {
-            Ok(Grouping::Ekman) => Ok("ekman"),
-            Ok(Grouping::Sentiment) => Ok("sentiment"),
+            Ok(known) if known != Grouping::Unspecified => Ok(known.short_name()),
             _ => Err(OptionsError::UnknownGrouping(g.to_string())),
         })
         .collect::<Result<Vec<_>, _>>()?;

@@ -56,6 +56,17 @@ async fn in_process_scores(version_dir: &std::path::Path, texts: &[&str]) -> Vec
         .collect()
 }
 
+/// A predictor serving the shared trained registry copied into `dir` (`extra` flags added);
+/// returns it with its gRPC address, metrics port and the served version.
+async fn serve_shared(dir: &std::path::Path, extra: &[&str]) -> (Proc, String, u16, String) {
+    let version = shared_registry(dir);
+    let alias = dir.join("models/goemotions/aliases/latest");
+    let (mut proc, addr, metrics) =
+        spawn_predictor(alias.to_str().unwrap(), extra, &[], dir.join("p.log"));
+    wait_serving(&mut proc, &addr, Duration::from_secs(60)).await;
+    (proc, addr, metrics, version)
+}
+
 fn assert_close(a: &[f32], b: &[f32], what: &str) {
     assert_eq!(a.len(), b.len(), "{what}");
     for (x, y) in a.iter().zip(b) {
@@ -648,11 +659,7 @@ case_tests!(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_grpcio_and_buf_curl_clients() {
     let dir = tempfile::tempdir().unwrap();
-    let version = shared_registry(dir.path());
-    let alias = dir.path().join("models/goemotions/aliases/latest");
-    let (mut proc, addr, _) =
-        spawn_predictor(alias.to_str().unwrap(), &[], &[], dir.path().join("p.log"));
-    wait_serving(&mut proc, &addr, Duration::from_secs(60)).await;
+    let (_proc, addr, _, version) = serve_shared(dir.path(), &[]).await;
     let texts = [TEXTS[0], TEXTS[1]];
     let expected = in_process_scores(
         &dir.path()
@@ -867,16 +874,8 @@ async fn open_inference_protocol_with_the_triton_client() {
     use proto::inference::{InferTensorContents, ModelInferRequest};
 
     let dir = tempfile::tempdir().unwrap();
-    let version = shared_registry(dir.path());
-    let alias = dir.path().join("models/goemotions/aliases/latest");
     let http = format!("127.0.0.1:{}", free_port());
-    let (mut proc, addr, metrics) = spawn_predictor(
-        alias.to_str().unwrap(),
-        &["--http-listen", &http],
-        &[],
-        dir.path().join("p.log"),
-    );
-    wait_serving(&mut proc, &addr, Duration::from_secs(60)).await;
+    let (_proc, addr, metrics, version) = serve_shared(dir.path(), &["--http-listen", &http]).await;
     let expected = in_process_scores(
         &dir.path()
             .join(format!("models/goemotions/versions/{version}")),
@@ -945,23 +944,17 @@ async fn open_inference_protocol_with_the_triton_client() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rest_api_keeps_the_token_and_the_message_limit() {
     let dir = tempfile::tempdir().unwrap();
-    shared_registry(dir.path());
-    let alias = dir.path().join("models/goemotions/aliases/latest");
     let http = format!("127.0.0.1:{}", free_port());
-    let (mut proc, addr, _) = spawn_predictor(
-        alias.to_str().unwrap(),
-        &[
-            "--http-listen",
-            &http,
-            "--auth-token",
-            "s3cret",
-            "--max-message-bytes",
-            "2048",
-        ],
-        &[],
-        dir.path().join("p.log"),
-    );
-    wait_serving(&mut proc, &addr, Duration::from_secs(60)).await;
+    let flags = [
+        "--http-listen",
+        &http,
+        "--auth-token",
+        "s3cret",
+        "--max-message-bytes",
+        "2048",
+    ];
+    let (_proc, _, _, _) = serve_shared(dir.path(), &flags).await;
+    let alias = dir.path().join("models/goemotions/aliases/latest");
     let infer_url = format!("http://{http}/v2/models/goemotions/infer");
     let request =
         r#"{"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["hello"]}]}"#;
@@ -1007,7 +1000,7 @@ async fn rest_api_keeps_the_token_and_the_message_limit() {
 async fn coarse_groups_follow_the_label_scores_and_stored_thresholds() {
     use proto::v1::Grouping;
     let dir = tempfile::tempdir().unwrap();
-    let version = shared_registry(dir.path());
+    let (_proc, addr, _, version) = serve_shared(dir.path(), &[]).await;
     let version_dir = dir
         .path()
         .join(format!("models/goemotions/versions/{version}"));
@@ -1019,10 +1012,6 @@ async fn coarse_groups_follow_the_label_scores_and_stored_thresholds() {
         .map(|g| g["name"].as_str().unwrap())
         .collect();
     assert_eq!(names, vec!["ekman", "sentiment"]);
-    let alias = dir.path().join("models/goemotions/aliases/latest");
-    let (mut proc, addr, _) =
-        spawn_predictor(alias.to_str().unwrap(), &[], &[], dir.path().join("p.log"));
-    wait_serving(&mut proc, &addr, Duration::from_secs(60)).await;
     let mut c = client(&addr).await;
     let options = |groupings: Vec<i32>| {
         Some(ClassifyOptions {
