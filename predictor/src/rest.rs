@@ -73,6 +73,20 @@ pub(crate) fn router(
         .with_state(Rest { inference })
 }
 
+/// Serves `app` on `listener` until `shutdown` resolves (the predictor starts draining).
+pub(crate) async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "Open Inference Protocol HTTP listening");
+    }
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
 fn authorized(token: &BearerToken, headers: &HeaderMap) -> bool {
     let mut probe = tonic::Request::new(());
     if let Some(value) = headers.get("authorization") {

@@ -123,15 +123,11 @@ pub async fn serve(model: ModelRef, opts: ServeOptions) -> Result<(), ServerErro
             opts.limits.max_message_bytes,
         );
         let mut stop = drain_rx.clone();
-        tracing::info!(addr = ?listener.local_addr().ok(), "Open Inference Protocol HTTP listening");
+        let drained = async move {
+            let _ = stop.wait_for(|d| *d).await;
+        };
         tokio::spawn(async move {
-            let drained = async move {
-                let _ = stop.wait_for(|d| *d).await;
-            };
-            if let Err(e) = axum::serve(listener, app)
-                .with_graceful_shutdown(drained)
-                .await
-            {
+            if let Err(e) = rest::serve(listener, app, drained).await {
                 tracing::error!(error = %e, "HTTP API stopped");
             }
         });
