@@ -132,15 +132,16 @@ fn group_matrix(matrix: &[bool], num_labels: usize, groups: &[LabelGroup]) -> Ve
 pub fn group_scores(scores: &[f32], num_labels: usize, groups: &[LabelGroup]) -> Vec<f32> {
     scores
         .chunks(num_labels)
-        .flat_map(|row| {
-            groups.iter().map(move |g| {
-                g.members
-                    .iter()
-                    .map(|&m| row[m])
-                    .fold(f32::NEG_INFINITY, f32::max)
-            })
-        })
+        .flat_map(|row| groups.iter().map(move |g| group_score(row, &g.members)))
         .collect()
+}
+
+/// One text's score for a group: its best member's probability (0 for ids beyond the row).
+pub fn group_score(row: &[f32], members: &[usize]) -> f32 {
+    members
+        .iter()
+        .filter_map(|&m| row.get(m).copied())
+        .fold(0.0, f32::max)
 }
 
 /// Multi-hot group targets: a text has a group when it has any of its members.

@@ -240,11 +240,7 @@ fn label_grouping(scores: &[f32], index: usize, grouping: &Grouping) -> Labelled
         .enumerate()
         .map(|(id, g)| Scored {
             id,
-            score: g
-                .members
-                .iter()
-                .filter_map(|&m| scores.get(m).copied())
-                .fold(0.0, f32::max),
+            score: common::metrics::group_score(scores, &g.members),
         })
         .collect();
     let mut labels: Vec<Scored> = all

@@ -79,6 +79,14 @@ fn split_raw_bytes(raw: &[u8]) -> Result<Vec<&[u8]>, ClassifyError> {
     Ok(out)
 }
 
+/// How many texts a BYTES input of this shape holds: `[n]` or `[n, 1]`, n ≥ 0.
+pub(crate) fn text_count(shape: &[i64]) -> Option<usize> {
+    match shape {
+        [n] | [n, 1] if *n >= 0 => Some(*n as usize),
+        _ => None,
+    }
+}
+
 /// The texts of a ModelInfer request: one BYTES input of shape `[n]` or `[n, 1]`.
 fn input_texts(req: &ModelInferRequest) -> Result<Vec<String>, ClassifyError> {
     let [input] = req.inputs.as_slice() else {
@@ -99,14 +107,11 @@ fn input_texts(req: &ModelInferRequest) -> Result<Vec<String>, ClassifyError> {
             "input {name:?} has datatype {datatype}; texts are BYTES"
         )));
     }
-    let n = match shape.as_slice() {
-        [n] | [n, 1] if *n >= 0 => *n as usize,
-        other => {
-            return Err(bad(format!(
-                "input {name:?} has shape {other:?}; expected [n] or [n, 1]"
-            )))
-        }
-    };
+    let n = text_count(shape).ok_or_else(|| {
+        bad(format!(
+            "input {name:?} has shape {shape:?}; expected [n] or [n, 1]"
+        ))
+    })?;
     let elements: Vec<&[u8]> = match req.raw_input_contents.as_slice() {
         [] => contents
             .as_ref()

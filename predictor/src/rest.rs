@@ -19,7 +19,9 @@ use proto::inference::{infer_parameter::ParameterChoice, InferParameter};
 use serde_json::{json, Value};
 use tonic::Code;
 
-use crate::oip::{classify_options, wanted_outputs, Inference, InferenceService, LABELS, SCORES};
+use crate::oip::{
+    classify_options, text_count, wanted_outputs, Inference, InferenceService, LABELS, SCORES,
+};
 use crate::service::ClassifyError;
 
 #[derive(Clone)]
@@ -252,14 +254,8 @@ fn parse_request(name: String, version: String, body: &str) -> Result<Inference,
         .as_array()
         .map(|a| a.iter().filter_map(Value::as_i64).collect())
         .unwrap_or_default();
-    let n = match shape.as_slice() {
-        [n] | [n, 1] if *n >= 0 => *n as usize,
-        other => {
-            return Err(bad(format!(
-                "input shape {other:?}; expected [n] or [n, 1]"
-            )))
-        }
-    };
+    let n = text_count(&shape)
+        .ok_or_else(|| bad(format!("input shape {shape:?}; expected [n] or [n, 1]")))?;
     let mut texts = Vec::new();
     flatten_strings(&input["data"], &mut texts)?;
     if texts.len() != n {
