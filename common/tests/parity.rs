@@ -63,10 +63,19 @@ fn tokenizer_and_model_match_transformers() {
     tensors.push(("classifier.weight".into(), get(&fx, "classifier.weight")));
     tensors.push(("classifier.bias".into(), get(&fx, "classifier.bias")));
     let with_head = safetensors_io::encode(&tensors).unwrap();
-    for pooling in [Pooling::Cls, Pooling::Mean] {
-        let (model, report) =
+    // Unprepared (as trained and evaluated during training) and prepared for inference (fused
+    // query/key/value projections, as served).
+    for (pooling, prepared) in [
+        (Pooling::Cls, false),
+        (Pooling::Mean, false),
+        (Pooling::Mean, true),
+    ] {
+        let (mut model, report) =
             BertClassifier::load(&config, &with_head, 28, pooling, Device::Cpu).unwrap();
         assert!(report.initialised.is_empty(), "{report:?}");
+        if prepared {
+            model.store_weights_for_inference();
+        }
         for (i, text) in sentences.iter().enumerate() {
             let enc = tokenizer.encode(text).unwrap();
             let expected_ids: Vec<i64> =
@@ -79,7 +88,7 @@ fn tokenizer_and_model_match_transformers() {
             let d_hidden = max_abs_diff(&hidden, &get(&fx, &format!("s{i}.last_hidden_state")));
             assert!(
                 d_hidden < 1e-4,
-                "{text:?}: last hidden state differs by {d_hidden}"
+                "{text:?} (prepared {prepared}): last hidden state differs by {d_hidden}"
             );
             let key = match pooling {
                 Pooling::Cls => "logits_cls",
@@ -91,7 +100,7 @@ fn tokenizer_and_model_match_transformers() {
             );
             assert!(
                 d_logits < 1e-4,
-                "{text:?} ({key}): logits differ by {d_logits}"
+                "{text:?} ({key}, prepared {prepared}): logits differ by {d_logits}"
             );
         }
     }

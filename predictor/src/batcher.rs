@@ -4,17 +4,20 @@
 //! - Room in the queue is reserved before a text is tokenized and queued: streams wait for it
 //!   (FIFO, so fair between streams; a waiting stream stops reading its input, and HTTP/2 flow
 //!   control pushes back to the client), unary calls wait a bounded time, then RESOURCE_EXHAUSTED.
-//! - The thread takes what is waiting (up to a pool of a few batches, waiting at most `max_wait`
-//!   for more), drops texts whose caller has gone (a cancelled call, a closed stream) before they
-//!   reach the model — at pool assembly and again before each batch —, groups by model version
-//!   (a request finishes on the version it started with), sorts by length and cuts batches within
-//!   the token budget.
+//! - A gathering thread takes what is waiting (up to a pool of a few batches, waiting at most
+//!   `max_wait` for more), drops texts whose caller has gone (a cancelled call, a closed stream)
+//!   before they reach the model — at pool assembly and again before each batch —, groups by
+//!   model version (a request finishes on the version it started with), sorts by length, cuts
+//!   batches within the token budget and hands each to the next free worker.
+//! - `workers` threads score batches side by side, each with `threads_per_worker` libtorch
+//!   threads: on a small CPU two single-threaded workers keep both cores busy where one
+//!   two-threaded forward pass leaves one idle in its serial stretches.
 //! - A failing batch is retried text by text, so one bad text fails only its own request.
-//! - If the thread ever stops, `stopped()` resolves and new texts are refused with `Stopped`, so
-//!   the server can turn NOT_SERVING and exit instead of rejecting work forever.
+//! - If any of these threads ever stops, `stopped()` resolves and new texts are refused with
+//!   `Stopped`, so the server can turn NOT_SERVING and exit instead of rejecting work forever.
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::mpsc::{self, RecvTimeoutError, TryRecvError};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::inference::InferenceError;
@@ -35,6 +38,10 @@ pub struct BatcherConfig {
     pub max_wait: Duration,
     /// Texts queued or being scored at most.
     pub queue_capacity: usize,
+    /// Threads scoring batches side by side.
+    pub workers: usize,
+    /// libtorch intra-op threads of each worker (`None`: the process setting).
+    pub threads_per_worker: Option<i32>,
 }
 
 impl Default for BatcherConfig {
@@ -44,6 +51,8 @@ impl Default for BatcherConfig {
             max_batch_tokens: 8192,
             max_wait: Duration::from_millis(1),
             queue_capacity: 1024,
+            workers: 1,
+            threads_per_worker: None,
         }
     }
 }
@@ -117,30 +126,67 @@ pub(crate) struct Batcher {
 }
 
 impl Batcher {
-    /// Starts the inference thread.
+    /// Starts the gathering thread and the workers.
     pub fn start(config: BatcherConfig, metrics: Metrics) -> Self {
         let (tx, rx) = mpsc::channel();
         let (stopped_tx, stopped) = watch::channel(false);
         let capacity = config.queue_capacity.max(1);
         let room = Arc::new(Semaphore::new(capacity));
-        let worker_room = room.clone();
-        let spawned = std::thread::Builder::new()
-            .name("inference".into())
-            .spawn(move || {
-                let result =
-                    catch_unwind(AssertUnwindSafe(|| run(rx, config, &worker_room, &metrics)));
-                if let Err(panic) = result {
+        let stop = {
+            let room = room.clone();
+            move || {
+                room.close();
+                stopped_tx.send_replace(true);
+            }
+        };
+        let stop = Arc::new(stop);
+        // Rendezvous: a cut batch waits for a free worker, and texts arriving meanwhile join the
+        // next, better sorted pool.
+        let (batch_tx, batch_rx) = mpsc::sync_channel::<(Arc<dyn Scorer>, Vec<Job>)>(0);
+        let batch_rx = Arc::new(Mutex::new(batch_rx));
+        let mut threads: Vec<(String, Box<dyn FnOnce() + Send>)> = Vec::new();
+        {
+            let (config, room, metrics) = (config.clone(), room.clone(), metrics.clone());
+            threads.push((
+                "batcher".into(),
+                Box::new(move || gather(rx, &config, &room, &metrics, &batch_tx)),
+            ));
+        }
+        for i in 0..config.workers.max(1) {
+            let (batch_rx, room, metrics) = (batch_rx.clone(), room.clone(), metrics.clone());
+            let threads_per_worker = config.threads_per_worker;
+            threads.push((
+                format!("inference-{i}"),
+                Box::new(move || {
+                    if let Some(n) = threads_per_worker {
+                        tch::set_num_threads(n.max(1));
+                    }
+                    work(&batch_rx, capacity, &room, &metrics)
+                }),
+            ));
+        }
+        tracing::info!(
+            workers = config.workers.max(1),
+            threads_per_worker = config.threads_per_worker,
+            "inference workers"
+        );
+        for (name, body) in threads {
+            let thread_stop = stop.clone();
+            let thread_name = name.clone();
+            let spawned = std::thread::Builder::new().name(name).spawn(move || {
+                if let Err(panic) = catch_unwind(AssertUnwindSafe(body)) {
                     tracing::error!(
+                        thread = thread_name,
                         error = common::inference::panic_message(&panic),
-                        "the inference thread panicked"
+                        "an inference thread panicked"
                     );
                 }
-                worker_room.close();
-                stopped_tx.send_replace(true);
+                thread_stop();
             });
-        if let Err(e) = spawned {
-            tracing::error!(error = %e, "cannot start the inference thread");
-            room.close();
+            if let Err(e) = spawned {
+                tracing::error!(error = %e, "cannot start an inference thread");
+                stop();
+            }
         }
         Self {
             tx,
@@ -225,7 +271,18 @@ impl Batcher {
     }
 }
 
-fn run(rx: mpsc::Receiver<Job>, config: BatcherConfig, room: &Semaphore, metrics: &Metrics) {
+/// Batch of one model version's texts, on its way to a worker.
+type Batch = (Arc<dyn Scorer>, Vec<Job>);
+
+/// The gathering loop: pools what is waiting, cuts length-sorted batches, hands them to workers.
+/// Returns when every submitter is gone or no worker is left.
+fn gather(
+    rx: mpsc::Receiver<Job>,
+    config: &BatcherConfig,
+    room: &Semaphore,
+    metrics: &Metrics,
+    workers: &mpsc::SyncSender<Batch>,
+) {
     let capacity = config.queue_capacity.max(1);
     let depth = || (capacity - room.available_permits()) as i64;
     while let Ok(first) = rx.recv() {
@@ -261,15 +318,37 @@ fn run(rx: mpsc::Receiver<Job>, config: BatcherConfig, room: &Semaphore, metrics
                 .partition(|job| Arc::ptr_eq(&job.scorer, &scorer));
             pending = rest;
             group.sort_by_key(|job| job.encoded.ids.len());
-            for mut batch in split_by_budget(group, config.max_batch_size, config.max_batch_tokens)
-            {
-                drop_abandoned(&mut batch, metrics);
-                if !batch.is_empty() {
-                    infer(scorer.as_ref(), batch, metrics);
+            for batch in split_by_budget(group, config.max_batch_size, config.max_batch_tokens) {
+                if workers.send((scorer.clone(), batch)).is_err() {
+                    return;
                 }
-                metrics.queue_depth.set(depth());
             }
         }
+    }
+}
+
+/// A worker: scores the batches it is handed until the gathering thread is gone.
+fn work(
+    batches: &Mutex<mpsc::Receiver<Batch>>,
+    capacity: usize,
+    room: &Semaphore,
+    metrics: &Metrics,
+) {
+    loop {
+        let next = match batches.lock() {
+            Ok(receiver) => receiver.recv(),
+            Err(poisoned) => poisoned.into_inner().recv(),
+        };
+        let Ok((scorer, mut batch)) = next else {
+            return;
+        };
+        drop_abandoned(&mut batch, metrics);
+        if !batch.is_empty() {
+            infer(scorer.as_ref(), batch, metrics);
+        }
+        metrics
+            .queue_depth
+            .set((capacity - room.available_permits()) as i64);
     }
 }
 
@@ -512,6 +591,64 @@ mod tests {
         let scored = counting.0.load(std::sync::atomic::Ordering::SeqCst);
         assert!(scored < 10, "{scored} abandoned texts were scored");
         drop(receivers);
+    }
+
+    /// Two workers score two batches at the same time, each with the libtorch threads it was
+    /// given: both calls must be inside `score` together (one worker would time out alone).
+    #[tokio::test]
+    async fn workers_score_batches_side_by_side_on_their_own_threads() {
+        use std::sync::{Condvar, Mutex};
+        #[derive(Default)]
+        struct Meeting {
+            inside: Mutex<(usize, usize)>,
+            changed: Condvar,
+            threads: Mutex<Vec<i32>>,
+        }
+        impl Scorer for Meeting {
+            fn score(&self, items: &[&Encoded]) -> Result<Vec<f32>, InferenceError> {
+                self.threads.lock().unwrap().push(tch::get_num_threads());
+                let mut inside = self.inside.lock().unwrap();
+                inside.0 += 1;
+                inside.1 = inside.1.max(inside.0);
+                self.changed.notify_all();
+                let (mut inside, _) = self
+                    .changed
+                    .wait_timeout_while(inside, Duration::from_secs(5), |(_, most)| *most < 2)
+                    .unwrap();
+                inside.0 -= 1;
+                Ok(vec![0.5; items.len()])
+            }
+            fn num_labels(&self) -> usize {
+                1
+            }
+        }
+        let meeting = Arc::new(Meeting::default());
+        let scorer: Arc<dyn Scorer> = meeting.clone();
+        let batcher = Batcher::start(
+            BatcherConfig {
+                max_batch_size: 1,
+                workers: 2,
+                threads_per_worker: Some(1),
+                ..Default::default()
+            },
+            Metrics::new(),
+        );
+        let mut receivers = Vec::new();
+        for _ in 0..2 {
+            let room = batcher.reserve(1, None).await.unwrap();
+            receivers.push(batcher.submit(room, scorer.clone(), text(4), None).unwrap());
+        }
+        let started = Instant::now();
+        for rx in receivers {
+            rx.await.unwrap().unwrap();
+        }
+        assert_eq!(
+            meeting.inside.lock().unwrap().1,
+            2,
+            "batches ran one at a time"
+        );
+        assert!(started.elapsed() < Duration::from_secs(4));
+        assert_eq!(*meeting.threads.lock().unwrap(), vec![1, 1]);
     }
 
     #[tokio::test]

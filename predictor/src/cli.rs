@@ -105,6 +105,11 @@ pub struct ServeArgs {
     /// and affinity; logged at start).
     #[arg(long, env = "PREDICTOR_THREADS")]
     pub threads: Option<i32>,
+    /// Batches scored side by side, each by its own worker with --threads / workers libtorch
+    /// threads (0: auto — on the CPU one single-threaded worker per inference thread, up to 2;
+    /// on CUDA one).
+    #[arg(long, env = "PREDICTOR_INFERENCE_WORKERS", default_value_t = 0)]
+    pub inference_workers: usize,
     #[command(flatten)]
     pub access: AccessArgs,
     /// Seconds between HTTP/2 keepalive pings (0: none). Pings are traffic: with an interval
@@ -130,8 +135,36 @@ fn optional_seconds(s: f64) -> Option<Duration> {
     (s > 0.0).then(|| seconds(s))
 }
 
+/// Workers and libtorch threads per worker: `requested` workers (0: auto) sharing `threads`.
+/// On CUDA the device does the work, so one worker and the process setting.
+fn inference_workers(
+    requested: usize,
+    threads: usize,
+    device: tch::Device,
+) -> (usize, Option<i32>) {
+    if device.is_cuda() {
+        return (requested.max(1), None);
+    }
+    let workers = match requested {
+        0 => threads.clamp(1, AUTO_CPU_WORKERS),
+        n => n.min(threads.max(1)),
+    };
+    let per_worker = (threads / workers).max(1);
+    (workers, Some(i32::try_from(per_worker).unwrap_or(1)))
+}
+
+/// Most CPU workers `--inference-workers 0` starts: more split small batches further and slow
+/// single texts (each worker scores on fewer threads).
+const AUTO_CPU_WORKERS: usize = 2;
+
 impl ServeArgs {
     pub fn options(&self, device: tch::Device) -> Result<ServeOptions, AccessError> {
+        let threads = self
+            .threads
+            .map(|t| t.max(1) as usize)
+            .unwrap_or_else(common::device::available_cpus);
+        let (workers, threads_per_worker) =
+            inference_workers(self.inference_workers, threads, device);
         Ok(ServeOptions {
             listen: self.listen,
             metrics_listen: self.metrics_listen,
@@ -143,6 +176,8 @@ impl ServeArgs {
                 max_batch_tokens: self.max_batch_tokens.max(1),
                 max_wait: seconds(self.max_wait_ms / 1000.0),
                 queue_capacity: self.queue_capacity.max(1),
+                workers,
+                threads_per_worker,
             },
             limits: Limits {
                 max_texts_per_request: self.max_texts_per_request,
@@ -228,4 +263,22 @@ pub struct BenchArgs {
     /// Predictor process id, to report its peak RSS (VmHWM).
     #[arg(long)]
     pub pid: Option<u32>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::Device;
+
+    #[test]
+    fn inference_workers_split_the_threads() {
+        // Auto: one single-threaded worker per thread, at most two; CUDA: one worker.
+        assert_eq!(inference_workers(0, 2, Device::Cpu), (2, Some(1)));
+        assert_eq!(inference_workers(0, 1, Device::Cpu), (1, Some(1)));
+        assert_eq!(inference_workers(0, 16, Device::Cpu), (2, Some(8)));
+        assert_eq!(inference_workers(0, 16, Device::Cuda(0)), (1, None));
+        // Asked for: never more workers than threads.
+        assert_eq!(inference_workers(4, 2, Device::Cpu), (2, Some(1)));
+        assert_eq!(inference_workers(1, 2, Device::Cpu), (1, Some(2)));
+    }
 }

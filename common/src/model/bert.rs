@@ -142,6 +142,9 @@ pub struct BertClassifier {
     layers: Vec<EncoderLayer>,
     pooler: nn::Linear,
     classifier: nn::Linear,
+    /// Set by `store_weights_for_inference`: per layer, the query, key and value projections as
+    /// one `[3h, h]` weight (and `[3h]` bias), so a forward pass runs one product instead of three.
+    fused_qkv: Option<Vec<(Tensor, Option<Tensor>)>>,
 }
 
 fn layer_norm(p: nn::Path, c: &BertConfig) -> nn::LayerNorm {
@@ -238,6 +241,7 @@ impl BertClassifier {
             layers,
             pooler,
             classifier,
+            fused_qkv: None,
         })
     }
 
@@ -368,11 +372,29 @@ impl BertClassifier {
     }
 
     /// For inference only: stores the weights in the compute dtype, so bf16 forward passes do
-    /// not cast them on every call (training keeps fp32 master weights and must not call this).
+    /// not cast them on every call, and fuses each layer's query, key and value projections.
+    /// From then on a bf16 model also keeps its residual stream and LayerNorms in bf16, as a
+    /// model cast with `.to(torch.bfloat16)` does (the CPU LayerNorm kernel accumulates in fp32);
+    /// training keeps fp32 master weights and an fp32 residual stream, and must not call this.
     pub fn store_weights_for_inference(&mut self) {
         if self.precision == Precision::Bf16 {
             self.vs.bfloat16();
         }
+        let fused = tch::no_grad(|| {
+            self.layers
+                .iter()
+                .map(|layer| {
+                    let a = &layer.attention;
+                    let weight = Tensor::cat(&[&a.query.ws, &a.key.ws, &a.value.ws], 0);
+                    let bias = match (&a.query.bs, &a.key.bs, &a.value.bs) {
+                        (Some(q), Some(k), Some(v)) => Some(Tensor::cat(&[q, k, v], 0)),
+                        _ => None,
+                    };
+                    (weight, bias)
+                })
+                .collect()
+        });
+        self.fused_qkv = Some(fused);
     }
 
     pub fn num_labels(&self) -> usize {
@@ -429,11 +451,11 @@ impl BertClassifier {
         x.to_kind(kind).linear(&layer.ws.to_kind(kind), bias)
     }
 
-    /// LayerNorm in fp32 whatever the compute dtype, as autocast does; the output is fp32.
-    fn norm(&self, layer: &nn::LayerNorm, x: &Tensor) -> Tensor {
-        let weight = layer.ws.as_ref().map(|w| w.to_kind(Kind::Float));
-        let bias = layer.bs.as_ref().map(|b| b.to_kind(Kind::Float));
-        x.to_kind(Kind::Float).layer_norm(
+    /// LayerNorm in the residual stream's dtype `kind` (its output is in that dtype too).
+    fn norm(&self, layer: &nn::LayerNorm, x: &Tensor, kind: Kind) -> Tensor {
+        let weight = layer.ws.as_ref().map(|w| w.to_kind(kind));
+        let bias = layer.bs.as_ref().map(|b| b.to_kind(kind));
+        x.to_kind(kind).layer_norm(
             [self.config.hidden_size],
             weight.as_ref(),
             bias.as_ref(),
@@ -444,7 +466,9 @@ impl BertClassifier {
 
     /// Runs the encoder and head. `input_ids` and `attention_mask` are `[batch, seq]` int64;
     /// dropout is active only when `train` is set. Matrix products run in the model's precision;
-    /// the residual stream, LayerNorm and pooling stay fp32; logits come out in fp32.
+    /// the residual stream and LayerNorm stay fp32 as under autocast, except in a bf16 model
+    /// prepared for inference (`store_weights_for_inference`); pooling, the last hidden state and
+    /// the logits come out in fp32.
     pub fn forward(&self, input_ids: &Tensor, attention_mask: &Tensor, train: bool) -> ModelOutput {
         let c = &self.config;
         let (batch, seq) = input_ids.size2().expect("input_ids is [batch, seq]");
@@ -458,15 +482,22 @@ impl BertClassifier {
             0.0
         };
 
+        let kind = self.precision.compute_kind();
+        let residual = if self.fused_qkv.is_some() {
+            kind
+        } else {
+            Kind::Float
+        };
         let positions = Tensor::arange(seq, (Kind::Int64, device)).unsqueeze(0);
         let token_types = input_ids.zeros_like();
         let e = &self.embeddings;
-        let embedded = e.word.forward(input_ids).to_kind(Kind::Float)
-            + e.position.forward(&positions).to_kind(Kind::Float)
-            + e.token_type.forward(&token_types).to_kind(Kind::Float);
-        let mut hidden = self.norm(&e.norm, &embedded).dropout(hidden_p, train);
+        let embedded = e.word.forward(input_ids).to_kind(residual)
+            + e.position.forward(&positions).to_kind(residual)
+            + e.token_type.forward(&token_types).to_kind(residual);
+        let mut hidden = self
+            .norm(&e.norm, &embedded, residual)
+            .dropout(hidden_p, train);
 
-        let kind = self.precision.compute_kind();
         let attention = self.resolved_attention(device);
         let valid = attention_mask.to_kind(Kind::Bool).view([batch, 1, 1, seq]);
         let key_mask = match attention {
@@ -487,13 +518,25 @@ impl BertClassifier {
             }
         };
         let split = |t: Tensor| t.view([batch, seq, heads, head_dim]).transpose(1, 2);
-        for layer in &self.layers {
+        for (i, layer) in self.layers.iter().enumerate() {
             let a = &layer.attention;
-            // Cast the fp32 residual stream once for the three projections.
+            // Cast the residual stream once for the three projections.
             let input = hidden.to_kind(kind);
-            let q = split(self.linear(&a.query, &input));
-            let k = split(self.linear(&a.key, &input));
-            let v = split(self.linear(&a.value, &input));
+            let (q, k, v) = match &self.fused_qkv {
+                Some(fused) => {
+                    let (weight, bias) = &fused[i];
+                    let qkv = input
+                        .linear(weight, bias.as_ref())
+                        .view([batch, seq, 3, heads, head_dim])
+                        .permute([2, 0, 3, 1, 4]);
+                    (qkv.get(0), qkv.get(1), qkv.get(2))
+                }
+                None => (
+                    split(self.linear(&a.query, &input)),
+                    split(self.linear(&a.key, &input)),
+                    split(self.linear(&a.value, &input)),
+                ),
+            };
             let context = if attention == Attention::Efficient {
                 let needs_backward = q.requires_grad();
                 Tensor::internal_scaled_dot_product_efficient_attention(
@@ -522,11 +565,12 @@ impl BertClassifier {
             .transpose(1, 2)
             .reshape([batch, seq, c.hidden_size]);
             let projected = self.linear(&a.output, &context).dropout(hidden_p, train);
-            let attended = self.norm(&a.norm, &(projected.to_kind(Kind::Float) + &hidden));
+            let attended = self.norm(&a.norm, &(projected.to_kind(residual) + &hidden), residual);
             let inner = self.activation(&self.linear(&layer.intermediate, &attended));
             let out = self.linear(&layer.output, &inner).dropout(hidden_p, train);
-            hidden = self.norm(&layer.norm, &(out.to_kind(Kind::Float) + &attended));
+            hidden = self.norm(&layer.norm, &(out.to_kind(residual) + &attended), residual);
         }
+        let hidden = hidden.to_kind(Kind::Float);
 
         let pooled = match self.pooling {
             Pooling::Mean => {
@@ -678,6 +722,39 @@ mod tests {
             &mask.narrow(0, 1, 1).narrow(1, 0, 2),
         );
         assert!(alone.allclose(&additive.narrow(0, 1, 1), 1e-5, 1e-6, false));
+    }
+
+    /// Serving's form (fused query/key/value, and in bf16 a bf16 residual stream) scores as the
+    /// training-time forward pass does: to fp32 rounding in fp32, to bf16 rounding in bf16.
+    #[test]
+    fn inference_prepared_model_scores_like_the_training_forward() {
+        tch::manual_seed(5);
+        let config = tiny_config().to_json();
+        let m = BertClassifier::new(tiny_config(), 3, Pooling::Mean, Device::Cpu).unwrap();
+        // Larger weights than the N(0, 0.02) initialisation, so attention is far from uniform and
+        // swapped projections would show.
+        tch::no_grad(|| {
+            for (_, t) in m.named_parameters() {
+                if t.dim() == 2 {
+                    let _ = t.shallow_clone().g_mul_scalar_(25.0);
+                }
+            }
+        });
+        let bytes = m.to_safetensors().unwrap();
+        let ids = Tensor::from_slice(&[2i64, 7, 9, 3, 2, 5, 0, 0]).view([2, 4]);
+        let mask = Tensor::from_slice(&[1i64, 1, 1, 1, 1, 1, 0, 0]).view([2, 4]);
+        let reference = m.predict_proba(&ids, &mask);
+        for (precision, tolerance) in [(Precision::Fp32, 1e-5), (Precision::Bf16, 5e-2)] {
+            let (mut served, _) =
+                BertClassifier::load(&config, &bytes, 3, Pooling::Mean, Device::Cpu).unwrap();
+            served.set_precision(precision);
+            served.store_weights_for_inference();
+            let scores = served.predict_proba(&ids, &mask);
+            let diff = (&scores - &reference).abs().max().double_value(&[]);
+            assert!(diff <= tolerance, "{precision}: {scores} vs {reference}");
+            // A wrong head split or q/k/v order would move scores far more than rounding does.
+            assert!(scores.kind() == Kind::Float && diff.is_finite());
+        }
     }
 
     #[test]
