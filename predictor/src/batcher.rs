@@ -1,4 +1,4 @@
-//! Dynamic batching on a dedicated inference thread (inference never runs on the async
+//! Dynamic batching on dedicated inference threads (inference never runs on the async
 //! runtime's threads).
 //!
 //! - Room in the queue is reserved before a text is tokenized and queued: streams wait for it
@@ -196,7 +196,7 @@ impl Batcher {
         }
     }
 
-    /// Resolves when the inference thread has stopped (it should never, while serving).
+    /// Resolves when an inference thread has stopped (it should never, while serving).
     pub async fn stopped(&self) {
         let mut stopped = self.stopped.clone();
         let _ = stopped.wait_for(|s| *s).await;

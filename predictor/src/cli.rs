@@ -98,7 +98,7 @@ pub struct ServeArgs {
     /// same F1; fp32 elsewhere, CUDA included), fp32, or bf16.
     #[arg(long, env = "PREDICTOR_PRECISION", value_enum, default_value_t = PrecisionChoice::Auto)]
     pub precision: PrecisionChoice,
-    /// Async runtime threads for gRPC I/O and tokenization (inference has its own thread).
+    /// Async runtime threads for gRPC I/O and tokenization (inference has its own threads).
     #[arg(long, env = "PREDICTOR_RUNTIME_THREADS", default_value_t = 1)]
     pub runtime_threads: usize,
     /// CPU threads for inference (default: the CPUs the process may use, from its cgroup quota

@@ -1,7 +1,7 @@
 //! The predictor: a stateless gRPC service that serves a GoEmotions checkpoint from object
 //! storage. Layers, following text-embeddings-inference's router / core / backends split:
 //! - `engine`: the loaded model and turning scores into labelled results (core);
-//! - `batcher`: queue room, dynamic batching on a dedicated inference thread (backend);
+//! - `batcher`: queue room, dynamic batching on dedicated inference threads (backend);
 //! - `reload`: loading checkpoints and following an alias with atomic swaps;
 //! - `service`: the thin gRPC layer (router), building every proto message; `oip`: the Open
 //!   Inference Protocol (KServe v2) over the same path, `rest` the same over HTTP/JSON;

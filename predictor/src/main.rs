@@ -8,8 +8,8 @@ use predictor::{client, server};
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     common::logging::init(&cli.log_format);
-    // The inference thread does the heavy work; on small pods more runtime threads only compete
-    // with it for cores.
+    // The inference threads do the heavy work; on small pods more runtime threads only compete
+    // with them for cores.
     let runtime_threads = match &cli.command {
         Command::Serve(args) => args.runtime_threads.max(1),
         _ => 2,

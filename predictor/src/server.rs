@@ -1,6 +1,6 @@
 //! `predictor serve`: the gRPC server around `PredictorService` — health, reflection (v1 and
 //! v1alpha), bearer-token auth and TLS, HTTP/2 keepalive and an idle-connection timeout, the
-//! Prometheus endpoint, hot reload, a watchdog on the inference thread, and the SIGTERM drain.
+//! Prometheus endpoint, hot reload, a watchdog on the inference threads, and the SIGTERM drain.
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -40,7 +40,7 @@ pub enum ServerError {
     Reflection(#[from] tonic_reflection::server::Error),
     #[error(transparent)]
     Precision(#[from] common::model::PrecisionError),
-    #[error("the inference thread stopped; exiting so the orchestrator restarts the predictor")]
+    #[error("an inference thread stopped; exiting so the orchestrator restarts the predictor")]
     InferenceStopped,
 }
 
