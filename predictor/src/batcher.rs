@@ -132,6 +132,7 @@ impl Batcher {
         let (stopped_tx, stopped) = watch::channel(false);
         let capacity = config.queue_capacity.max(1);
         let room = Arc::new(Semaphore::new(capacity));
+        let workers = config.workers.max(1);
         let stop = {
             let room = room.clone();
             move || {
@@ -142,7 +143,7 @@ impl Batcher {
         let stop = Arc::new(stop);
         // Rendezvous: a cut batch waits for a free worker, and texts arriving meanwhile join the
         // next, better sorted pool.
-        let (batch_tx, batch_rx) = mpsc::sync_channel::<(Arc<dyn Scorer>, Vec<Job>)>(0);
+        let (batch_tx, batch_rx) = mpsc::sync_channel::<Batch>(0);
         let batch_rx = Arc::new(Mutex::new(batch_rx));
         let mut threads: Vec<(String, Box<dyn FnOnce() + Send>)> = Vec::new();
         {
@@ -152,7 +153,7 @@ impl Batcher {
                 Box::new(move || gather(rx, &config, &room, &metrics, &batch_tx)),
             ));
         }
-        for i in 0..config.workers.max(1) {
+        for i in 0..workers {
             let (batch_rx, room, metrics) = (batch_rx.clone(), room.clone(), metrics.clone());
             let threads_per_worker = config.threads_per_worker;
             threads.push((
@@ -166,7 +167,7 @@ impl Batcher {
             ));
         }
         tracing::info!(
-            workers = config.workers.max(1),
+            workers,
             threads_per_worker = config.threads_per_worker,
             "inference workers"
         );
