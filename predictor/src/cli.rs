@@ -158,11 +158,9 @@ fn inference_workers(
 const AUTO_CPU_WORKERS: usize = 2;
 
 impl ServeArgs {
-    pub fn options(&self, device: tch::Device) -> Result<ServeOptions, AccessError> {
-        let threads = self
-            .threads
-            .map(|t| t.max(1) as usize)
-            .unwrap_or_else(common::device::available_cpus);
+    /// The server's options; `threads` is the libtorch thread count `init_threads` settled on.
+    pub fn options(&self, device: tch::Device, threads: i32) -> Result<ServeOptions, AccessError> {
+        let threads = usize::try_from(threads.max(1)).unwrap_or(1);
         let (workers, threads_per_worker) =
             inference_workers(self.inference_workers, threads, device);
         Ok(ServeOptions {

@@ -21,7 +21,7 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(async move {
         match cli.command {
             Command::Serve(args) => {
-                common::device::init_threads(args.threads);
+                let threads = common::device::init_threads(args.threads);
                 if args.device != "cpu" {
                     common::device::allow_tf32();
                 }
@@ -29,7 +29,7 @@ fn main() -> anyhow::Result<()> {
                 let model = ModelRef::parse(&args.model)
                     .with_context(|| format!("--model {}", args.model))?;
                 tracing::info!(device = common::device::describe(device), model = %args.model, "starting predictor");
-                server::serve(model, args.options(device)?).await?;
+                server::serve(model, args.options(device, threads)?).await?;
             }
             Command::Classify(args) => client::classify(args).await?,
             Command::Info(args) => client::info(args).await?,
