@@ -11,6 +11,7 @@ pub mod metrics;
 pub mod model;
 pub mod registry;
 pub mod safetensors_io;
+pub mod simd;
 pub mod store;
 pub mod tokenizer;
 

@@ -7,6 +7,7 @@ use tch::nn::{self, Module};
 use tch::{Device, Kind, Tensor};
 
 use super::config::BertConfig;
+use super::dropout::dropout;
 use super::precision::Precision;
 use crate::safetensors_io::{self, SafetensorsError};
 
@@ -82,7 +83,8 @@ impl std::str::FromStr for Pooling {
 /// for every new (batch, length) shape: 100–150 ms each, paid again and again by length-bucketed
 /// batches, against 0.5 ms per call for the memory-efficient kernel (`scripts/gpu/sdpa_overhead.py`).
 /// `Auto` therefore calls the memory-efficient kernel directly where it applies (CUDA, bf16, head
-/// size a multiple of 8) and leaves the choice to the dispatcher elsewhere.
+/// size a multiple of 8) and leaves the choice to the dispatcher elsewhere. Training on the CPU
+/// with attention dropout always runs the written-out math form (`attention_with_dropout`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum Attention {
     #[default]
@@ -143,7 +145,8 @@ pub struct BertClassifier {
     pooler: nn::Linear,
     classifier: nn::Linear,
     /// Set by `store_weights_for_inference`: per layer, the query, key and value projections as
-    /// one `[3h, h]` weight (and `[3h]` bias), so a forward pass runs one product instead of three.
+    /// one `[3h, h]` weight (and `[3h]` bias) in the compute dtype. Every forward pass runs the
+    /// three as one product; without these it concatenates the weights per call (training).
     fused_qkv: Option<Vec<(Tensor, Option<Tensor>)>>,
 }
 
@@ -169,6 +172,27 @@ fn hf_linear(p: nn::Path, input: i64, output: i64) -> nn::Linear {
         bias: true,
     };
     nn::linear(p, input, output, config)
+}
+
+/// A layer's query, key and value projections as one `[3h, h]` weight and `[3h]` bias.
+fn fused_qkv(layer: &EncoderLayer) -> (Tensor, Option<Tensor>) {
+    let a = &layer.attention;
+    let weight = Tensor::cat(&[&a.query.ws, &a.key.ws, &a.value.ws], 0);
+    let bias = match (&a.query.bs, &a.key.bs, &a.value.bs) {
+        (Some(q), Some(k), Some(v)) => Some(Tensor::cat(&[q, k, v], 0)),
+        _ => None,
+    };
+    (weight, bias)
+}
+
+/// Scaled dot-product attention over `[batch, heads, seq, head_dim]` with an additive key mask,
+/// softmax in fp32 and dropout `p` on the attention weights: the steps of libtorch's math path.
+fn attention_with_dropout(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, p: f64) -> Tensor {
+    let scale = 1.0 / (q.size()[3] as f64).sqrt();
+    let weights = ((q * scale).matmul(&k.transpose(-2, -1)) + mask)
+        .softmax(-1, Kind::Float)
+        .to_kind(v.kind());
+    dropout(&weights, p, true).matmul(v)
 }
 
 impl BertClassifier {
@@ -380,20 +404,7 @@ impl BertClassifier {
         if self.precision == Precision::Bf16 {
             self.vs.bfloat16();
         }
-        let fused = tch::no_grad(|| {
-            self.layers
-                .iter()
-                .map(|layer| {
-                    let a = &layer.attention;
-                    let weight = Tensor::cat(&[&a.query.ws, &a.key.ws, &a.value.ws], 0);
-                    let bias = match (&a.query.bs, &a.key.bs, &a.value.bs) {
-                        (Some(q), Some(k), Some(v)) => Some(Tensor::cat(&[q, k, v], 0)),
-                        _ => None,
-                    };
-                    (weight, bias)
-                })
-                .collect()
-        });
+        let fused = tch::no_grad(|| self.layers.iter().map(fused_qkv).collect());
         self.fused_qkv = Some(fused);
     }
 
@@ -494,9 +505,7 @@ impl BertClassifier {
         let embedded = e.word.forward(input_ids).to_kind(residual)
             + e.position.forward(&positions).to_kind(residual)
             + e.token_type.forward(&token_types).to_kind(residual);
-        let mut hidden = self
-            .norm(&e.norm, &embedded, residual)
-            .dropout(hidden_p, train);
+        let mut hidden = dropout(&self.norm(&e.norm, &embedded, residual), hidden_p, train);
 
         let attention = self.resolved_attention(device);
         let valid = attention_mask.to_kind(Kind::Bool).view([batch, 1, 1, seq]);
@@ -517,27 +526,38 @@ impl BertClassifier {
                     .expand([batch, heads, seq, seq], false)
             }
         };
-        let split = |t: Tensor| t.view([batch, seq, heads, head_dim]).transpose(1, 2);
+        // With attention dropout on the CPU, libtorch's dispatcher runs its unfused math path
+        // anyway; writing it out here lets the mask come from `dropout` (see dropout.rs).
+        let written_out_mask = (attn_p > 0.0 && device == Device::Cpu).then(|| {
+            Tensor::zeros([batch, 1, 1, seq], (Kind::Float, device)).masked_fill(
+                &attention_mask.eq(0).view([batch, 1, 1, seq]),
+                f64::NEG_INFINITY,
+            )
+        });
         for (i, layer) in self.layers.iter().enumerate() {
             let a = &layer.attention;
             // Cast the residual stream once for the three projections.
             let input = hidden.to_kind(kind);
-            let (q, k, v) = match &self.fused_qkv {
-                Some(fused) => {
-                    let (weight, bias) = &fused[i];
-                    let qkv = input
-                        .linear(weight, bias.as_ref())
-                        .view([batch, seq, 3, heads, head_dim])
-                        .permute([2, 0, 3, 1, 4]);
-                    (qkv.get(0), qkv.get(1), qkv.get(2))
-                }
-                None => (
-                    split(self.linear(&a.query, &input)),
-                    split(self.linear(&a.key, &input)),
-                    split(self.linear(&a.value, &input)),
+            // One product for the three projections: the stored fusion when prepared for
+            // inference, else the weights concatenated per call (autograd splits the gradient).
+            let (weight, bias) = match &self.fused_qkv {
+                Some(fused) => (
+                    fused[i].0.shallow_clone(),
+                    fused[i].1.as_ref().map(Tensor::shallow_clone),
                 ),
+                None => {
+                    let (weight, bias) = fused_qkv(layer);
+                    (weight.to_kind(kind), bias.map(|b| b.to_kind(kind)))
+                }
             };
-            let context = if attention == Attention::Efficient {
+            let qkv = input
+                .linear(&weight, bias.as_ref())
+                .view([batch, seq, 3, heads, head_dim])
+                .permute([2, 0, 3, 1, 4]);
+            let (q, k, v) = (qkv.get(0), qkv.get(1), qkv.get(2));
+            let context = if let Some(mask) = &written_out_mask {
+                attention_with_dropout(&q, &k, &v, mask, attn_p)
+            } else if attention == Attention::Efficient {
                 let needs_backward = q.requires_grad();
                 Tensor::internal_scaled_dot_product_efficient_attention(
                     &q,
@@ -564,10 +584,10 @@ impl BertClassifier {
             }
             .transpose(1, 2)
             .reshape([batch, seq, c.hidden_size]);
-            let projected = self.linear(&a.output, &context).dropout(hidden_p, train);
+            let projected = dropout(&self.linear(&a.output, &context), hidden_p, train);
             let attended = self.norm(&a.norm, &(projected.to_kind(residual) + &hidden), residual);
             let inner = self.activation(&self.linear(&layer.intermediate, &attended));
-            let out = self.linear(&layer.output, &inner).dropout(hidden_p, train);
+            let out = dropout(&self.linear(&layer.output, &inner), hidden_p, train);
             hidden = self.norm(&layer.norm, &(out.to_kind(residual) + &attended), residual);
         }
         let hidden = hidden.to_kind(Kind::Float);
@@ -585,7 +605,7 @@ impl BertClassifier {
         };
         let p = c.classifier_dropout.unwrap_or(hidden_p);
         let logits = self
-            .linear(&self.classifier, &pooled.dropout(p, train))
+            .linear(&self.classifier, &dropout(&pooled, p, train))
             .to_kind(Kind::Float);
         ModelOutput {
             last_hidden_state: hidden,
@@ -643,6 +663,54 @@ mod tests {
                  "intermediate_size": 32, "max_position_embeddings": 64}"#,
         )
         .unwrap()
+    }
+
+    /// The written-out attention that CPU training runs must give SDPA's context (dropout off),
+    /// with padded keys hidden; and with dropout on, about p of the weights must be dropped.
+    #[test]
+    fn written_out_attention_matches_sdpa() {
+        tch::manual_seed(8);
+        let opts = (Kind::Float, Device::Cpu);
+        let (q, k, v) = (
+            Tensor::randn([2, 3, 5, 8], opts),
+            Tensor::randn([2, 3, 5, 8], opts),
+            Tensor::randn([2, 3, 5, 8], opts),
+        );
+        let valid = Tensor::from_slice(&[1i64, 1, 1, 1, 1, 1, 1, 0, 0, 0]).view([2, 5]);
+        let additive = Tensor::zeros([2, 1, 1, 5], opts)
+            .masked_fill(&valid.eq(0).view([2, 1, 1, 5]), f64::NEG_INFINITY);
+        let ours = attention_with_dropout(&q, &k, &v, &additive, 0.0);
+        let bool_mask = valid.to_kind(Kind::Bool).view([2, 1, 1, 5]);
+        let sdpa = Tensor::scaled_dot_product_attention(
+            &q,
+            &k,
+            &v,
+            Some(&bool_mask),
+            0.0,
+            false,
+            None,
+            false,
+        );
+        let diff = (&ours - &sdpa).abs().max().double_value(&[]);
+        assert!(
+            diff < 1e-5,
+            "written-out attention differs from SDPA by {diff}"
+        );
+        // A value vector that is one-hot per key shows the weights: padded keys get none.
+        let eye = Tensor::eye(5, opts)
+            .view([1, 1, 5, 5])
+            .expand([2, 3, 5, 5], false);
+        let weights = attention_with_dropout(&q, &k, &eye.contiguous(), &additive, 0.0);
+        let to_padding = weights.get(1).narrow(2, 2, 3).abs().max().double_value(&[]);
+        assert_eq!(to_padding, 0.0);
+        let dropped = attention_with_dropout(&q, &k, &eye.contiguous(), &additive, 0.5);
+        let zeros = dropped
+            .get(0)
+            .eq(0.0)
+            .to_kind(Kind::Float)
+            .mean(Kind::Float);
+        let zeros = zeros.double_value(&[]);
+        assert!(zeros > 0.3 && zeros < 0.7, "dropped share {zeros}");
     }
 
     #[test]

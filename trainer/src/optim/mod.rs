@@ -7,91 +7,20 @@
 //!
 //! On the CPU, when every parameter, gradient and moment is a contiguous fp32 tensor, the step is
 //! one fused pass over memory (read p, g, m, v; write p, m, v) split across the intra-op
-//! threads, and the gradient norm another: the update is memory-bound, and the tensor-op version
-//! makes about ten passes with temporaries.
+//! threads, and the gradient norm another; clipping does not rewrite the gradients but hands its
+//! coefficient to the update pass. The tensor-op version makes about ten passes with
+//! temporaries; the kernels are in `cpu`.
 //!
 //! Elsewhere (CUDA) the parameters and moments live in one flat buffer each (every parameter's
 //! data becomes a view into it) and the gradients are packed into one per step, so clipping and
 //! the update are about a dozen kernel launches in all instead of ten per parameter, with no
 //! device-to-host sync: small models on a GPU are bound by launches, not arithmetic.
-use std::sync::atomic::{AtomicUsize, Ordering};
+mod cpu;
 
 use tch::{Device, Kind, Tensor};
 
+use self::cpu::{for_chunks, Buffer, UpdateScalars};
 use crate::resume::StateError;
-
-/// Elements per unit of work in the fused CPU passes.
-const CHUNK: usize = 1 << 16;
-
-/// A raw fp32 view of a contiguous CPU tensor.
-#[derive(Clone, Copy)]
-struct Buffer {
-    ptr: *mut f32,
-    len: usize,
-}
-
-// SAFETY: buffers point into tensors that outlive the scoped threads using them, and each thread
-// touches a disjoint range (`Work`), so no element is accessed by two threads at once.
-unsafe impl Send for Buffer {}
-unsafe impl Sync for Buffer {}
-
-impl Buffer {
-    fn of(t: &Tensor) -> Option<Self> {
-        let ok = t.defined()
-            && t.device() == Device::Cpu
-            && t.kind() == Kind::Float
-            && t.is_contiguous();
-        ok.then(|| Self {
-            ptr: t.data_ptr() as *mut f32,
-            len: t.numel(),
-        })
-    }
-
-    /// # Safety
-    /// The range must be in bounds, the tensor alive, and the range not accessed by another
-    /// thread while the slice lives.
-    unsafe fn slice<'a>(self, start: usize, end: usize) -> &'a mut [f32] {
-        std::slice::from_raw_parts_mut(self.ptr.add(start), end - start)
-    }
-}
-
-/// Ranges of all parameters cut into chunks, processed by `threads` scoped threads that take the
-/// next chunk from a shared counter; results come back in chunk order (deterministic).
-fn for_chunks<T: Send + Default + Clone>(
-    lens: &[usize],
-    threads: usize,
-    work: impl Fn(usize, usize, usize) -> T + Sync,
-) -> Vec<T> {
-    let mut units = Vec::new();
-    for (i, &len) in lens.iter().enumerate() {
-        let mut start = 0;
-        while start < len {
-            let end = (start + CHUNK).min(len);
-            units.push((i, start, end));
-            start = end;
-        }
-    }
-    let next = AtomicUsize::new(0);
-    let results: Vec<std::sync::Mutex<T>> = (0..units.len()).map(|_| Default::default()).collect();
-    std::thread::scope(|scope| {
-        for _ in 0..threads.max(1) {
-            scope.spawn(|| loop {
-                let k = next.fetch_add(1, Ordering::Relaxed);
-                let Some(&(i, start, end)) = units.get(k) else {
-                    break;
-                };
-                let value = work(i, start, end);
-                if let Ok(mut slot) = results[k].lock() {
-                    *slot = value;
-                }
-            });
-        }
-    });
-    results
-        .into_iter()
-        .map(|m| m.into_inner().unwrap_or_default())
-        .collect()
-}
 
 /// How the parameters are laid out in memory (see the module docs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -151,6 +80,9 @@ pub struct AdamW {
     flat: Option<FlatBuffers>,
     /// Gradients of the last `backward`, one per parameter (undefined when it had none).
     grads: Vec<Tensor>,
+    /// The clipping coefficient of the last `clip_grad_norm` on the fused CPU path, applied to
+    /// the gradients inside the update pass instead of in a pass of its own.
+    grad_scale: f32,
     decay: Vec<bool>,
     exp_avg: Vec<Tensor>,
     exp_avg_sq: Vec<Tensor>,
@@ -194,6 +126,7 @@ impl AdamW {
             params,
             flat,
             grads: Vec::new(),
+            grad_scale: 1.0,
             decay,
             exp_avg,
             exp_avg_sq,
@@ -249,6 +182,7 @@ impl AdamW {
     /// Computes the gradients of `loss` with respect to the parameters (replacing the last ones).
     pub fn backward(&mut self, loss: &Tensor) {
         self.grads.clear();
+        self.grad_scale = 1.0;
         self.grads = Tensor::run_backward(&[loss], &self.params, false, false);
         if let Some(flat) = &mut self.flat {
             // Packed only when every parameter has a gradient; otherwise the per-tensor ops run
@@ -268,12 +202,6 @@ impl AdamW {
     /// Whether the last `backward` left packed gradients for the flat update.
     fn packed(&self) -> bool {
         self.flat.as_ref().is_some_and(|f| f.grads.is_some())
-    }
-
-    /// The gradients of the last `backward` (in parameter order; undefined for unused ones).
-    #[cfg(test)]
-    fn grads(&self) -> &[Tensor] {
-        &self.grads
     }
 
     fn grad(&self, i: usize) -> Option<&Tensor> {
@@ -321,18 +249,15 @@ impl AdamW {
             let threads = tch::get_num_threads().max(1) as usize;
             let partial = for_chunks(&lens, threads, |i, start, end| {
                 // SAFETY: in bounds; this pass only reads the gradients.
-                let g = unsafe { buffers[i].1[1].slice(start, end) };
-                g.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>()
+                cpu::sum_squares(unsafe { buffers[i].1[1].slice(start, end) })
             });
             let total = partial.iter().sum::<f64>().sqrt();
-            if total > max_norm {
-                let coef = (max_norm / (total + 1e-6)) as f32;
-                for_chunks(&lens, threads, |i, start, end| {
-                    // SAFETY: in bounds; each chunk is scaled by one thread.
-                    let g = unsafe { buffers[i].1[1].slice(start, end) };
-                    g.iter_mut().for_each(|x| *x *= coef);
-                });
-            }
+            // The fused update scales the gradients as it reads them.
+            self.grad_scale = if total > max_norm {
+                (max_norm / (total + 1e-6)) as f32
+            } else {
+                1.0
+            };
             return Some(total);
         }
         tch::no_grad(|| {
@@ -403,13 +328,18 @@ impl AdamW {
         });
     }
 
-    /// The same update as the tensor-op path, in one pass per element.
+    /// The same update as the tensor-op path (with the pending clipping coefficient), in one
+    /// pass per element.
     fn fused_cpu_step(&self, buffers: &[(usize, [Buffer; 4])], lr: f64, bc1: f64, bc2: f64) {
         let lens: Vec<usize> = buffers.iter().map(|(_, b)| b[0].len).collect();
-        let (b1, b2) = (self.beta1 as f32, self.beta2 as f32);
-        let step_size = (lr / bc1) as f32;
-        let bc2_sqrt = bc2.sqrt() as f32;
-        let eps = self.eps as f32;
+        let scalars = UpdateScalars {
+            beta1: self.beta1 as f32,
+            beta2: self.beta2 as f32,
+            step_size: (lr / bc1) as f32,
+            bc2_sqrt: bc2.sqrt() as f32,
+            eps: self.eps as f32,
+            grad_scale: self.grad_scale,
+        };
         let decays: Vec<f32> = buffers
             .iter()
             .map(|&(param, _)| {
@@ -433,14 +363,7 @@ impl AdamW {
                     v.slice(start, end),
                 )
             };
-            let decay = decays[i];
-            for k in 0..p.len() {
-                let grad = g[k];
-                m[k] += (grad - m[k]) * (1.0 - b1);
-                v[k] = v[k] * b2 + grad * grad * (1.0 - b2);
-                let denom = v[k].sqrt() / bc2_sqrt + eps;
-                p[k] = p[k] * decay - step_size * m[k] / denom;
-            }
+            cpu::update(p, g, m, v, decays[i], scalars);
         });
     }
 
@@ -572,17 +495,36 @@ mod tests {
         assert!(diff < 1e-5, "fused and tensor-op AdamW differ by {diff}");
     }
 
+    /// Clipping must reach the update on both paths: the fused CPU pass applies the coefficient
+    /// as it reads the gradient (the first moment shows it), the tensor-op path scales the
+    /// gradients themselves.
     #[test]
     fn clipping_bounds_the_global_norm() {
-        let w = Tensor::from_slice(&[0.0f32, 0.0]).set_requires_grad(true);
-        let mut opt = AdamW::new(vec![(w.shallow_clone(), false)], 0.0);
-        opt.backward(&(&w * Tensor::from_slice(&[3.0f32, 4.0])).sum(Kind::Float));
-        let before = opt
-            .clip_grad_norm(1.0)
-            .expect("per-tensor clipping reports the norm");
-        assert!((before - 5.0).abs() < 1e-6);
-        let after = opt.grads()[0].norm().double_value(&[]);
-        assert!((after - 1.0).abs() < 1e-4, "{after}");
+        let storage = Tensor::zeros([2, 2], (Kind::Float, Device::Cpu));
+        for contiguous in [true, false] {
+            let w = if contiguous {
+                Tensor::from_slice(&[0.0f32, 0.0])
+            } else {
+                storage.select(1, 0)
+            }
+            .set_requires_grad(true);
+            let mut opt = AdamW::new(vec![(w.shallow_clone(), false)], 0.0);
+            opt.backward(&(&w * Tensor::from_slice(&[3.0f32, 4.0])).sum(Kind::Float));
+            assert_eq!(opt.cpu_buffers().is_some(), contiguous);
+            let before = opt
+                .clip_grad_norm(1.0)
+                .expect("the CPU paths report the norm");
+            assert!((before - 5.0).abs() < 1e-6);
+            opt.step(0.01);
+            // m = (1 - beta1) * clipped gradient = 0.1 * [0.6, 0.8]
+            let m: Vec<f32> = Vec::try_from(&opt.state().1[0].1.contiguous()).unwrap();
+            for (got, want) in m.iter().zip([0.06f32, 0.08]) {
+                assert!(
+                    (got - want).abs() < 1e-6,
+                    "contiguous {contiguous}: m {m:?}"
+                );
+            }
+        }
     }
 
     /// The flat layout (what CUDA uses) must give the same parameters as the fused CPU pass,
