@@ -7,6 +7,9 @@
 # prints where its step time goes (data, forward, backward, optimizer). Each of the four runs is repeated REPEATS times, interleaved; prints the median and
 # the spread (min–max) of samples/s and real tokens/s, and the Rust/Python ratios.
 #   scripts/bench-train.sh [STEPS=30] [THREADS=2] [REPEATS=3] [PRECISION=fp32] [DEVICE=cpu]
+# BENCH_PYTHON_ENV="VAR=value ..." runs the Python side under those variables, e.g. the glibc malloc
+# thresholds the trainer sets for itself (trainer/src/malloc.rs):
+#   BENCH_PYTHON_ENV="MALLOC_MMAP_THRESHOLD_=1073741824 MALLOC_TRIM_THRESHOLD_=1073741824" scripts/bench-train.sh
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -25,7 +28,8 @@ for r in $(seq 1 "$REPEATS"); do
     line=$(./target/release/trainer bench --steps "$STEPS" --threads "$THREADS" --device "$DEVICE" \
       --precision "$PRECISION" --write-batches "$order" $flag 2>>"$out.phases" | tail -n1)
     echo "rust $batching $line" | tee -a "$out"
-    line=$(.venv-ref/bin/python scripts/bench_train_transformers.py --model "$GOEMOTIONS_BASE_MODEL" \
+    # shellcheck disable=SC2086
+    line=$(env ${BENCH_PYTHON_ENV:-} .venv-ref/bin/python scripts/bench_train_transformers.py --model "$GOEMOTIONS_BASE_MODEL" \
       --data "$GOEMOTIONS_DATA_DIR/train.tsv" --steps "$STEPS" --threads "$THREADS" --device "$DEVICE" \
       --precision "$PRECISION" --batching "$batching" --batches "$order" 2>/dev/null | tail -n1)
     echo "python $batching $line" | tee -a "$out"
@@ -34,7 +38,7 @@ done
 echo "where the trainer's step time goes (each run):"
 grep -h "time per phase" "$out.phases" | sed 's/^/  /'
 rm -f "$out.phases"
-python3 - "$out" "$STEPS" "$THREADS" "$PRECISION" "$DEVICE" <<'PY'
+python3 - "$out" "$STEPS" "$THREADS" "$PRECISION" "$DEVICE" "${BENCH_PYTHON_ENV:-}" <<'PY'
 import re, statistics, sys
 rows = {}
 for line in open(sys.argv[1]):
@@ -42,7 +46,8 @@ for line in open(sys.argv[1]):
     sps = float(re.search(r"([0-9.]+) samples/s", line).group(1))
     tps = float(re.search(r"([0-9.]+) real tokens/s", line).group(1))
     rows.setdefault((side, batching), []).append((sps, tps))
-print(f"\nsteps {sys.argv[2]}, threads {sys.argv[3]}, precision {sys.argv[4]}, device {sys.argv[5]}, batch 32, max-len 128")
+print(f"\nsteps {sys.argv[2]}, threads {sys.argv[3]}, precision {sys.argv[4]}, device {sys.argv[5]}, batch 32, max-len 128"
+      + (f", python under {sys.argv[6]}" if sys.argv[6] else ""))
 print("| side | batching | samples/s median (min–max) | real tokens/s median (min–max) | runs |")
 print("|---|---|---:|---:|---:|")
 med = {}
@@ -56,6 +61,10 @@ for batching in ("bucketed", "plain"):
     ratio = med[("rust", batching)] / med[("python", batching)]
     # Within noise when the ranges of the two sides overlap.
     overlap = min(x[0] for x in r) <= max(x[0] for x in p) and min(x[0] for x in p) <= max(x[0] for x in r)
+    # Each round runs Rust then Python back to back, so the ratio within a round is less exposed
+    # to the machine's drift between rounds than the ratio of medians.
+    rounds = [a[0] / b[0] for a, b in zip(r, p)]
     print(f"ratio rust/python ({batching} vs {batching}): {ratio:.2f}x"
-          + (" (ranges overlap: within noise)" if overlap else "") + " — goal >= 1.3x")
+          + (" (ranges overlap: within noise)" if overlap else "") + " — goal >= 1.3x; "
+          + f"per round: median {statistics.median(rounds):.2f}x (min–max {min(rounds):.2f}–{max(rounds):.2f})")
 PY

@@ -22,3 +22,32 @@ pub fn detect() -> Simd {
     }
     Simd::Baseline
 }
+
+/// Defines a function that runs `body` (an `#[inline(always)]` function with the same
+/// signature) compiled for AVX-512 or AVX2 when the CPU has them, else for the baseline.
+/// The body must not depend on the level for its result (no explicit FMA, no reordering).
+#[macro_export]
+macro_rules! simd_dispatch {
+    ($vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? = $body:path;) => {
+        $vis fn $name($($arg: $ty),*) $(-> $ret)? {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f")]
+                unsafe fn avx512($($arg: $ty),*) $(-> $ret)? {
+                    $body($($arg),*)
+                }
+                #[target_feature(enable = "avx2")]
+                unsafe fn avx2($($arg: $ty),*) $(-> $ret)? {
+                    $body($($arg),*)
+                }
+                match $crate::simd::detect() {
+                    // SAFETY: the CPU has the feature the function is compiled for.
+                    $crate::simd::Simd::Avx512 => return unsafe { avx512($($arg),*) },
+                    $crate::simd::Simd::Avx2 => return unsafe { avx2($($arg),*) },
+                    $crate::simd::Simd::Baseline => {}
+                }
+            }
+            $body($($arg),*)
+        }
+    };
+}

@@ -8,8 +8,6 @@
 //! fused kernel runs.
 use tch::{Device, Kind, Tensor};
 
-use crate::simd::{self, Simd};
-
 /// Below this many elements the mask is drawn on the calling thread only.
 const PARALLEL_FROM: usize = 1 << 15;
 
@@ -93,28 +91,8 @@ fn fill_body(out: &mut [f32], first: u32, key: u64, threshold: u32, scale: f32) 
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-mod x86 {
-    #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn fill_avx512(out: &mut [f32], first: u32, key: u64, t: u32, s: f32) {
-        super::fill_body(out, first, key, t, s)
-    }
-
-    #[target_feature(enable = "avx2")]
-    pub(super) unsafe fn fill_avx2(out: &mut [f32], first: u32, key: u64, t: u32, s: f32) {
-        super::fill_body(out, first, key, t, s)
-    }
-}
-
-fn fill_mask(out: &mut [f32], first: u32, key: u64, threshold: u32, scale: f32) {
-    match simd::detect() {
-        // SAFETY: the CPU has the feature the function is compiled for.
-        #[cfg(target_arch = "x86_64")]
-        Simd::Avx512 => unsafe { x86::fill_avx512(out, first, key, threshold, scale) },
-        #[cfg(target_arch = "x86_64")]
-        Simd::Avx2 => unsafe { x86::fill_avx2(out, first, key, threshold, scale) },
-        _ => fill_body(out, first, key, threshold, scale),
-    }
+crate::simd_dispatch! {
+    fn fill_mask(out: &mut [f32], first: u32, key: u64, threshold: u32, scale: f32) = fill_body;
 }
 
 #[cfg(test)]

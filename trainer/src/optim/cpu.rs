@@ -1,11 +1,10 @@
 //! The CPU side of AdamW: raw fp32 views of contiguous tensors, a chunked pass over all
 //! parameters on scoped threads, and the two memory-bound kernels (sum of squares of the
 //! gradients, and the update). The kernels are compiled for AVX-512 and AVX2 as well as the
-//! baseline and picked at run time; Rust never contracts `a * b + c` into an FMA, so every level
+//! baseline and picked at run time (`common::simd_dispatch!`); Rust never contracts `a * b + c` into an FMA, so every level
 //! gives bit-identical results.
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use common::simd::{self, Simd};
 use tch::{Device, Kind, Tensor};
 
 /// Elements per unit of work in the fused CPU passes.
@@ -136,72 +135,19 @@ fn update_body(
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-mod x86 {
-    use super::{sum_squares_body, update_body, UpdateScalars};
+common::simd_dispatch! {
+    pub(super) fn sum_squares(g: &[f32]) -> f64 = sum_squares_body;
+}
 
-    #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn sum_squares_avx512(g: &[f32]) -> f64 {
-        sum_squares_body(g)
-    }
-
-    #[target_feature(enable = "avx2")]
-    pub(super) unsafe fn sum_squares_avx2(g: &[f32]) -> f64 {
-        sum_squares_body(g)
-    }
-
-    #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn update_avx512(
+common::simd_dispatch! {
+    pub(super) fn update(
         p: &mut [f32],
         g: &[f32],
         m: &mut [f32],
         v: &mut [f32],
         decay: f32,
         s: UpdateScalars,
-    ) {
-        update_body(p, g, m, v, decay, s)
-    }
-
-    #[target_feature(enable = "avx2")]
-    pub(super) unsafe fn update_avx2(
-        p: &mut [f32],
-        g: &[f32],
-        m: &mut [f32],
-        v: &mut [f32],
-        decay: f32,
-        s: UpdateScalars,
-    ) {
-        update_body(p, g, m, v, decay, s)
-    }
-}
-
-pub(super) fn sum_squares(g: &[f32]) -> f64 {
-    match simd::detect() {
-        // SAFETY: the CPU has the feature the function is compiled for (checked just above).
-        #[cfg(target_arch = "x86_64")]
-        Simd::Avx512 => unsafe { x86::sum_squares_avx512(g) },
-        #[cfg(target_arch = "x86_64")]
-        Simd::Avx2 => unsafe { x86::sum_squares_avx2(g) },
-        _ => sum_squares_body(g),
-    }
-}
-
-pub(super) fn update(
-    p: &mut [f32],
-    g: &[f32],
-    m: &mut [f32],
-    v: &mut [f32],
-    decay: f32,
-    s: UpdateScalars,
-) {
-    match simd::detect() {
-        // SAFETY: as in `sum_squares`.
-        #[cfg(target_arch = "x86_64")]
-        Simd::Avx512 => unsafe { x86::update_avx512(p, g, m, v, decay, s) },
-        #[cfg(target_arch = "x86_64")]
-        Simd::Avx2 => unsafe { x86::update_avx2(p, g, m, v, decay, s) },
-        _ => update_body(p, g, m, v, decay, s),
-    }
+    ) = update_body;
 }
 
 #[cfg(test)]
@@ -243,13 +189,5 @@ mod tests {
         assert_eq!(sum_squares(&g), sum_squares_body(&g));
         let exact: f64 = g.iter().map(|&x| f64::from(x).powi(2)).sum();
         assert!((sum_squares(&g) - exact).abs() < 1e-12 * exact.max(1.0));
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::arch::is_x86_feature_detected!("avx2") {
-                let avx2 = run(&|p, g, m, v| unsafe { x86::update_avx2(p, g, m, v, 0.99, s) });
-                assert_eq!(base, avx2);
-                assert_eq!(unsafe { x86::sum_squares_avx2(&g) }, sum_squares_body(&g));
-            }
-        }
     }
 }
