@@ -211,7 +211,7 @@ impl Batcher {
     /// Texts queued or being scored.
     #[cfg(test)]
     fn depth(&self) -> usize {
-        self.capacity - self.room.available_permits()
+        queue_depth(self.capacity, &self.room)
     }
 
     pub fn capacity(&self) -> usize {
@@ -272,6 +272,11 @@ impl Batcher {
     }
 }
 
+/// Texts queued or being scored: the room taken out of `capacity`.
+fn queue_depth(capacity: usize, room: &Semaphore) -> usize {
+    capacity - room.available_permits()
+}
+
 /// Batch of one model version's texts, on its way to a worker.
 type Batch = (Arc<dyn Scorer>, Vec<Job>);
 
@@ -285,7 +290,7 @@ fn gather(
     workers: &mpsc::SyncSender<Batch>,
 ) {
     let capacity = config.queue_capacity.max(1);
-    let depth = || (capacity - room.available_permits()) as i64;
+    let depth = || queue_depth(capacity, room) as i64;
     while let Ok(first) = rx.recv() {
         let mut pending = vec![first];
         let deadline = Instant::now() + config.max_wait;
@@ -347,9 +352,7 @@ fn work(
         if !batch.is_empty() {
             infer(scorer.as_ref(), batch, metrics);
         }
-        metrics
-            .queue_depth
-            .set((capacity - room.available_permits()) as i64);
+        metrics.queue_depth.set(queue_depth(capacity, room) as i64);
     }
 }
 

@@ -185,6 +185,12 @@ fn fused_qkv(layer: &EncoderLayer) -> (Tensor, Option<Tensor>) {
     (weight, bias)
 }
 
+/// 0 for the keys `valid` keeps and -inf for padding, in `kind`, shaped like `valid`.
+fn additive_mask(valid: &Tensor, kind: Kind) -> Tensor {
+    Tensor::zeros(valid.size().as_slice(), (kind, valid.device()))
+        .masked_fill(&valid.logical_not(), f64::NEG_INFINITY)
+}
+
 /// Scaled dot-product attention over `[batch, heads, seq, head_dim]` with an additive key mask,
 /// softmax in fp32 and dropout `p` on the attention weights: the steps of libtorch's math path.
 fn attention_with_dropout(q: &Tensor, k: &Tensor, v: &Tensor, mask: &Tensor, p: f64) -> Tensor {
@@ -509,10 +515,13 @@ impl BertClassifier {
 
         let attention = self.resolved_attention(device);
         let valid = attention_mask.to_kind(Kind::Bool).view([batch, 1, 1, seq]);
+        // With attention dropout on the CPU, libtorch's dispatcher runs its unfused math path
+        // anyway; writing it out here lets the mask come from `dropout` (see dropout.rs).
+        let written_out_mask =
+            (attn_p > 0.0 && device == Device::Cpu).then(|| additive_mask(&valid, Kind::Float));
         let key_mask = match attention {
             Attention::Sdpa | Attention::Auto => valid,
-            Attention::SdpaAdditive => Tensor::zeros([batch, 1, 1, seq], (kind, device))
-                .masked_fill(&valid.logical_not(), f64::NEG_INFINITY),
+            Attention::SdpaAdditive => additive_mask(&valid, kind),
             Attention::Efficient => {
                 // The kernel wants every stride but the last a multiple of 8 elements: allocate the
                 // bias padded to such a width, use its first `seq` columns, broadcast over heads
@@ -526,14 +535,6 @@ impl BertClassifier {
                     .expand([batch, heads, seq, seq], false)
             }
         };
-        // With attention dropout on the CPU, libtorch's dispatcher runs its unfused math path
-        // anyway; writing it out here lets the mask come from `dropout` (see dropout.rs).
-        let written_out_mask = (attn_p > 0.0 && device == Device::Cpu).then(|| {
-            Tensor::zeros([batch, 1, 1, seq], (Kind::Float, device)).masked_fill(
-                &attention_mask.eq(0).view([batch, 1, 1, seq]),
-                f64::NEG_INFINITY,
-            )
-        });
         for (i, layer) in self.layers.iter().enumerate() {
             let a = &layer.attention;
             // Cast the residual stream once for the three projections.

@@ -24,7 +24,7 @@ pub(crate) fn dropout(x: &Tensor, p: f64, train: bool) -> Tensor {
 }
 
 /// A dropout mask of `shape`: 1 / (1 - p) with probability 1 - p, else 0, in `kind`.
-pub(crate) fn mask(shape: &[i64], p: f64, kind: Kind) -> Tensor {
+fn mask(shape: &[i64], p: f64, kind: Kind) -> Tensor {
     let key = key_from_torch_generator();
     let mask = Tensor::empty(shape, (Kind::Float, Device::Cpu));
     let n = mask.numel();
