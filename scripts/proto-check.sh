@@ -10,7 +10,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 RELEASE=0
 [ "${1:-}" = "--release" ] && { RELEASE=1; shift; }
 PROTO="${1:-$ROOT/proto}"
-BUF="${BUF_BIN:-$ROOT/.cache/tools/buf/node_modules/.bin/buf}"
+BUF="${BUF_BIN:-$ROOT/.cache/tools/buf/bin/buf}"
 [ -x "$BUF" ] || { echo "proto-check: no buf at $BUF (scripts/setup.sh --with-clients)" >&2; exit 2; }
 AGAINST="$ROOT/proto/released/goemotions-v1.binpb"
 cd "$PROTO"

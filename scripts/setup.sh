@@ -5,7 +5,7 @@
 #   .cache/data/goemotions        the official GoEmotions splits, sha256-verified
 #   .cache/tools/bin/s3s-fs       a real S3 server for the tests (with --with-s3)
 #   .cache/tools/moto/            moto's S3 server, atomic conditional writes (with --with-s3)
-#   .cache/tools/buf/             buf 1.75.0 (npm @bufbuild/buf), contract lint and breaking checks (with --with-clients)
+#   .cache/tools/buf/             buf 1.75.0 (PyPI buf-bin), contract lint and breaking checks (with --with-clients)
 #   .cache/tools/grpc/            Python venv with grpcio + grpcio-tools and tritonclient: clients no one here wrote (with --with-clients)
 #   .cache/env.sh                 environment for cargo (LIBTORCH, ...)
 # Re-running does nothing when everything is in place.
@@ -118,12 +118,15 @@ if [ "$WITH_S3" = 1 ] && [ ! -x "$ROOT/.cache/tools/moto/bin/moto_server" ]; the
 fi
 
 # 5. Clients and contract tools for the tests.
-if [ "$WITH_CLIENTS" = 1 ] && [ ! -x "$ROOT/.cache/tools/buf/node_modules/.bin/buf" ]; then
-  step "installing buf 1.75.0 (npm @bufbuild/buf: contract lint, breaking-change check, buf curl)"
-  command -v npm >/dev/null || fail "npm not found (install Node.js) — needed for buf"
-  mkdir -p "$ROOT/.cache/tools/buf"
-  npm install --silent --no-audit --no-fund --prefix "$ROOT/.cache/tools/buf" @bufbuild/buf@1.75.0 \
-    || fail "npm install @bufbuild/buf failed (network?)"
+BUF_VERSION=1.75.0
+if [ "$WITH_CLIENTS" = 1 ] && ! "$ROOT/.cache/tools/buf/bin/buf" --version 2>/dev/null | grep -qx "$BUF_VERSION"; then
+  step "installing buf $BUF_VERSION (PyPI buf-bin: contract lint, breaking-change check, buf curl)"
+  rm -rf "$ROOT/.cache/tools/buf"
+  "$PY" -m venv "$ROOT/.cache/tools/buf" || fail "cannot create .cache/tools/buf (apt-get install python3-venv?)"
+  "$ROOT/.cache/tools/buf/bin/pip" install -q "buf-bin==$BUF_VERSION" \
+    || { rm -rf "$ROOT/.cache/tools/buf"; fail "pip install buf-bin==$BUF_VERSION failed (network?)"; }
+  "$ROOT/.cache/tools/buf/bin/buf" --version 2>/dev/null | grep -qx "$BUF_VERSION" \
+    || fail "buf-bin installed but .cache/tools/buf/bin/buf does not report version $BUF_VERSION"
 fi
 if [ "$WITH_CLIENTS" = 1 ] && ! "$ROOT/.cache/tools/grpc/bin/python" -c 'import grpc_tools, tritonclient.grpc, tritonclient.http' 2>/dev/null; then
   step "installing grpcio 1.85.3, grpcio-tools 1.76.0 and tritonclient[grpc,http] 2.73.0 (Python clients for the tests)"
@@ -139,7 +142,7 @@ export GOEMOTIONS_DATA_DIR="$DATA_DIR"
 export GOEMOTIONS_BASE_MODEL="$MODEL_DIR"
 export S3S_FS_BIN="$ROOT/.cache/tools/bin/s3s-fs"
 export MOTO_SERVER_BIN="$ROOT/.cache/tools/moto/bin/moto_server"
-export BUF_BIN="$ROOT/.cache/tools/buf/node_modules/.bin/buf"
+export BUF_BIN="$ROOT/.cache/tools/buf/bin/buf"
 export GRPC_PYTHON="$ROOT/.cache/tools/grpc/bin/python"
 ENVEOF
 step "set-up complete (torch $TORCH_VARIANT, model, data$([ "$WITH_S3" = 1 ] && echo ', s3s-fs, moto')$([ "$WITH_CLIENTS" = 1 ] && echo ', buf, grpcio'))"

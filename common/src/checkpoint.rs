@@ -466,6 +466,11 @@ impl Checkpoint {
                 }
             }
         }
+        if let Some(name) = model.first_non_finite_parameter() {
+            return Err(invalid(format!(
+                "model.safetensors: tensor {name} holds NaN or infinite values; refusing to serve it"
+            )));
+        }
         model.set_precision(precision);
         model.store_weights_for_inference();
         Ok(LoadedModel {

@@ -1,15 +1,21 @@
 //! Scoring tokenized texts with a classifier: pad a batch, run the forward pass without gradients,
 //! sigmoid, back to the CPU. The one path both the trainer's evaluation and the predictor's
 //! batcher take, so the scores they report can never drift apart.
+//!
+//! A text's scores do not depend on what it is batched with: batches hold texts of one length
+//! bucket (`tokenizer::length_bucket`), padded to that bucket, and the model's per-text
+//! products do not depend on the number of rows (see `BertClassifier::forward`).
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use crate::model::BertClassifier;
-use crate::tokenizer::{Encoded, TextTokenizer};
+use crate::tokenizer::{length_bucket, Encoded, TextTokenizer};
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum InferenceError {
     #[error("forward pass failed: {0}")]
     Forward(String),
+    #[error("the model produced {count} non-finite scores (NaN or infinite) for this batch; refusing to answer them")]
+    NonFinite { count: usize },
     #[error("scores have {found} values for {texts} texts × {labels} labels")]
     Shape {
         found: usize,
@@ -29,7 +35,7 @@ pub fn predict_batch(
         return Ok(Vec::new());
     }
     let run = || {
-        let batch = tokenizer.batch(items, model.device());
+        let batch = tokenizer.inference_batch(items, model.device());
         let probs = model.predict_proba(&batch.input_ids, &batch.attention_mask);
         Vec::<f32>::try_from(probs.flatten(0, -1)).map_err(|e| e.to_string())
     };
@@ -46,18 +52,30 @@ pub fn predict_batch(
             labels,
         });
     }
+    let non_finite = flat.iter().filter(|v| !v.is_finite()).count();
+    if non_finite > 0 {
+        return Err(InferenceError::NonFinite { count: non_finite });
+    }
     Ok(flat)
 }
 
-/// Indices in ascending length order cut into batches: little padding, and order does not matter
-/// for inference.
-pub fn sorted_batches(lengths: &[usize], batch_size: usize) -> Vec<Vec<usize>> {
+/// Indices in ascending length order cut into batches of at most `batch_size` texts that share
+/// a length bucket (`max_length` is the tokenizer's): little padding, each text at its own
+/// bucket's length, and order does not matter for inference.
+pub fn sorted_batches(lengths: &[usize], batch_size: usize, max_length: usize) -> Vec<Vec<usize>> {
     let mut order: Vec<usize> = (0..lengths.len()).collect();
     order.sort_by_key(|&i| lengths[i]);
-    order
-        .chunks(batch_size.max(1))
-        .map(<[usize]>::to_vec)
-        .collect()
+    let mut batches: Vec<Vec<usize>> = Vec::new();
+    let mut bucket = None;
+    for i in order {
+        let b = length_bucket(lengths[i], max_length);
+        match batches.last_mut() {
+            Some(last) if bucket == Some(b) && last.len() < batch_size.max(1) => last.push(i),
+            _ => batches.push(vec![i]),
+        }
+        bucket = Some(b);
+    }
+    batches
 }
 
 /// Sigmoid scores of every text, row-major `[texts × labels]`, batched by length.
@@ -70,7 +88,7 @@ pub fn score_all(
     let l = model.num_labels();
     let mut out = vec![0f32; encoded.len() * l];
     let lengths: Vec<usize> = encoded.iter().map(|e| e.ids.len()).collect();
-    for batch in sorted_batches(&lengths, batch_size) {
+    for batch in sorted_batches(&lengths, batch_size, tokenizer.max_length()) {
         let items: Vec<&Encoded> = batch.iter().map(|&i| &encoded[i]).collect();
         let flat = predict_batch(model, tokenizer, &items)?;
         for (row, &i) in batch.iter().enumerate() {
@@ -95,14 +113,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sorted_batches_cover_everything_in_length_order() {
+    fn sorted_batches_cover_everything_in_length_order_within_buckets() {
         let lengths = [5, 1, 9, 3, 7];
-        let batches = sorted_batches(&lengths, 2);
+        let batches = sorted_batches(&lengths, 2, 128);
         assert_eq!(batches, vec![vec![1, 3], vec![0, 4], vec![2]]);
         assert_eq!(
-            sorted_batches(&lengths, 0).len(),
+            sorted_batches(&lengths, 0, 128).len(),
             5,
             "batch size 0 acts as 1"
+        );
+        // 16 and 17 tokens fall in different buckets (16, 24): never in one batch.
+        let lengths = [17, 16, 20, 3];
+        assert_eq!(
+            sorted_batches(&lengths, 8, 128),
+            vec![vec![3, 1], vec![0, 2]]
         );
     }
 }

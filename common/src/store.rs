@@ -217,6 +217,16 @@ impl Store {
         }
     }
 
+    /// The object's size in bytes.
+    pub async fn size(&self, name: &str) -> Result<u64, StoreError> {
+        let meta = self
+            .inner
+            .head(&self.path(name))
+            .await
+            .map_err(|e| self.err(name, e))?;
+        Ok(meta.size)
+    }
+
     pub async fn exists(&self, name: &str) -> Result<bool, StoreError> {
         match self.inner.head(&self.path(name)).await {
             Ok(_) => Ok(true),

@@ -104,10 +104,43 @@ impl TextTokenizer {
             .collect())
     }
 
-    /// Pads a batch to its longest member.
+    /// Pads a batch to its longest member (training: the least padding).
     pub fn batch(&self, items: &[&Encoded], device: Device) -> Batch {
         pad_batch(items, self.pad_id, device)
     }
+
+    /// Pads a batch for scoring to the length bucket of its longest member
+    /// ([`length_bucket`]). Batches whose texts share a bucket give each text the padded length
+    /// it would have alone.
+    pub fn inference_batch(&self, items: &[&Encoded], device: Device) -> Batch {
+        let longest = items.iter().map(|e| e.ids.len()).max().unwrap_or(0);
+        pad_batch_to_multiple(
+            items,
+            self.pad_id,
+            device,
+            length_bucket(longest, self.max_length),
+        )
+    }
+
+    /// The padded length a text of `tokens` tokens is scored at.
+    pub fn bucket(&self, tokens: usize) -> usize {
+        length_bucket(tokens, self.max_length)
+    }
+}
+
+/// The padded length a text of `tokens` tokens is scored at: 16 for up to 16 tokens, then the
+/// next multiple of 8 up to 64, of 16 up to 128, of 64 beyond; never above `max_length` (texts
+/// are truncated to it). Scoring pads every text to its own bucket, so a text's padded length —
+/// and with it every reduction over its positions — never depends on its batch-mates (padding
+/// alone moves fp32 scores by about 1e-7), and the model sees a bounded set of shapes.
+pub fn length_bucket(tokens: usize, max_length: usize) -> usize {
+    let bucket = match tokens {
+        0..=16 => 16,
+        17..=64 => tokens.div_ceil(8) * 8,
+        65..=128 => tokens.div_ceil(16) * 16,
+        _ => tokens.div_ceil(64) * 64,
+    };
+    bucket.min(max_length.max(tokens)).max(1)
 }
 
 /// Right-pads `items` to the longest one: `input_ids` and `attention_mask` of shape `[n, longest]`.
@@ -161,6 +194,24 @@ mod tests {
         let mask: Vec<i64> = Vec::try_from(batch.attention_mask.flatten(0, -1)).unwrap();
         assert_eq!(ids, vec![101, 7, 102, 101, 102, 0]);
         assert_eq!(mask, vec![1, 1, 1, 1, 1, 0]);
+    }
+
+    #[test]
+    fn length_buckets_are_few_and_never_beyond_the_max_length() {
+        assert_eq!(length_bucket(0, 128), 16);
+        assert_eq!(length_bucket(5, 128), 16);
+        assert_eq!(length_bucket(16, 128), 16);
+        assert_eq!(length_bucket(17, 128), 24);
+        assert_eq!(length_bucket(64, 128), 64);
+        assert_eq!(length_bucket(65, 128), 80);
+        assert_eq!(length_bucket(128, 128), 128);
+        assert_eq!(length_bucket(97, 100), 100);
+        assert_eq!(length_bucket(5, 8), 8);
+        assert_eq!(length_bucket(300, 512), 320);
+        let buckets: std::collections::BTreeSet<usize> =
+            (0..=128).map(|n| length_bucket(n, 128)).collect();
+        assert_eq!(buckets.len(), 11, "{buckets:?}");
+        assert!((0..=512).all(|n| length_bucket(n, 512) >= n));
     }
 
     #[test]

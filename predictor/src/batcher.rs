@@ -7,8 +7,10 @@
 //! - A gathering thread takes what is waiting (up to a pool of a few batches, waiting at most
 //!   `max_wait` for more), drops texts whose caller has gone (a cancelled call, a closed stream)
 //!   before they reach the model — at pool assembly and again before each batch —, groups by
-//!   model version (a request finishes on the version it started with), sorts by length, cuts
-//!   batches within the token budget and hands each to the next free worker.
+//!   model version (a request finishes on the version it started with) and length bucket (every
+//!   text is scored at its own bucket's padded length, so its scores never depend on what else
+//!   is in flight), sorts by length, cuts batches within the token budget and hands each to the
+//!   next free worker.
 //! - `workers` threads score batches side by side, each with `threads_per_worker` libtorch
 //!   threads: on a small CPU two single-threaded workers keep both cores busy where one
 //!   two-threaded forward pass leaves one idle in its serial stretches.
@@ -62,9 +64,11 @@ const POOL_BATCHES: usize = 8;
 
 /// Scores texts: a loaded model, or anything else in tests.
 pub(crate) trait Scorer: Send + Sync {
-    /// Row-major `[items × num_labels]` scores.
+    /// Row-major `[items × num_labels]` scores; the items share a length bucket.
     fn score(&self, items: &[&Encoded]) -> Result<Vec<f32>, InferenceError>;
     fn num_labels(&self) -> usize;
+    /// The padded length a text of `tokens` tokens is scored at.
+    fn bucket(&self, tokens: usize) -> usize;
 }
 
 impl Scorer for ServingModel {
@@ -73,6 +77,9 @@ impl Scorer for ServingModel {
     }
     fn num_labels(&self) -> usize {
         ServingModel::num_labels(self)
+    }
+    fn bucket(&self, tokens: usize) -> usize {
+        self.tokenizer.bucket(tokens)
     }
 }
 
@@ -324,13 +331,36 @@ fn gather(
                 .partition(|job| Arc::ptr_eq(&job.scorer, &scorer));
             pending = rest;
             group.sort_by_key(|job| job.encoded.ids.len());
-            for batch in split_by_budget(group, config.max_batch_size, config.max_batch_tokens) {
-                if workers.send((scorer.clone(), batch)).is_err() {
-                    return;
+            for bucket in split_by_bucket(group, |job| scorer.bucket(job.encoded.ids.len())) {
+                let padded = scorer.bucket(bucket[0].encoded.ids.len());
+                for batch in split_by_budget(
+                    bucket,
+                    config.max_batch_size,
+                    config.max_batch_tokens,
+                    padded,
+                ) {
+                    if workers.send((scorer.clone(), batch)).is_err() {
+                        return;
+                    }
                 }
             }
         }
     }
+}
+
+/// Cuts length-sorted items into runs of one length bucket each.
+fn split_by_bucket<T>(items: Vec<T>, bucket: impl Fn(&T) -> usize) -> Vec<Vec<T>> {
+    let mut runs: Vec<Vec<T>> = Vec::new();
+    let mut current = None;
+    for item in items {
+        let b = bucket(&item);
+        match runs.last_mut() {
+            Some(run) if current == Some(b) => run.push(item),
+            _ => runs.push(vec![item]),
+        }
+        current = Some(b);
+    }
+    runs
 }
 
 /// A worker: scores the batches it is handed until the gathering thread is gone.
@@ -366,30 +396,19 @@ fn drop_abandoned(jobs: &mut Vec<Job>, metrics: &Metrics) {
     }
 }
 
-/// Something with a length in tokens (a queued text).
-trait TokenCount {
-    fn tokens(&self) -> usize;
-}
-
-impl TokenCount for Job {
-    fn tokens(&self) -> usize {
-        self.encoded.ids.len()
-    }
-}
-
-/// Cuts length-sorted items into batches within the size and padded-token budgets.
-fn split_by_budget<T: TokenCount>(
+/// Cuts items of one length bucket (each padded to `padded` tokens) into batches within the
+/// size and padded-token budgets.
+fn split_by_budget<T>(
     items: Vec<T>,
     max_size: usize,
     max_tokens: usize,
+    padded: usize,
 ) -> Vec<Vec<T>> {
+    let per_batch = (max_tokens / padded.max(1)).clamp(1, max_size.max(1));
     let mut batches = Vec::new();
     let mut current: Vec<T> = Vec::new();
     for item in items {
-        let longest = item.tokens().max(1);
-        if !current.is_empty()
-            && (current.len() + 1 > max_size || (current.len() + 1) * longest > max_tokens)
-        {
+        if current.len() == per_batch {
             batches.push(std::mem::take(&mut current));
         }
         current.push(item);
@@ -407,7 +426,9 @@ fn infer(scorer: &dyn Scorer, batch: Vec<Job>, metrics: &Metrics) {
     let longest = items.iter().map(|e| e.ids.len()).max().unwrap_or(0);
     let result = scorer.score(&items);
     metrics.batch_size.observe(batch.len() as f64);
-    metrics.batch_tokens.observe((longest * batch.len()) as f64);
+    metrics
+        .batch_tokens
+        .observe((scorer.bucket(longest) * batch.len()) as f64);
     metrics
         .inference_seconds
         .observe(started.elapsed().as_secs_f64());
@@ -449,43 +470,28 @@ fn isolate(scorer: &dyn Scorer, batch: Vec<Job>, error: InferenceError, metrics:
 mod tests {
     use super::*;
 
-    struct Item(usize);
-    impl TokenCount for Item {
-        fn tokens(&self) -> usize {
-            self.0
-        }
-    }
-
-    fn sizes(batches: &[Vec<Item>]) -> Vec<Vec<usize>> {
-        batches
-            .iter()
-            .map(|b| b.iter().map(|i| i.0).collect())
-            .collect()
-    }
-
     #[test]
-    fn batches_respect_size_and_padded_token_budgets() {
-        let items = || {
-            [2, 3, 3, 5, 8, 8, 40]
-                .into_iter()
-                .map(Item)
-                .collect::<Vec<_>>()
-        };
+    fn batches_hold_one_bucket_within_size_and_padded_token_budgets() {
+        let lengths = vec![2, 3, 3, 5, 16, 17, 20, 24, 25, 40];
+        let runs = split_by_bucket(lengths, |&n| common::tokenizer::length_bucket(n, 128));
         assert_eq!(
-            sizes(&split_by_budget(items(), 3, 1000)),
-            vec![vec![2, 3, 3], vec![5, 8, 8], vec![40]]
+            runs,
+            vec![vec![2, 3, 3, 5, 16], vec![17, 20, 24], vec![25], vec![40]],
+            "16, 24, 32 and 40 tokens are four buckets"
         );
-        // 16 padded tokens at most: [2,3,3,5] would be 4×5 = 20, [5,8,8] 3×8 = 24.
+        // Size budget 3 over a bucket of 5 texts padded to 16.
         assert_eq!(
-            sizes(&split_by_budget(items(), 10, 16)),
-            vec![vec![2, 3, 3], vec![5, 8], vec![8], vec![40]]
+            split_by_budget(runs[0].clone(), 3, 1000, 16),
+            vec![vec![2, 3, 3], vec![5, 16]]
+        );
+        // 40 padded tokens at most, texts padded to 16: two per batch.
+        assert_eq!(
+            split_by_budget(runs[0].clone(), 10, 40, 16),
+            vec![vec![2, 3], vec![3, 5], vec![16]]
         );
         // A text longer than the budget still gets a batch of its own.
-        assert_eq!(
-            sizes(&split_by_budget(vec![Item(50)], 4, 16)),
-            vec![vec![50]]
-        );
-        assert!(split_by_budget(Vec::<Item>::new(), 4, 16).is_empty());
+        assert_eq!(split_by_budget(vec![50], 4, 16, 64), vec![vec![50]]);
+        assert!(split_by_budget(Vec::<usize>::new(), 4, 16, 16).is_empty());
     }
 
     /// Fails any batch holding a text of 13 tokens; scores are the text's length.
@@ -504,6 +510,9 @@ mod tests {
         }
         fn num_labels(&self) -> usize {
             self.labels
+        }
+        fn bucket(&self, tokens: usize) -> usize {
+            common::tokenizer::length_bucket(tokens, 128)
         }
     }
 
@@ -556,6 +565,9 @@ mod tests {
             }
             fn num_labels(&self) -> usize {
                 1
+            }
+            fn bucket(&self, tokens: usize) -> usize {
+                common::tokenizer::length_bucket(tokens, 128)
             }
         }
         let counting = Arc::new(Counting(Default::default()));
@@ -625,6 +637,9 @@ mod tests {
             fn num_labels(&self) -> usize {
                 1
             }
+            fn bucket(&self, tokens: usize) -> usize {
+                common::tokenizer::length_bucket(tokens, 128)
+            }
         }
         let meeting = Arc::new(Meeting::default());
         let scorer: Arc<dyn Scorer> = meeting.clone();
@@ -664,6 +679,9 @@ mod tests {
             }
             fn num_labels(&self) -> usize {
                 1
+            }
+            fn bucket(&self, tokens: usize) -> usize {
+                common::tokenizer::length_bucket(tokens, 128)
             }
         }
         let batcher = Batcher::start(

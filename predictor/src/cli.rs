@@ -9,7 +9,8 @@ use common::grpc::{Access, AccessArgs, AccessError};
 use common::model::PrecisionChoice;
 
 use crate::batcher::BatcherConfig;
-use crate::server::ServeOptions;
+use crate::reload::StoreTimeouts;
+use crate::server::{Http2Limits, ServeOptions};
 use crate::Limits;
 
 #[derive(Parser)]
@@ -62,6 +63,13 @@ pub struct ServeArgs {
     /// How often to check the alias for a new version (seconds).
     #[arg(long, env = "PREDICTOR_POLL_INTERVAL_SECS", default_value_t = 10.0)]
     pub poll_interval_secs: f64,
+    /// Longest time (s) a poll may take to read the alias and the manifest; beyond it the poll
+    /// is abandoned and logged, and the current model keeps serving.
+    #[arg(long, env = "PREDICTOR_STORE_TIMEOUT_SECS", default_value_t = 30.0)]
+    pub store_timeout_secs: f64,
+    /// Longest time (s) loading a checkpoint may take (download, verification, build).
+    #[arg(long, env = "PREDICTOR_LOAD_TIMEOUT_SECS", default_value_t = 300.0)]
+    pub load_timeout_secs: f64,
     /// Texts per forward pass at most.
     #[arg(long, env = "PREDICTOR_MAX_BATCH_SIZE", default_value_t = 32)]
     pub max_batch_size: usize,
@@ -94,8 +102,9 @@ pub struct ServeArgs {
     /// auto (CUDA when available), cpu, cuda or cuda:N.
     #[arg(long, env = "PREDICTOR_DEVICE", default_value = "auto")]
     pub device: String,
-    /// Inference precision: auto (bf16 on CPUs with AVX512-BF16, where it is 1.43× faster with the
-    /// same F1; fp32 elsewhere, CUDA included), fp32, or bf16.
+    /// Inference precision: auto (fp32 on every device), fp32, or bf16. Only fp32 gives a text the
+    /// same scores whatever else is in flight; bf16 is faster on CPUs with AVX512-BF16 or AMX but
+    /// moves scores by up to ~7e-3 with batch-mates (README "Precision").
     #[arg(long, env = "PREDICTOR_PRECISION", value_enum, default_value_t = PrecisionChoice::Auto)]
     pub precision: PrecisionChoice,
     /// Async runtime threads for gRPC I/O and tokenization (inference has its own threads).
@@ -125,6 +134,15 @@ pub struct ServeArgs {
     /// After SIGTERM, longest time (s) to drain in-flight requests before exiting anyway.
     #[arg(long, env = "PREDICTOR_DRAIN_TIMEOUT_SECS", default_value_t = 20.0)]
     pub drain_timeout_secs: f64,
+    /// Concurrent calls per HTTP/2 connection on the gRPC port; more wait in the client.
+    #[arg(long, env = "PREDICTOR_HTTP2_MAX_CONCURRENT_STREAMS", default_value_t = Http2Limits::default().max_concurrent_streams)]
+    pub http2_max_concurrent_streams: u32,
+    /// Bytes a client may send on one call before the server reads them (its HTTP/2 flow-control
+    /// window): what waits while a stream is held back. The connection window is derived so that
+    /// held-back streams of small messages never get the connection closed (logged at start).
+    #[arg(long, env = "PREDICTOR_HTTP2_STREAM_WINDOW_BYTES", default_value_t = Http2Limits::default().stream_window,
+          value_parser = clap::value_parser!(u32).range(65_535..=(1 << 31) - 1))]
+    pub http2_stream_window_bytes: u32,
 }
 
 fn seconds(s: f64) -> Duration {
@@ -169,6 +187,10 @@ impl ServeArgs {
             device,
             precision: self.precision,
             poll_interval: seconds(self.poll_interval_secs.max(0.05)),
+            store_timeouts: StoreTimeouts {
+                read: seconds(self.store_timeout_secs.max(0.1)),
+                load: seconds(self.load_timeout_secs.max(1.0)),
+            },
             batcher: BatcherConfig {
                 max_batch_size: self.max_batch_size.max(1),
                 max_batch_tokens: self.max_batch_tokens.max(1),
@@ -201,6 +223,10 @@ impl ServeArgs {
             keepalive_timeout: seconds(self.keepalive_timeout_secs),
             idle_timeout: optional_seconds(self.idle_timeout_secs),
             drain_timeout: seconds(self.drain_timeout_secs),
+            http2: Http2Limits {
+                max_concurrent_streams: self.http2_max_concurrent_streams.max(1),
+                stream_window: self.http2_stream_window_bytes,
+            },
         })
     }
 }

@@ -12,7 +12,7 @@ pub const DEFAULT_TOP_K: usize = 3;
 
 /// One model version ready to serve. Requests hold an `Arc` to the version they started on.
 pub struct ServingModel {
-    pub model: BertClassifier,
+    pub model: ReadOnlyModel,
     pub tokenizer: TextTokenizer,
     pub manifest: Manifest,
     /// Where it was loaded from.
@@ -31,10 +31,21 @@ pub enum LoadError {
     Task(String),
 }
 
-// SAFETY: after loading, a ServingModel is never mutated: its tensors are only read by forward
-// passes under no_grad (libtorch allows concurrent reads of a tensor), and the tokenizer and
-// manifest are plain immutable data. tch marks Tensor !Sync only because it cannot know this.
-unsafe impl Sync for ServingModel {}
+/// A loaded classifier that is only ever read: shared by the inference workers.
+pub struct ReadOnlyModel(BertClassifier);
+
+// SAFETY: a ReadOnlyModel gives out only `&BertClassifier`, and nothing reachable through it
+// mutates the model: after loading, its tensors are only read by forward passes under no_grad
+// (libtorch allows concurrent reads of a tensor). tch marks Tensor !Sync only because it cannot
+// know this. The rest of ServingModel is Sync on its own.
+unsafe impl Sync for ReadOnlyModel {}
+
+impl std::ops::Deref for ReadOnlyModel {
+    type Target = BertClassifier;
+    fn deref(&self) -> &BertClassifier {
+        &self.0
+    }
+}
 
 impl ServingModel {
     /// Reads and verifies a checkpoint (every file's sha256, config against weights, labels
@@ -51,7 +62,7 @@ impl ServingModel {
             .await
             .map_err(|e| LoadError::Task(e.to_string()))??;
         Ok(Self {
-            model: loaded.model,
+            model: ReadOnlyModel(loaded.model),
             tokenizer: loaded.tokenizer,
             manifest: loaded.manifest,
             source_uri,

@@ -19,6 +19,8 @@ pub mod server;
 pub(crate) mod service;
 pub(crate) mod telemetry;
 
+pub use reload::StoreTimeouts;
+
 use std::time::Duration;
 
 /// Serving limits; every one is a flag of `predictor serve` (see `--help`) and is reported by

@@ -31,9 +31,21 @@ pub(crate) const LABELS: &str = "labels";
 const SERVER_NAME: &str = "goemotions-predictor";
 const PLATFORM: &str = "goemotions-bert";
 
+/// The service. Its server liveness and readiness calls are open, like `grpc.health.v1` and the
+/// REST health routes (probes carry no token); every other call needs the token when one is set.
 #[derive(Clone)]
 pub struct InferenceService {
     pub(crate) predictor: PredictorService,
+    pub(crate) token: Option<common::grpc::BearerToken>,
+}
+
+impl InferenceService {
+    fn authorize<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        match &self.token {
+            Some(token) => token.check(request),
+            None => Ok(()),
+        }
+    }
 }
 
 fn bad(message: impl Into<String>) -> ClassifyError {
@@ -314,7 +326,7 @@ impl InferenceService {
         check_model(&model, &request.model_name, &request.model_version)?;
         let (results, model) = self
             .predictor
-            .classify_batch(&request.texts, Some(&request.options), method)
+            .classify_batch(model, &request.texts, Some(&request.options), method)
             .await?;
         let width = model.num_labels();
         // An empty text has no scores (as in goemotions.v1); in a tensor it scores 0 everywhere.
@@ -456,6 +468,7 @@ impl GrpcInferenceService for InferenceService {
         &self,
         request: Request<ModelReadyRequest>,
     ) -> Result<Response<ModelReadyResponse>, Status> {
+        self.authorize(&request)?;
         let req = request.into_inner();
         Ok(Response::new(ModelReadyResponse {
             ready: self.model_ready(&req.name, &req.version),
@@ -464,8 +477,9 @@ impl GrpcInferenceService for InferenceService {
 
     async fn server_metadata(
         &self,
-        _request: Request<ServerMetadataRequest>,
+        request: Request<ServerMetadataRequest>,
     ) -> Result<Response<ServerMetadataResponse>, Status> {
+        self.authorize(&request)?;
         Ok(Response::new(Self::server_metadata()))
     }
 
@@ -473,6 +487,7 @@ impl GrpcInferenceService for InferenceService {
         &self,
         request: Request<ModelMetadataRequest>,
     ) -> Result<Response<ModelMetadataResponse>, Status> {
+        self.authorize(&request)?;
         let req = request.into_inner();
         self.model_metadata(&req.name, &req.version)
             .map(Response::new)
@@ -483,6 +498,7 @@ impl GrpcInferenceService for InferenceService {
         &self,
         request: Request<ModelInferRequest>,
     ) -> Result<Response<ModelInferResponse>, Status> {
+        self.authorize(&request)?;
         let started = Instant::now();
         let result = self.infer(request.into_inner()).await;
         self.record("ModelInfer", &result, started);

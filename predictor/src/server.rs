@@ -17,11 +17,10 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_stream::StreamExt;
 use tonic::transport::server::{Connected, TcpConnectInfo};
-use tonic_health::ServingStatus;
 
 use crate::batcher::{Batcher, BatcherConfig};
 use crate::oip::InferenceService;
-use crate::reload::{set_health, ModelSlot, Reloader, SERVICE_NAME};
+use crate::reload::{Health, ModelSlot, Reloader, StoreTimeouts, SERVICE_NAME};
 use crate::rest;
 use crate::service::PredictorService;
 use crate::telemetry::{self, Metrics};
@@ -53,6 +52,7 @@ pub struct ServeOptions {
     pub device: Device,
     pub precision: common::model::PrecisionChoice,
     pub poll_interval: Duration,
+    pub store_timeouts: StoreTimeouts,
     pub batcher: BatcherConfig,
     pub limits: Limits,
     pub access: Access,
@@ -62,13 +62,78 @@ pub struct ServeOptions {
     /// Connections without any traffic for this long are closed (`None`: never).
     pub idle_timeout: Option<Duration>,
     pub drain_timeout: Duration,
+    pub http2: Http2Limits,
+}
+
+/// HTTP/2 receive limits of the gRPC port.
+///
+/// The back-pressure of a stream is to stop reading it: its texts then wait in HTTP/2's receive
+/// buffer, up to the stream's flow-control window. h2 also charges every received DATA frame
+/// under 256 bytes (256 − its size) against a per-connection budget, half the connection window,
+/// refunded only when the frame is read, and closes the connection (GOAWAY ENHANCE_YOUR_CALM,
+/// every call on it lost) when the budget runs out. A client writing one small message per
+/// frame — Python grpcio does — fills a stalled stream's 1 MiB default window with thousands of
+/// such frames. So the stream window and the number of streams bound what can wait unread, and
+/// the connection window is sized so that the budget covers all of it even in 5-byte frames
+/// (the smallest gRPC message). Frames of 1–4 bytes, which no gRPC client writes, can still
+/// exhaust it: that flood is what the budget exists to stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Http2Limits {
+    /// Concurrent streams (calls) per connection (SETTINGS_MAX_CONCURRENT_STREAMS).
+    pub max_concurrent_streams: u32,
+    /// Bytes a client may send on one stream before the server reads them.
+    pub stream_window: u32,
+}
+
+/// The smallest DATA frame the connection window is sized for: a gRPC message's 5-byte prefix.
+const SMALLEST_FRAME: u64 = 5;
+/// h2's charge threshold for a small DATA frame.
+const H2_SMALL_FRAME: u64 = 256;
+/// The largest window HTTP/2 allows.
+const MAX_WINDOW: u64 = (1 << 31) - 1;
+
+impl Default for Http2Limits {
+    fn default() -> Self {
+        Self {
+            max_concurrent_streams: 100,
+            stream_window: 64 * 1024,
+        }
+    }
+}
+
+impl Http2Limits {
+    /// The connection window whose small-frame budget (half of it) covers every stream's full
+    /// window in 5-byte frames; at most HTTP/2's maximum.
+    pub fn connection_window(&self) -> u32 {
+        let unread = u64::from(self.max_concurrent_streams) * u64::from(self.stream_window);
+        let frames = unread.div_ceil(SMALLEST_FRAME);
+        let budget = frames * (H2_SMALL_FRAME - SMALLEST_FRAME);
+        u32::try_from((2 * budget).clamp(u64::from(self.stream_window), MAX_WINDOW))
+            .unwrap_or(u32::MAX >> 1)
+    }
+
+    /// The smallest frame size for which the budget covers every unread frame (5 with the
+    /// defaults; larger when the limits ask for more than HTTP/2's largest window allows).
+    pub fn smallest_covered_frame(&self) -> u64 {
+        let unread = u64::from(self.max_concurrent_streams) * u64::from(self.stream_window);
+        let budget = u64::from(self.connection_window()) / 2;
+        (1..H2_SMALL_FRAME)
+            .find(|&size| unread.div_ceil(size) * (H2_SMALL_FRAME - size) <= budget)
+            .unwrap_or(H2_SMALL_FRAME)
+    }
 }
 
 /// Serves `model` until SIGTERM/Ctrl-C, then drains: health turns NOT_SERVING, streams stop
 /// reading, in-flight texts are answered, and the process exits within `drain_timeout`.
 /// Returns an error (the binary exits non-zero) if the inference thread ever stops.
 pub async fn serve(model: ModelRef, opts: ServeOptions) -> Result<(), ServerError> {
-    let precision = opts.precision.resolve_for_inference(opts.device)?;
+    let precision = opts.precision.resolve(opts.device)?;
+    if precision == common::model::Precision::Bf16 {
+        if opts.device == Device::Cpu && !common::device::cpu_bf16_supported() {
+            tracing::warn!("bf16 on a CPU without AVX512-BF16 is emulated and slower than fp32");
+        }
+        tracing::warn!("bf16: a text's scores depend on what it is batched with (up to ~7e-3); serve fp32 for answers independent of other callers");
+    }
     // Bind first: a port in use fails here, before anything says it is listening.
     let listener = grpc::bind(opts.listen).await?;
     let metrics_listener = grpc::bind(opts.metrics_listen).await?;
@@ -79,8 +144,8 @@ pub async fn serve(model: ModelRef, opts: ServeOptions) -> Result<(), ServerErro
     let metrics = Metrics::new();
     let batcher = Batcher::start(opts.batcher.clone(), metrics.clone());
     let slot = Arc::new(ModelSlot::default());
-    let (health, health_service) = tonic_health::server::health_reporter();
-    set_health(&health, ServingStatus::NotServing).await;
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    let health = Health::new(reporter).await;
     let (drain_tx, drain_rx) = tokio::sync::watch::channel(false);
 
     let reloader = Reloader::new(
@@ -91,6 +156,7 @@ pub async fn serve(model: ModelRef, opts: ServeOptions) -> Result<(), ServerErro
         metrics.clone(),
         health.clone(),
         opts.poll_interval,
+        opts.store_timeouts,
         drain_rx.clone(),
     );
     tokio::spawn(reloader.run());
@@ -115,6 +181,7 @@ pub async fn serve(model: ModelRef, opts: ServeOptions) -> Result<(), ServerErro
     };
     let oip = InferenceService {
         predictor: service.clone(),
+        token: opts.access.token(),
     };
     if let Some(listener) = http_listener {
         let app = rest::router(
@@ -149,7 +216,7 @@ pub async fn serve(model: ModelRef, opts: ServeOptions) -> Result<(), ServerErro
     let shutdown = async move {
         grpc::termination_signal().await;
         tracing::info!("shutdown requested: NOT_SERVING, draining in-flight requests");
-        set_health(&drain_health, ServingStatus::NotServing).await;
+        drain_health.stop().await;
         let _ = drain_tx.send(true);
         tokio::spawn(async move {
             tokio::time::sleep(drain_timeout).await;
@@ -158,9 +225,23 @@ pub async fn serve(model: ModelRef, opts: ServeOptions) -> Result<(), ServerErro
         });
     };
 
+    let http2 = opts.http2;
+    let connection_window = http2.connection_window();
+    let covered = http2.smallest_covered_frame();
+    if covered > SMALLEST_FRAME {
+        tracing::warn!(
+            max_concurrent_streams = http2.max_concurrent_streams,
+            stream_window = http2.stream_window,
+            smallest_covered_frame = covered,
+            "these HTTP/2 limits let clients that write messages in frames under the covered size have their connection closed while streams wait; lower --http2-stream-window-bytes or --http2-max-concurrent-streams"
+        );
+    }
     let mut builder = tonic::transport::Server::builder()
         .http2_keepalive_interval(opts.keepalive)
-        .http2_keepalive_timeout(Some(opts.keepalive_timeout));
+        .http2_keepalive_timeout(Some(opts.keepalive_timeout))
+        .max_concurrent_streams(http2.max_concurrent_streams)
+        .initial_stream_window_size(http2.stream_window)
+        .initial_connection_window_size(connection_window);
     if let Some(tls) = opts.access.tls() {
         builder = builder.tls_config(tls)?;
     }
@@ -171,7 +252,8 @@ pub async fn serve(model: ModelRef, opts: ServeOptions) -> Result<(), ServerErro
             IdleTimeout::new(stream, idle)
         })
     });
-    tracing::info!(addr = %opts.listen, tls = opts.access.tls().is_some(), auth = opts.access.authenticated(), precision = %precision, "gRPC listening");
+    tracing::info!(addr = %opts.listen, tls = opts.access.tls().is_some(), auth = opts.access.authenticated(), precision = %precision,
+        max_concurrent_streams = http2.max_concurrent_streams, stream_window = http2.stream_window, connection_window, "gRPC listening");
     let server = builder
         .layer(tower::util::MapResponseLayer::new(
             resource_exhausted_for_oversized,
@@ -183,15 +265,13 @@ pub async fn serve(model: ModelRef, opts: ServeOptions) -> Result<(), ServerErro
             predictor,
             opts.access.interceptor(),
         ))
-        .add_service(tonic::service::interceptor::InterceptedService::new(
-            inference,
-            opts.access.interceptor(),
-        ))
+        // Checks the token itself: its server liveness and readiness calls stay open.
+        .add_service(inference)
         .serve_with_incoming_shutdown(incoming, shutdown);
     tokio::select! {
         result = server => result?,
         () = batcher.stopped() => {
-            set_health(&health, ServingStatus::NotServing).await;
+            health.stop().await;
             tracing::error!("the inference thread stopped; health is NOT_SERVING, exiting");
             return Err(ServerError::InferenceStopped);
         }
@@ -297,5 +377,28 @@ impl AsyncWrite for IdleTimeout {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_connection_window_covers_every_stalled_stream_in_smallest_frames() {
+        let limits = Http2Limits::default();
+        let window = u64::from(limits.connection_window());
+        // 100 streams × 64 KiB unread, in 5-byte frames each charged 251 bytes, within half.
+        let unread = 100 * 65_536u64;
+        assert!(unread.div_ceil(5) * 251 <= window / 2);
+        assert!(window <= MAX_WINDOW);
+        assert_eq!(limits.smallest_covered_frame(), 5);
+        // Limits beyond what HTTP/2's largest window can cover say so.
+        let huge = Http2Limits {
+            max_concurrent_streams: 10_000,
+            stream_window: 1 << 20,
+        };
+        assert_eq!(u64::from(huge.connection_window()), MAX_WINDOW);
+        assert!(huge.smallest_covered_frame() > 5);
     }
 }

@@ -242,15 +242,17 @@ impl PredictorService {
             .observe(started.elapsed().as_secs_f64());
     }
 
-    /// A batch of texts, start to finish (Classify and the Open Inference Protocol's ModelInfer):
-    /// limits checked for every text before any is queued, one result per text in order.
+    /// A batch of texts, start to finish (Classify and the Open Inference Protocol's ModelInfer),
+    /// scored by `model`, the snapshot of the served version the caller checked (a hot reload
+    /// meanwhile does not change which version answers): limits checked for every text before
+    /// any is queued, one result per text in order.
     pub(crate) async fn classify_batch(
         &self,
+        model: Arc<ServingModel>,
         texts: &[String],
         options_in: Option<&ClassifyOptions>,
         method: &str,
     ) -> Result<(Vec<TextResult>, Arc<ServingModel>), ClassifyError> {
-        let model = self.current()?;
         if texts.len() > self.limits.max_texts_per_request {
             return Err(ClassifyError::TooManyTexts {
                 count: texts.len(),
@@ -373,13 +375,17 @@ impl Predictor for PredictorService {
     ) -> Result<Response<ClassifyResponse>, Status> {
         let started = Instant::now();
         let req = request.into_inner();
-        let result = self
-            .classify_batch(&req.texts, req.options.as_ref(), "Classify")
-            .await
-            .map(|(results, model)| ClassifyResponse {
-                results,
-                model_version: model.version().to_string(),
-            });
+        let result = match self.current() {
+            Ok(model) => {
+                self.classify_batch(model, &req.texts, req.options.as_ref(), "Classify")
+                    .await
+            }
+            Err(e) => Err(e),
+        }
+        .map(|(results, model)| ClassifyResponse {
+            results,
+            model_version: model.version().to_string(),
+        });
         self.record("Classify", &result, started);
         result.map(Response::new).map_err(Status::from)
     }

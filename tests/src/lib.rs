@@ -190,25 +190,18 @@ pub fn spawn_predictor(
     let port = free_port();
     let metrics_port = free_port();
     let mut cmd = Command::new(bin("predictor"));
+    cmd.args(["serve", "--model", model, "--device", "cpu"]);
+    if !extra.contains(&"--threads") {
+        cmd.args(["--threads", "1"]);
+    }
     cmd.args([
-        "serve",
-        "--model",
-        model,
-        "--threads",
-        "1",
-        "--device",
-        "cpu",
-    ])
-    .args([
         "--listen",
         &format!("127.0.0.1:{port}"),
         "--metrics-listen",
         &format!("127.0.0.1:{metrics_port}"),
     ])
     .args(extra)
-    .env("RUST_LOG", "info")
-    // Scores are compared with the in-process fp32 model; `auto` would pick bf16 on CPUs with it.
-    .env("PREDICTOR_PRECISION", "fp32");
+    .env("RUST_LOG", "info");
     for (k, v) in env {
         cmd.env(k, v);
     }

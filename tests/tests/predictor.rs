@@ -32,7 +32,8 @@ fn all_scores() -> Option<ClassifyOptions> {
     })
 }
 
-/// Scores computed in-process with the same checkpoint.
+/// Scores computed in-process with the same checkpoint, each text scored alone through the one
+/// scoring path the trainer's evaluation takes.
 async fn in_process_scores(version_dir: &std::path::Path, texts: &[&str]) -> Vec<Vec<f32>> {
     let store = Store::open(version_dir.to_str().unwrap()).unwrap();
     let loaded = checkpoint::read(&store)
@@ -44,14 +45,7 @@ async fn in_process_scores(version_dir: &std::path::Path, texts: &[&str]) -> Vec
         .iter()
         .map(|t| {
             let e = loaded.tokenizer.encode(t).unwrap();
-            let b = loaded.tokenizer.batch(&[&e], Device::Cpu);
-            Vec::<f32>::try_from(
-                loaded
-                    .model
-                    .predict_proba(&b.input_ids, &b.attention_mask)
-                    .flatten(0, -1),
-            )
-            .unwrap()
+            common::inference::predict_batch(&loaded.model, &loaded.tokenizer, &[&e]).unwrap()
         })
         .collect()
 }
@@ -653,6 +647,157 @@ case_tests!(
     missing_model_creates_nothing,
 );
 
+/// The Python with grpcio (scripts/setup.sh --with-clients) and a folder of stubs generated from
+/// proto/ under `dir`, as the README tells Python users to make them.
+fn python_stubs(dir: &std::path::Path) -> (String, std::path::PathBuf) {
+    let root = workspace_root();
+    let python = std::env::var("GRPC_PYTHON").unwrap_or_else(|_| {
+        root.join(".cache/tools/grpc/bin/python")
+            .display()
+            .to_string()
+    });
+    let gen = dir.join("gen");
+    std::fs::create_dir_all(&gen).unwrap();
+    let protoc = std::process::Command::new(&python)
+        .args(["-m", "grpc_tools.protoc", "-I"])
+        .arg(root.join("proto"))
+        .arg(format!("--python_out={}", gen.display()))
+        .arg(format!("--grpc_python_out={}", gen.display()))
+        .arg(root.join("proto/goemotions/v1/predictor.proto"))
+        .output()
+        .expect("run grpc_tools.protoc (scripts/setup.sh --with-clients)");
+    assert!(
+        protoc.status.success(),
+        "{}",
+        String::from_utf8_lossy(&protoc.stderr)
+    );
+    (python, gen)
+}
+
+/// Under the default settings a text gets the same scores, bit for bit, whatever it is batched
+/// with: alone, in one Classify request with texts of every length, and on streams running beside
+/// 8 other streams — and the same scores as the trainer's evaluation path computes in-process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_texts_scores_do_not_depend_on_what_else_is_in_flight() {
+    let dir = tempfile::tempdir().unwrap();
+    // Defaults but for the threads: two single-threaded inference workers, as on 2 cores.
+    let (_proc, addr, _, version) =
+        serve_shared(dir.path(), &["--threads", "2", "--max-wait-ms", "5"]).await;
+    let pool: Vec<String> = std::fs::read_to_string(data_dir().join("test.tsv"))
+        .unwrap()
+        .lines()
+        .take(400)
+        .map(|l| l.split('\t').next().unwrap_or_default().to_string())
+        .collect();
+    // 24 texts of many lengths (and buckets), two of them repeated.
+    let mut texts: Vec<&str> = pool.iter().step_by(16).map(String::as_str).collect();
+    texts.extend([texts[0], texts[3]]);
+    let expected = in_process_scores(
+        &dir.path()
+            .join(format!("models/goemotions/versions/{version}")),
+        &texts,
+    )
+    .await;
+    let mut c = client(&addr).await;
+    let classify = |texts: Vec<String>| ClassifyRequest {
+        texts,
+        options: all_scores(),
+    };
+    let mut alone = Vec::new();
+    for t in &texts {
+        let r = c.classify(classify(vec![t.to_string()])).await.unwrap();
+        alone.push(r.into_inner().results[0].scores.clone());
+    }
+    let together = c
+        .classify(classify(texts.iter().map(|t| t.to_string()).collect()))
+        .await
+        .unwrap()
+        .into_inner()
+        .results;
+    // Streams: ours interleaved with others' texts, 8 streams at once.
+    let mut streams = Vec::new();
+    for s in 0..8usize {
+        let mut c = client(&addr).await;
+        let items: Vec<StreamClassifyRequest> = (0..60)
+            .map(|i| {
+                let (id, text) = if i % 3 == 0 && i / 3 < texts.len() {
+                    (format!("ours-{}", i / 3), texts[i / 3].to_string())
+                } else {
+                    (
+                        format!("other-{s}-{i}"),
+                        pool[(s * 37 + i * 11) % pool.len()].clone(),
+                    )
+                };
+                StreamClassifyRequest {
+                    id,
+                    text,
+                    options: all_scores(),
+                }
+            })
+            .collect();
+        streams.push(tokio::spawn(async move {
+            let mut out = c
+                .classify_stream(tokio_stream::iter(items))
+                .await
+                .unwrap()
+                .into_inner();
+            let mut got = HashMap::new();
+            while let Some(r) = out.message().await.unwrap() {
+                if let Some(Outcome::Result(res)) = r.outcome {
+                    got.insert(r.id, res.scores);
+                }
+            }
+            got
+        }));
+    }
+    let mut streamed = Vec::new();
+    for s in streams {
+        streamed.push(s.await.unwrap());
+    }
+    for (i, want) in expected.iter().enumerate() {
+        assert_eq!(&alone[i], want, "text {i} alone vs in-process");
+        assert_eq!(&together[i].scores, want, "text {i} in a mixed request");
+        for (s, got) in streamed.iter().enumerate() {
+            if let Some(scores) = got.get(&format!("ours-{i}")) {
+                assert_eq!(scores, want, "text {i} on stream {s}");
+            }
+        }
+    }
+}
+
+/// Python grpcio writing stream items as fast as it can — one small message per HTTP/2 DATA
+/// frame — into streams the server holds back: one stream of 20,000 short texts, then 40
+/// streams at 100 texts/s each on one channel. Every text is answered once and every call ends
+/// OK (h2 once closed the whole connection with ENHANCE_YOUR_CALM after ~2,000 unread frames).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpcio_streams_written_as_fast_as_possible_are_all_answered() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_proc, addr, _, _) = serve_shared(dir.path(), &[]).await;
+    let (python, gen) = python_stubs(dir.path());
+    let hostport = addr.trim_start_matches("http://");
+    for args in [
+        vec!["--texts", "20000"],
+        vec!["--streams", "40", "--texts", "300", "--rate", "100"],
+    ] {
+        let run = std::process::Command::new(&python)
+            .arg(workspace_root().join("examples/python/stream_flood.py"))
+            .arg(hostport)
+            .args(&args)
+            .env("PYTHONPATH", &gen)
+            .output()
+            .unwrap();
+        let report = String::from_utf8_lossy(&run.stdout);
+        assert!(
+            run.status.success(),
+            "{args:?}: {report}\n{}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        let report: serde_json::Value = serde_json::from_str(report.trim()).unwrap();
+        assert_eq!(report["answered"], report["sent"], "{report}");
+        assert_eq!(report["codes"], serde_json::json!(["OK"]), "{report}");
+    }
+}
+
 /// The README's two clients that no one here wrote: Python grpcio with stubs generated from
 /// proto/ (examples/python/classify.py) and `buf curl` with the .proto files, against a real
 /// predictor; both give the scores of the in-process model.
@@ -670,26 +815,7 @@ async fn python_grpcio_and_buf_curl_clients() {
     let root = workspace_root();
     let hostport = addr.trim_start_matches("http://");
 
-    let python = std::env::var("GRPC_PYTHON").unwrap_or_else(|_| {
-        root.join(".cache/tools/grpc/bin/python")
-            .display()
-            .to_string()
-    });
-    let gen = dir.path().join("gen");
-    std::fs::create_dir_all(&gen).unwrap();
-    let protoc = std::process::Command::new(&python)
-        .args(["-m", "grpc_tools.protoc", "-I"])
-        .arg(root.join("proto"))
-        .arg(format!("--python_out={}", gen.display()))
-        .arg(format!("--grpc_python_out={}", gen.display()))
-        .arg(root.join("proto/goemotions/v1/predictor.proto"))
-        .output()
-        .expect("run grpc_tools.protoc (scripts/setup.sh --with-clients)");
-    assert!(
-        protoc.status.success(),
-        "{}",
-        String::from_utf8_lossy(&protoc.stderr)
-    );
+    let (python, gen) = python_stubs(dir.path());
     let run = std::process::Command::new(&python)
         .arg(root.join("examples/python/classify.py"))
         .arg(hostport)
@@ -717,11 +843,8 @@ async fn python_grpcio_and_buf_curl_clients() {
         assert_close(&got, want, "python grpcio");
     }
 
-    let buf = std::env::var("BUF_BIN").unwrap_or_else(|_| {
-        root.join(".cache/tools/buf/node_modules/.bin/buf")
-            .display()
-            .to_string()
-    });
+    let buf = std::env::var("BUF_BIN")
+        .unwrap_or_else(|_| root.join(".cache/tools/buf/bin/buf").display().to_string());
     let body =
         serde_json::json!({"texts": texts, "options": {"returnAllScores": true}}).to_string();
     let curl = std::process::Command::new(&buf)

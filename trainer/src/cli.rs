@@ -367,6 +367,10 @@ pub struct ServeCmd {
     /// exits (keep below the pod's terminationGracePeriodSeconds).
     #[arg(long, env = "TRAINER_SHUTDOWN_GRACE_SECS", default_value_t = 50.0)]
     pub shutdown_grace_secs: f64,
+    /// Resume states kept for FAILED jobs (the newest ones; older ones are removed). A job that
+    /// SUCCEEDED or was CANCELLED has its resume state removed when it ends.
+    #[arg(long, env = "TRAINER_KEEP_FAILED_STATES", default_value_t = 2)]
+    pub keep_failed_states: usize,
 }
 
 impl ServeCmd {
@@ -381,6 +385,7 @@ impl ServeCmd {
             defaults,
             report_root: self.report_root.clone(),
             progress_interval: self.progress.interval(),
+            keep_failed_states: self.keep_failed_states,
         }
     }
 }

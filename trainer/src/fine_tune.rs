@@ -373,7 +373,7 @@ impl<'a> FineTune<'a> {
     fn step(&mut self, batch: &[usize]) -> Result<(), TrainError> {
         let device = self.model.device();
         let l = self.labels.len();
-        tch::manual_seed((self.cfg.seed as i64).wrapping_add(self.meta.global_step as i64));
+        tch::manual_seed(step_seed(self.cfg.seed, self.meta.global_step));
         let items: Vec<&Encoded> = batch.iter().map(|&i| &self.train_enc[i]).collect();
         let b = self.tokenizer.batch(&items, device);
         let y = batch_targets(&self.train_targets, batch, l, device);
@@ -514,6 +514,16 @@ impl<'a> FineTune<'a> {
         if let Some(best) = &self.best_weights {
             restore(&self.model, best)?;
         }
+        if self.model.precision() != Precision::Fp32 {
+            // Thresholds are tuned on the scores the predictor serves by default (fp32); the
+            // master weights are fp32 whatever the training precision.
+            tracing::info!(
+                trained = %self.model.precision(),
+                "scoring dev and test in fp32, the precision the predictor serves by default"
+            );
+            self.model.set_precision(Precision::Fp32);
+            self.best_dev_scores = None;
+        }
         let dev_scores = match self.best_dev_scores.take() {
             Some(s) => s,
             None => inference::score_all(
@@ -578,4 +588,41 @@ pub fn fine_tune(
     observer: &mut dyn Observer,
 ) -> Result<TrainOutcome, TrainError> {
     FineTune::prepare(model, tokenizer, train, dev, labels, cfg, resume)?.run(observer)
+}
+
+/// libtorch's seed for step `step` of a run seeded `seed`: both mixed (splitmix64), so that no
+/// two (seed, step) pairs share their dropout masks — with `seed + step`, seed S at step k + 1
+/// would draw exactly what seed S + 1 draws at step k. A resumed run gets the same seeds.
+pub(crate) fn step_seed(seed: u64, step: u64) -> i64 {
+    let mix = |mut z: u64| {
+        z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    };
+    (mix(mix(seed) ^ step) >> 1) as i64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::step_seed;
+
+    #[test]
+    fn step_seeds_of_neighbouring_runs_never_meet() {
+        let mut seen = std::collections::HashSet::new();
+        for seed in 40..45u64 {
+            for step in 0..2000u64 {
+                assert!(
+                    seen.insert(step_seed(seed, step)),
+                    "seed {seed} step {step} repeats another run's seed"
+                );
+                assert!(step_seed(seed, step) >= 0);
+            }
+        }
+        assert_eq!(
+            step_seed(42, 7),
+            step_seed(42, 7),
+            "a resumed run draws the same"
+        );
+    }
 }

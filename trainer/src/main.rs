@@ -8,9 +8,10 @@ use trainer::cli::{Cli, Command};
 use trainer::{bench, evaluate, job, progress, server, service, validate};
 
 fn main() -> anyhow::Result<()> {
-    trainer::malloc::keep_freed_buffers_for_reuse();
+    let malloc = trainer::malloc::keep_freed_buffers_for_reuse();
     let cli = Cli::parse();
     common::logging::init(&cli.log_format);
+    malloc.log();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

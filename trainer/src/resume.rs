@@ -163,6 +163,23 @@ impl StateSink {
         Ok(())
     }
 
+    /// Removes the state: the pointer first (a crash then leaves unreferenced tensors, never a
+    /// pointer to missing ones), then every tensors object. Returns the bytes freed.
+    pub async fn remove(&self) -> Result<u64, StateError> {
+        let mut freed = 0;
+        if let Some((pointer, _)) = self.store.get_opt(Self::POINTER).await? {
+            freed += pointer.len() as u64;
+            self.store.delete(Self::POINTER).await?;
+        }
+        for name in self.store.list_children("").await? {
+            if name.starts_with(Self::TENSORS_PREFIX) {
+                freed += self.store.size(&name).await.unwrap_or(0);
+                self.store.delete(&name).await?;
+            }
+        }
+        Ok(freed)
+    }
+
     /// The last committed state, verified against its pointer; `None` when there is none.
     pub async fn load(&self) -> Result<Option<ResumeState>, StateError> {
         let Some((json, _)) = self.store.get_opt(Self::POINTER).await? else {
@@ -241,5 +258,15 @@ mod tests {
             .unwrap();
         let err = sink.load().await.err().expect("mismatch refused");
         assert!(err.to_string().contains("does not match"), "{err}");
+
+        // Removing leaves nothing of the state (and no pointer), whatever was there.
+        assert!(sink.remove().await.unwrap() > 0);
+        assert!(sink.store.list_children("").await.unwrap().is_empty());
+        assert!(sink.load().await.unwrap().is_none());
+        assert_eq!(
+            sink.remove().await.unwrap(),
+            0,
+            "removing twice is harmless"
+        );
     }
 }

@@ -276,7 +276,14 @@ fn bf16_tracks_fp32_and_keeps_fp32_master_weights() {
     for (name, t) in out.model.named_parameters() {
         assert_eq!(t.kind(), Kind::Float, "{name} is not an fp32 master weight");
     }
-    assert_eq!(out.model.precision(), Precision::Bf16);
+    // Trained in bf16, the final dev scores (and so the thresholds) are fp32's: what the
+    // predictor serves by default.
+    assert_eq!(out.model.precision(), Precision::Fp32);
+    let served = inference::score_all(&out.model, &out.tokenizer, &encoded, 16).unwrap();
+    assert_eq!(
+        served, out.dev_scores,
+        "thresholds tuned on the served scores"
+    );
 }
 
 fn weights(model: &common::model::BertClassifier) -> Vec<(String, Tensor)> {

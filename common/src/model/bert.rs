@@ -426,6 +426,16 @@ impl BertClassifier {
         &self.vs
     }
 
+    /// The first parameter (by name) holding a NaN or an infinity, if any.
+    pub fn first_non_finite_parameter(&self) -> Option<String> {
+        tch::no_grad(|| {
+            self.named_parameters()
+                .into_iter()
+                .find(|(_, t)| t.numel() > 0 && t.isfinite().all().int64_value(&[]) == 0)
+                .map(|(name, _)| name)
+        })
+    }
+
     /// Trainable parameters by name, sorted by name.
     pub fn named_parameters(&self) -> Vec<(String, Tensor)> {
         let mut v: Vec<(String, Tensor)> = self.vs.variables().into_iter().collect();
@@ -466,6 +476,19 @@ impl BertClassifier {
         let kind = self.precision.compute_kind();
         let bias = layer.bs.as_ref().map(|b| b.to_kind(kind));
         x.to_kind(kind).linear(&layer.ws.to_kind(kind), bias)
+    }
+
+    /// `x · Wᵀ + b` for `x` of shape `[rows, in]` as an elementwise product summed over `in`: the
+    /// same reduction for a row whatever the number of rows (no BLAS kernel choice). For the
+    /// small per-text products only (`rows × out × in` values are formed).
+    fn rowwise_linear(&self, layer: &nn::Linear, x: &Tensor) -> Tensor {
+        let kind = self.precision.compute_kind();
+        let product = x.to_kind(kind).unsqueeze(1) * layer.ws.to_kind(kind).unsqueeze(0);
+        let out = product.sum_dim_intlist(-1, false, Kind::Float);
+        match &layer.bs {
+            Some(b) => (out + b.to_kind(Kind::Float)).to_kind(kind),
+            None => out.to_kind(kind),
+        }
     }
 
     /// LayerNorm in the residual stream's dtype `kind` (its output is in that dtype too).
@@ -593,35 +616,51 @@ impl BertClassifier {
         }
         let hidden = hidden.to_kind(Kind::Float);
 
+        // Products with one row per text (pooler, head): written out when not training, so each
+        // text's row is reduced over the hidden size alone whatever the number of texts — BLAS
+        // picks other kernels for a handful of rows (1–3 rows gave other bits than 4+ in MKL).
+        // The encoder's products have a row per padded token, at least 16 per text.
+        let per_text = |layer: &nn::Linear, x: &Tensor| {
+            if train {
+                self.linear(layer, x)
+            } else {
+                self.rowwise_linear(layer, x)
+            }
+        };
         let pooled = match self.pooling {
             Pooling::Mean => {
                 let m = attention_mask.unsqueeze(-1).to_kind(Kind::Float);
                 (&hidden * &m).sum_dim_intlist(1, false, None)
                     / m.sum_dim_intlist(1, false, None).clamp_min(1e-9)
             }
-            Pooling::Cls => self
-                .linear(&self.pooler, &hidden.select(1, 0))
+            Pooling::Cls => per_text(&self.pooler, &hidden.select(1, 0))
                 .to_kind(Kind::Float)
                 .tanh(),
         };
         let p = c.classifier_dropout.unwrap_or(hidden_p);
-        let logits = self
-            .linear(&self.classifier, &dropout(&pooled, p, train))
-            .to_kind(Kind::Float);
+        let logits = per_text(&self.classifier, &dropout(&pooled, p, train)).to_kind(Kind::Float);
         ModelOutput {
             last_hidden_state: hidden,
             logits,
         }
     }
 
-    /// Sigmoid probabilities `[batch, num_labels]` in fp32 on the CPU, without gradients.
+    /// Sigmoid probabilities `[batch, num_labels]` in fp32 on the CPU, without gradients. The
+    /// sigmoid is taken here, one value at a time, rather than by libtorch's vectorised kernel,
+    /// whose results for the same logit differ between vector lanes and the scalar tail: a
+    /// text's probabilities would then depend on its row in the batch.
     pub fn predict_proba(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Tensor {
-        tch::no_grad(|| {
+        let logits = tch::no_grad(|| {
             self.forward(input_ids, attention_mask, false)
                 .logits
-                .sigmoid()
                 .to_device(Device::Cpu)
-        })
+                .to_kind(Kind::Float)
+                .contiguous()
+        });
+        let shape = logits.size();
+        let flat = Vec::<f32>::try_from(logits.flatten(0, -1)).unwrap_or_default();
+        let probs: Vec<f32> = flat.into_iter().map(sigmoid).collect();
+        Tensor::from_slice(&probs).view(shape.as_slice())
     }
 
     /// Parameter names that get no weight decay (biases and LayerNorm weights).
@@ -635,6 +674,11 @@ impl BertClassifier {
 }
 
 /// Maps a checkpoint tensor name to this model's variable name; `None` for tensors it never uses.
+/// The logistic function of one logit, computed in f64 and rounded once.
+fn sigmoid(logit: f32) -> f32 {
+    (1.0 / (1.0 + (-f64::from(logit)).exp())) as f32
+}
+
 fn canonical_name(name: &str) -> Option<String> {
     if name.ends_with("position_ids") {
         return None;

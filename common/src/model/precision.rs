@@ -47,10 +47,13 @@ impl std::fmt::Display for Precision {
     }
 }
 
-/// What a user asks for: a precision, or `auto`, which is fp32 on every device today: MiniLM-sized
-/// encoders are host-bound on an H100 and bf16's casts cost more launches than its matmuls save
-/// (2026-11-26: training 3522 vs 2020 samples/s, fp32 vs bf16, same batches; docs/gpu/). `auto`
-/// stays so that a measured rule for larger encoders can change it without breaking callers.
+/// What a user asks for: a precision, or `auto`, which is fp32 on every device, for training and
+/// for serving. Training: MiniLM-sized encoders are host-bound on an H100 and bf16's casts cost
+/// more launches than its matmuls save (training 3522 vs 2020 samples/s, fp32 vs bf16, same
+/// batches; docs/gpu/). Serving: only fp32 gives a text the same scores whatever it is batched
+/// with (bf16 moved scores by up to 6.8e-3 with batch-mates and changed about 1 text's labels in
+/// 1,000), so bf16 — faster on CPUs with AVX512-BF16 — is an explicit choice. `auto` stays so
+/// that a measured rule can change it without breaking callers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum PrecisionChoice {
@@ -64,18 +67,6 @@ pub enum PrecisionChoice {
 }
 
 impl PrecisionChoice {
-    /// For serving: like [`Self::resolve`], except that `auto` on a CPU with AVX512-BF16 is bf16
-    /// (measured on such a CPU, 2026-11-26: the predictor 1.43× faster, test macro-F1 within 0.0005
-    /// of fp32; README "bf16 on this CPU"). On CUDA, fp32 and bf16 serve within noise of each other.
-    pub fn resolve_for_inference(self, device: Device) -> Result<Precision, PrecisionError> {
-        match (self, device) {
-            (PrecisionChoice::Auto, Device::Cpu) if crate::device::cpu_bf16_supported() => {
-                Ok(Precision::Bf16)
-            }
-            _ => self.resolve(device),
-        }
-    }
-
     /// The precision to use on `device`; an explicit bf16 on a CUDA device without bf16 is an error.
     pub fn resolve(self, device: Device) -> Result<Precision, PrecisionError> {
         match (self, device) {
@@ -120,22 +111,5 @@ mod tests {
         );
         assert_eq!("bf16".parse::<PrecisionChoice>(), Ok(PrecisionChoice::Bf16));
         assert!("fp16".parse::<PrecisionChoice>().is_err());
-    }
-
-    #[test]
-    fn serving_auto_follows_the_cpus_bf16_support() {
-        let expected = if crate::device::cpu_bf16_supported() {
-            Precision::Bf16
-        } else {
-            Precision::Fp32
-        };
-        assert_eq!(
-            PrecisionChoice::Auto.resolve_for_inference(Device::Cpu),
-            Ok(expected)
-        );
-        assert_eq!(
-            PrecisionChoice::Fp32.resolve_for_inference(Device::Cpu),
-            Ok(Precision::Fp32)
-        );
     }
 }

@@ -482,7 +482,7 @@ fn record(
 pub async fn restart_finishes_or_undoes_publishing(dir: &Path) -> Outcome {
     let out = Outcome::new(
         "restart after a crash between manifest and alias (and with a pending cancel)",
-        "alias moved then SUCCEEDED; older unfinished job FAILED; cancelled job's version removed",
+        "alias moved then SUCCEEDED, progress where training ended (12/12); older unfinished job FAILED; cancelled job's version removed",
     );
     let _serial = SERIAL.lock().await;
     let local = dir.join("local");
@@ -509,7 +509,7 @@ pub async fn restart_finishes_or_undoes_publishing(dir: &Path) -> Outcome {
             "job-b",
             JobState::Publishing,
             "2026-01-02T00:00:00Z",
-            serde_json::json!({}),
+            serde_json::json!({"trained_steps": [12, 12]}),
         ),
     )
     .await;
@@ -557,14 +557,17 @@ pub async fn restart_finishes_or_undoes_publishing(dir: &Path) -> Outcome {
         .unwrap_or_default();
     out.saw(
         format!(
-            "job-b {} (alias → {alias_after_b}); job-a {} ({:?}); job-c {} (version kept: {c_exists}, alias → {alias_after_c})",
+            "job-b {} (alias → {alias_after_b}, progress {}/{}); job-a {} ({:?}); job-c {} (version kept: {c_exists}, alias → {alias_after_c})",
             state_name(b.state),
+            b.progress.map(|p| p.step).unwrap_or_default(),
+            b.progress.map(|p| p.total_steps).unwrap_or_default(),
             state_name(a.state),
             a.error,
             state_name(job_c.state),
         ),
         b.state == JobState::Succeeded as i32
             && alias_after_b == "job-b"
+            && b.progress.is_some_and(|p| p.step == 12 && p.total_steps == 12)
             && a.state == JobState::Failed as i32
             && a.error.contains("restart")
             && job_c.state == JobState::Cancelled as i32
@@ -579,7 +582,7 @@ pub async fn restart_finishes_or_undoes_publishing(dir: &Path) -> Outcome {
 pub async fn sigterm_and_kill_resume(dir: &Path) -> Outcome {
     let out = Outcome::new(
         "SIGTERM mid-training, restart, kill -9, restart; cancel mid-training",
-        "exit 0 with state saved at step N; resumes at N; SUCCEEDED once with both epochs; cancel publishes nothing",
+        "exit 0 with state saved at step N; resumes at N; SUCCEEDED once with both epochs, its resume state removed; cancel publishes nothing and removes its state",
     );
     let _serial = SERIAL.lock().await;
     let s3 = S3Server::start(&dir.join("s3"), "bucket");
@@ -660,6 +663,17 @@ pub async fn sigterm_and_kill_resume(dir: &Path) -> Outcome {
         .await
         .unwrap_or_default();
 
+    // Resume state files left in a job's folder (state.json and its tensors).
+    let state_files = |job: String| {
+        let jobs = Store::open(&format!("{registry_uri}/jobs/{job}")).expect("jobs store");
+        async move {
+            jobs.list_children("")
+                .await
+                .map(|names| names.into_iter().filter(|n| n.starts_with("state")).count())
+                .unwrap_or(usize::MAX)
+        }
+    };
+    let succeeded_state = state_files(id.clone()).await;
     let cancelled = match c
         .start_training(TrainingSpec {
             model_name: "cancelled".into(),
@@ -670,9 +684,10 @@ pub async fn sigterm_and_kill_resume(dir: &Path) -> Outcome {
         Ok(r) => {
             let id = r.into_inner().job_id;
             let _ = wait_job(&mut c, &id, Duration::from_secs(120), |j| {
-                j.progress.is_some_and(|p| p.step >= 2)
+                j.progress.is_some_and(|p| p.step >= 5)
             })
             .await;
+            let saved = state_files(id.clone()).await;
             let _ = c.cancel_job(CancelJobRequest { job_id: id.clone() }).await;
             let end = watch_to_end(&mut c, &id, Duration::from_secs(120)).await;
             end.last().map(|j| j.state) == Some(JobState::Cancelled as i32)
@@ -681,12 +696,14 @@ pub async fn sigterm_and_kill_resume(dir: &Path) -> Outcome {
                     .await
                     .map(|v| v.is_empty())
                     .unwrap_or(false)
+                && saved > 0
+                && state_files(id).await == 0
         }
         Err(_) => false,
     };
     out.saw(
         format!(
-            "exit {exit:?}, interrupted at {step:?}, resumed at {resumed_at:?}; end {} with {} epochs, {versions} version(s), alias at it: {}; cancel ok: {cancelled}",
+            "exit {exit:?}, interrupted at {step:?}, resumed at {resumed_at:?}; end {} with {} epochs, {versions} version(s), alias at it: {}, {succeeded_state} resume-state files left; cancel ok (state saved, then removed): {cancelled}",
             state_name(last.state),
             last.epochs.len(),
             alias == last.model_version
@@ -698,6 +715,7 @@ pub async fn sigterm_and_kill_resume(dir: &Path) -> Outcome {
             && last.epochs.len() == 2
             && versions == 1
             && alias == last.model_version
+            && succeeded_state == 0
             && cancelled,
     )
 }

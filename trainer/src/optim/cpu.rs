@@ -38,6 +38,10 @@ impl Buffer {
     /// The range must be in bounds, the tensor alive, and the range not accessed by another
     /// thread while the slice lives.
     pub(super) unsafe fn slice<'a>(self, start: usize, end: usize) -> &'a mut [f32] {
+        if start >= end {
+            // A zero-element tensor's data pointer may be null, which a slice must never hold.
+            return &mut [];
+        }
         std::slice::from_raw_parts_mut(self.ptr.add(start), end - start)
     }
 }
@@ -136,7 +140,7 @@ fn update_body(
 }
 
 common::simd_dispatch! {
-    pub(super) fn sum_squares(g: &[f32]) -> f64 = sum_squares_body;
+    pub(super) fn sum_squares(g: &[f32]) -> f64 = sum_squares_body, at sum_squares_at;
 }
 
 common::simd_dispatch! {
@@ -147,7 +151,7 @@ common::simd_dispatch! {
         v: &mut [f32],
         decay: f32,
         s: UpdateScalars,
-    ) = update_body;
+    ) = update_body, at update_at;
 }
 
 #[cfg(test)]
@@ -180,14 +184,35 @@ mod tests {
             (p, m, v)
         };
         let base = run(&|p, g, m, v| update_body(p, g, m, v, 0.99, s));
-        let dispatched = run(&|p, g, m, v| update(p, g, m, v, 0.99, s));
-        assert_eq!(base, dispatched);
+        for level in common::simd::available() {
+            let at_level = run(&|p, g, m, v| {
+                update_at(level, p, g, m, v, 0.99, s).expect("the CPU has this level")
+            });
+            assert_eq!(base, at_level, "update at {level:?}");
+            assert_eq!(
+                sum_squares_at(level, &g).expect("the CPU has this level"),
+                sum_squares_body(&g),
+                "sum of squares at {level:?}"
+            );
+        }
+        assert_eq!(base, run(&|p, g, m, v| update(p, g, m, v, 0.99, s)));
         // One element by hand: the scaled gradient enters both moments.
         let grad = g[5] * 0.7;
         let m5 = m0[5] + (grad - m0[5]) * (1.0 - 0.9);
         assert_eq!(base.1[5], m5);
-        assert_eq!(sum_squares(&g), sum_squares_body(&g));
         let exact: f64 = g.iter().map(|&x| f64::from(x).powi(2)).sum();
         assert!((sum_squares(&g) - exact).abs() < 1e-12 * exact.max(1.0));
+    }
+
+    #[test]
+    fn zero_element_tensors_give_empty_views() {
+        let empty = Tensor::zeros([0], (Kind::Float, Device::Cpu));
+        let buffer = Buffer::of(&empty).expect("a contiguous fp32 CPU tensor");
+        assert_eq!(buffer.len, 0);
+        // SAFETY: an empty range.
+        assert!(unsafe { buffer.slice(0, 0) }.is_empty());
+        assert_eq!(sum_squares(&[]), 0.0);
+        let ran = for_chunks(&[0, 3], 2, |i, start, end| (i, start, end));
+        assert_eq!(ran, vec![(1, 0, 3)], "no unit of work for the empty tensor");
     }
 }

@@ -44,6 +44,10 @@ pub(crate) struct JobRecord {
     /// Past the commit point: the version is (about to be) visible and cancels are refused.
     #[serde(default)]
     pub committed: bool,
+    /// Training progress when the job committed its version (steps done, of total), so a job
+    /// resumed at its publish phase reports where training ended rather than 0/0.
+    #[serde(default)]
+    pub trained_steps: Option<(u64, u64)>,
 }
 
 impl JobRecord {
@@ -229,6 +233,11 @@ impl JobTable {
         self.lock().get(id).map(|e| e.snapshot(&self.device))
     }
 
+    /// Every job's record.
+    pub fn records(&self) -> Vec<JobRecord> {
+        self.lock().values().map(|e| e.record.clone()).collect()
+    }
+
     pub fn snapshots(&self) -> Vec<Job> {
         self.lock()
             .values()
@@ -303,6 +312,7 @@ mod tests {
             spec_wire: String::new(),
             cancel_requested: false,
             committed: false,
+            trained_steps: None,
         }
     }
 

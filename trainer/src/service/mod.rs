@@ -49,6 +49,8 @@ pub struct ServiceConfig {
     pub report_root: Option<PathBuf>,
     /// Interval of progress log lines.
     pub progress_interval: Duration,
+    /// Resume states kept for FAILED jobs, newest first.
+    pub keep_failed_states: usize,
 }
 
 struct Inner {
@@ -132,6 +134,22 @@ impl TrainerService {
                 );
             });
         }
+        // Resume state nobody can use: ended jobs' (left by trainers that kept it forever) and
+        // FAILED ones beyond the newest kept.
+        let ended: Vec<String> = self
+            .inner
+            .jobs
+            .records()
+            .into_iter()
+            .filter(|r| {
+                r.state == JobState::Succeeded as i32 || r.state == JobState::Cancelled as i32
+            })
+            .map(|r| r.id)
+            .collect();
+        for id in ended {
+            self.remove_state(&id).await;
+        }
+        self.prune_failed_states().await;
         if let Some(id) = &resume {
             tracing::info!(job = %id, "resuming unfinished job after restart");
             *self.running() = Some(id.clone());
@@ -157,11 +175,46 @@ impl TrainerService {
         }
     }
 
-    fn finish(&self, id: &str, state: JobState, error: String) {
+    /// Records how a job ended and removes resume state nobody can use any more: the job's own
+    /// when it SUCCEEDED or was CANCELLED, and that of FAILED jobs beyond the newest
+    /// `keep_failed_states`.
+    async fn finish(&self, id: &str, state: JobState, error: String) {
         self.inner.jobs.update(id, |e| {
             e.record.state = state as i32;
             e.record.error = error;
         });
+        if matches!(state, JobState::Succeeded | JobState::Cancelled) {
+            self.remove_state(id).await;
+        }
+        self.prune_failed_states().await;
+    }
+
+    async fn remove_state(&self, id: &str) {
+        let sink = StateSink::new(self.inner.jobs.root().child(id));
+        match sink.remove().await {
+            Ok(0) => {}
+            Ok(bytes) => tracing::info!(job = %id, bytes, "resume state removed"),
+            Err(e) => tracing::warn!(job = %id, error = %e, "could not remove the resume state"),
+        }
+    }
+
+    /// Removes the resume state of FAILED jobs beyond the newest `keep_failed_states`.
+    async fn prune_failed_states(&self) {
+        let mut failed: Vec<(String, String)> = self
+            .inner
+            .jobs
+            .records()
+            .into_iter()
+            .filter(|r| r.state == JobState::Failed as i32)
+            .map(|r| (r.created_at, r.id))
+            .collect();
+        failed.sort_by(|a, b| b.cmp(a));
+        for (_, id) in failed
+            .into_iter()
+            .skip(self.inner.config.keep_failed_states)
+        {
+            self.remove_state(&id).await;
+        }
     }
 
     /// Runs a recorded job (the slot in `running` is already taken for it).
@@ -186,11 +239,15 @@ impl TrainerService {
             Ok(true) => return self.finish_published(&record).await,
             Ok(false) => {}
             Err(e) => {
-                return self.finish(id, JobState::Failed, format!("reading the registry: {e}"))
+                return self
+                    .finish(id, JobState::Failed, format!("reading the registry: {e}"))
+                    .await
             }
         }
         if record.cancel_requested {
-            return self.finish(id, JobState::Cancelled, "cancelled by request".into());
+            return self
+                .finish(id, JobState::Cancelled, "cancelled by request".into())
+                .await;
         }
         let sink = StateSink::new(self.inner.jobs.root().child(id));
         let resume = match sink.load().await {
@@ -211,6 +268,7 @@ impl TrainerService {
             sink,
             handle: handle.clone(),
             log: ProgressLog::new(self.inner.config.progress_interval),
+            last_progress: None,
         };
         let result =
             tokio::task::spawn_blocking(move || job::run(&spec, &handle, &mut observer, resume))
@@ -218,20 +276,24 @@ impl TrainerService {
         match result {
             Ok(Ok(out)) => {
                 tracing::info!(job = %id, version = %out.manifest.version, "job succeeded");
-                self.finish(id, JobState::Succeeded, String::new());
+                self.finish(id, JobState::Succeeded, String::new()).await;
             }
             Ok(Err(e)) if e.is_cancelled() => {
                 tracing::info!(job = %id, "job cancelled; nothing published");
-                self.finish(id, JobState::Cancelled, "cancelled by request".into());
+                self.finish(id, JobState::Cancelled, "cancelled by request".into())
+                    .await;
             }
             Ok(Err(e)) if e.is_interrupted() => {
                 tracing::info!(job = %id, "{e}");
             }
             Ok(Err(e)) => {
                 tracing::warn!(job = %id, error = %e, "job failed; nothing published");
-                self.finish(id, JobState::Failed, e.to_string());
+                self.finish(id, JobState::Failed, e.to_string()).await;
             }
-            Err(e) => self.finish(id, JobState::Failed, format!("job task panicked: {e}")),
+            Err(e) => {
+                self.finish(id, JobState::Failed, format!("job task panicked: {e}"))
+                    .await
+            }
         }
     }
 
@@ -245,16 +307,30 @@ impl TrainerService {
             {
                 tracing::error!(job = %record.id, error = %e, "could not remove the cancelled job's version");
             }
-            return self.finish(
-                &record.id,
-                JobState::Cancelled,
-                "cancelled by request".into(),
-            );
+            return self
+                .finish(
+                    &record.id,
+                    JobState::Cancelled,
+                    "cancelled by request".into(),
+                )
+                .await;
         }
         self.inner.jobs.update(&record.id, |e| {
             e.record.state = JobState::Publishing as i32;
             e.record.committed = true;
         });
+        if let Some((step, total_steps)) = record.trained_steps {
+            self.inner.jobs.set_progress(
+                &record.id,
+                ProgressMsg {
+                    epoch: record.epochs.len() as u32,
+                    epochs: record.train.epochs,
+                    step,
+                    total_steps,
+                    ..Default::default()
+                },
+            );
+        }
         match job::finish_publishing(
             registry,
             &record.model_name,
@@ -263,8 +339,14 @@ impl TrainerService {
         )
         .await
         {
-            Ok(()) => self.finish(&record.id, JobState::Succeeded, String::new()),
-            Err(e) => self.finish(&record.id, JobState::Failed, e.to_string()),
+            Ok(()) => {
+                self.finish(&record.id, JobState::Succeeded, String::new())
+                    .await
+            }
+            Err(e) => {
+                self.finish(&record.id, JobState::Failed, e.to_string())
+                    .await
+            }
         }
     }
 
@@ -325,6 +407,7 @@ impl TrainerService {
             spec_wire: JobRecord::encode_spec(&spec),
             cancel_requested: false,
             committed: false,
+            trained_steps: None,
         };
         validate::check_job(&self.spec_of(&record)).await?;
         {
@@ -371,11 +454,13 @@ struct JobObserver {
     sink: StateSink,
     handle: tokio::runtime::Handle,
     log: ProgressLog,
+    last_progress: Option<(u64, u64)>,
 }
 
 impl Observer for JobObserver {
     fn progress(&mut self, p: &Progress) {
         self.log.maybe_log(p);
+        self.last_progress = Some((p.step, p.total_steps));
         self.service.inner.jobs.set_progress(
             &self.id,
             ProgressMsg {
@@ -425,6 +510,11 @@ impl Observer for JobObserver {
     }
 
     fn commit(&mut self) -> bool {
+        let trained = self.last_progress;
+        self.service
+            .inner
+            .jobs
+            .update(&self.id, |e| e.record.trained_steps = trained);
         let committed = self.service.inner.jobs.commit(&self.id);
         // The record must say "committed" before the alias moves, or a crash in between
         // would let a restart honour a cancel for a version that is already live.
