@@ -7,6 +7,7 @@
 #   .cache/tools/moto/            moto's S3 server, atomic conditional writes (with --with-s3)
 #   .cache/tools/buf/             buf 1.75.0 (PyPI buf-bin), contract lint and breaking checks (with --with-clients)
 #   .cache/tools/grpc/            Python venv with grpcio + grpcio-tools and tritonclient: clients no one here wrote (with --with-clients)
+#   .cache/tools/kserve/          Python venv with the KServe SDK (kserve 0.21.0), another such client (with --with-clients)
 #   .cache/env.sh                 environment for cargo (LIBTORCH, ...)
 # Re-running does nothing when everything is in place.
 #
@@ -134,6 +135,12 @@ if [ "$WITH_CLIENTS" = 1 ] && ! "$ROOT/.cache/tools/grpc/bin/python" -c 'import 
   "$ROOT/.cache/tools/grpc/bin/pip" install -q 'grpcio==1.85.3' 'grpcio-tools==1.76.0' 'tritonclient[grpc,http]==2.73.0' \
     || { rm -rf "$ROOT/.cache/tools/grpc"; fail "pip install of the Python gRPC clients failed (network?)"; }
 fi
+if [ "$WITH_CLIENTS" = 1 ] && ! "$ROOT/.cache/tools/kserve/bin/python" -c 'import kserve' 2>/dev/null; then
+  step "installing the KServe SDK 0.21.0 (Python client of the Open Inference Protocol, for the tests)"
+  [ -x "$ROOT/.cache/tools/kserve/bin/pip" ] || "$PY" -m venv "$ROOT/.cache/tools/kserve" || fail "cannot create .cache/tools/kserve"
+  "$ROOT/.cache/tools/kserve/bin/pip" install -q 'kserve==0.21.0' \
+    || { rm -rf "$ROOT/.cache/tools/kserve"; fail "pip install kserve failed (network?)"; }
+fi
 # 6. Environment for cargo.
 cat > "$ROOT/.cache/env.sh" <<ENVEOF
 export LIBTORCH="$TORCH_DIR"
@@ -144,5 +151,6 @@ export S3S_FS_BIN="$ROOT/.cache/tools/bin/s3s-fs"
 export MOTO_SERVER_BIN="$ROOT/.cache/tools/moto/bin/moto_server"
 export BUF_BIN="$ROOT/.cache/tools/buf/bin/buf"
 export GRPC_PYTHON="$ROOT/.cache/tools/grpc/bin/python"
+export KSERVE_PYTHON="$ROOT/.cache/tools/kserve/bin/python"
 ENVEOF
-step "set-up complete (torch $TORCH_VARIANT, model, data$([ "$WITH_S3" = 1 ] && echo ', s3s-fs, moto')$([ "$WITH_CLIENTS" = 1 ] && echo ', buf, grpcio'))"
+step "set-up complete (torch $TORCH_VARIANT, model, data$([ "$WITH_S3" = 1 ] && echo ', s3s-fs, moto')$([ "$WITH_CLIENTS" = 1 ] && echo ', buf, grpcio, kserve'))"

@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # The test suite, from a fresh machine: set-up (venv + torch, model, data, s3s-fs, moto, buf,
-# grpcio), offline validation of the Kubernetes overlays, the binaries the end-to-end tests
-# start, then every test of the workspace.
+# grpcio), the gate (rustfmt, clippy with warnings as errors), offline validation of the
+# Kubernetes overlays, the binaries the end-to-end tests start, then every test of the workspace.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 scripts/setup.sh --with-s3 --with-clients
 # shellcheck disable=SC1091
 source .cache/env.sh
+cargo fmt --all --check
+cargo clippy --workspace --all-targets -- -D warnings
 scripts/validate-k8s.sh | grep -v '^INFO'
 cargo build --bins
 cargo test --workspace --no-fail-fast "$@" 2>&1

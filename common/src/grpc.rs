@@ -174,7 +174,14 @@ pub fn reflection(
     tonic_reflection::server::Error,
 > {
     let builder = || {
-        let mut b = tonic_reflection::server::Builder::configure();
+        // The reflection services list themselves, so their own schemas are registered too:
+        // every listed service must be describable (buf curl --list-methods stops at the
+        // first one that is not).
+        let mut b = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(
+                tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+            );
         for set in descriptor_sets {
             b = b.register_encoded_file_descriptor_set(set);
         }

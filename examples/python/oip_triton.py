@@ -5,9 +5,11 @@ predictor's --listen) or HTTP/JSON (its --http-listen):
 
     python examples/python/oip_triton.py 127.0.0.1:50051 goemotions "I'm so happy!" "This is awful."
     python examples/python/oip_triton.py --http 127.0.0.1:8080 goemotions "I'm so happy!"
+    python examples/python/oip_triton.py --http --json 127.0.0.1:8080 goemotions "I'm so happy!"
 
-Prints one JSON object: health, server and model metadata, and per text its predicted labels and
-the 28 scores (label-id order).
+Over HTTP the client's defaults send and receive tensors in the binary tensor data extension;
+`--json` asks for JSON tensors instead. Prints one JSON object: health, server and model
+metadata, and per text its predicted labels and the 28 scores (label-id order).
 """
 import json
 import sys
@@ -24,14 +26,17 @@ def main():
         args = args[1:]
     else:
         import tritonclient.grpc as client_lib
+    as_json_tensors = args[0] == "--json"
+    if as_json_tensors:
+        args = args[1:]
     url, model, texts = args[0], args[1], args[2:]
     client = client_lib.InferenceServerClient(url=url)
     as_json = {} if http else {"as_json": True}
     meta = client.get_model_metadata(model, **as_json)
     text = client_lib.InferInput("text", [len(texts)], "BYTES")
     data = np.array([t.encode() for t in texts], dtype=np.object_)
-    text.set_data_from_numpy(data, **({"binary_data": False} if http else {}))
-    binary = {"binary_data": False} if http else {}
+    binary = {"binary_data": False} if as_json_tensors else {}
+    text.set_data_from_numpy(data, **binary)
     outputs = [client_lib.InferRequestedOutput("scores", **binary), client_lib.InferRequestedOutput("labels", **binary)]
     result = client.infer(model, [text], outputs=outputs, parameters={"top_k": 2})
     scores = result.as_numpy("scores")

@@ -11,6 +11,7 @@ use common::model::PrecisionChoice;
 use crate::batcher::BatcherConfig;
 use crate::reload::StoreTimeouts;
 use crate::server::{Http2Limits, ServeOptions};
+use crate::HttpLimits;
 use crate::Limits;
 
 #[derive(Parser)]
@@ -143,6 +144,16 @@ pub struct ServeArgs {
     #[arg(long, env = "PREDICTOR_HTTP2_STREAM_WINDOW_BYTES", default_value_t = Http2Limits::default().stream_window,
           value_parser = clap::value_parser!(u32).range(65_535..=(1 << 31) - 1))]
     pub http2_stream_window_bytes: u32,
+    /// HTTP port: seconds for a request's headers to arrive, also the longest a kept-alive
+    /// connection may sit idle between requests.
+    #[arg(long, env = "PREDICTOR_HTTP_HEADER_TIMEOUT_SECS", default_value_t = HttpLimits::default().header_timeout.as_secs_f64())]
+    pub http_header_timeout_secs: f64,
+    /// HTTP port: seconds for a request body to arrive once its headers have (408 beyond).
+    #[arg(long, env = "PREDICTOR_HTTP_BODY_TIMEOUT_SECS", default_value_t = HttpLimits::default().body_timeout.as_secs_f64())]
+    pub http_body_timeout_secs: f64,
+    /// HTTP port: connections open at once; more get a 503 and are closed.
+    #[arg(long, env = "PREDICTOR_HTTP_MAX_CONNECTIONS", default_value_t = HttpLimits::default().max_connections)]
+    pub http_max_connections: usize,
 }
 
 fn seconds(s: f64) -> Duration {
@@ -223,6 +234,12 @@ impl ServeArgs {
             keepalive_timeout: seconds(self.keepalive_timeout_secs),
             idle_timeout: optional_seconds(self.idle_timeout_secs),
             drain_timeout: seconds(self.drain_timeout_secs),
+            http: HttpLimits {
+                max_body_bytes: self.max_message_bytes.max(1024),
+                header_timeout: seconds(self.http_header_timeout_secs.max(0.1)),
+                body_timeout: seconds(self.http_body_timeout_secs.max(0.1)),
+                max_connections: self.http_max_connections.max(1),
+            },
             http2: Http2Limits {
                 max_concurrent_streams: self.http2_max_concurrent_streams.max(1),
                 stream_window: self.http2_stream_window_bytes,

@@ -20,6 +20,7 @@ pub(crate) mod service;
 pub(crate) mod telemetry;
 
 pub use reload::StoreTimeouts;
+pub use rest::HttpLimits;
 
 use std::time::Duration;
 

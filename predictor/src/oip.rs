@@ -67,7 +67,7 @@ fn check_model(model: &ServingModel, name: &str, version: &str) -> Result<(), Cl
 }
 
 /// Splits `raw_input_contents` BYTES: each element is a 4-byte little-endian length, then bytes.
-fn split_raw_bytes(raw: &[u8]) -> Result<Vec<&[u8]>, ClassifyError> {
+pub(crate) fn split_raw_bytes(raw: &[u8]) -> Result<Vec<&[u8]>, ClassifyError> {
     let mut out = Vec::new();
     let mut rest = raw;
     while !rest.is_empty() {
@@ -124,6 +124,14 @@ fn input_texts(req: &ModelInferRequest) -> Result<Vec<String>, ClassifyError> {
             "input {name:?} has shape {shape:?}; expected [n] or [n, 1]"
         ))
     })?;
+    let in_contents = contents
+        .as_ref()
+        .is_some_and(|c| !c.bytes_contents.is_empty());
+    if in_contents && !req.raw_input_contents.is_empty() {
+        return Err(bad(format!(
+            "input {name:?} has data in both `contents` and `raw_input_contents`; send one"
+        )));
+    }
     let elements: Vec<&[u8]> = match req.raw_input_contents.as_slice() {
         [] => contents
             .as_ref()
@@ -242,7 +250,7 @@ fn output_tensor(name: &str, datatype: &str, shape: Vec<i64>) -> InferOutputTens
 }
 
 /// BYTES elements in raw form: each a 4-byte little-endian length, then its bytes.
-fn join_raw_bytes(elements: impl Iterator<Item = Vec<u8>>) -> Vec<u8> {
+pub(crate) fn join_raw_bytes(elements: impl Iterator<Item = Vec<u8>>) -> Vec<u8> {
     let mut out = Vec::new();
     for e in elements {
         out.extend_from_slice(&(e.len() as u32).to_le_bytes());
@@ -391,7 +399,8 @@ impl InferenceService {
         ServerMetadataResponse {
             name: SERVER_NAME.into(),
             version: env!("CARGO_PKG_VERSION").into(),
-            extensions: Vec::new(),
+            // Over HTTP; gRPC carries tensors as raw bytes natively.
+            extensions: vec!["binary_tensor_data".into()],
         }
     }
 

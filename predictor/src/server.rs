@@ -63,6 +63,8 @@ pub struct ServeOptions {
     pub idle_timeout: Option<Duration>,
     pub drain_timeout: Duration,
     pub http2: Http2Limits,
+    /// Limits of the HTTP/JSON port (--http-listen).
+    pub http: rest::HttpLimits,
 }
 
 /// HTTP/2 receive limits of the gRPC port.
@@ -183,18 +185,18 @@ pub async fn serve(model: ModelRef, opts: ServeOptions) -> Result<(), ServerErro
         predictor: service.clone(),
         token: opts.access.token(),
     };
+    let rest_in_flight = rest::InFlight::default();
     if let Some(listener) = http_listener {
         let app = rest::router(
             oip.clone(),
             opts.access.token(),
-            opts.limits.max_message_bytes,
+            opts.http,
+            drain_rx.clone(),
+            rest_in_flight.clone(),
         );
-        let mut stop = drain_rx.clone();
-        let drained = async move {
-            let _ = stop.wait_for(|d| *d).await;
-        };
+        let limits = opts.http;
         tokio::spawn(async move {
-            if let Err(e) = rest::serve(listener, app, drained).await {
+            if let Err(e) = rest::serve(listener, app, limits).await {
                 tracing::error!(error = %e, "HTTP API stopped");
             }
         });
@@ -276,6 +278,9 @@ pub async fn serve(model: ModelRef, opts: ServeOptions) -> Result<(), ServerErro
             return Err(ServerError::InferenceStopped);
         }
     }
+    // gRPC calls are answered; HTTP requests still being answered get the rest of the drain time
+    // (the port keeps answering 503 meanwhile).
+    let _ = tokio::time::timeout(drain_timeout, rest_in_flight.idle()).await;
     tracing::info!("drained; bye");
     Ok(())
 }

@@ -221,6 +221,62 @@ async fn health_reflection_and_metrics() {
         names.contains(&"grpc.health.v1.Health".to_string()),
         "{names:?}"
     );
+    // Every listed service is describable, the reflection services included.
+    let describe: Vec<ServerReflectionRequest> = names
+        .iter()
+        .map(|name| ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::FileContainingSymbol(name.clone())),
+        })
+        .collect();
+    let mut answers = reflection
+        .server_reflection_info(tokio_stream::iter(describe))
+        .await
+        .unwrap()
+        .into_inner();
+    for name in &names {
+        let answer = answers.message().await.unwrap().unwrap();
+        assert!(
+            matches!(
+                answer.message_response,
+                Some(MessageResponse::FileDescriptorResponse(_))
+            ),
+            "{name}: {answer:?}"
+        );
+    }
+    // buf curl lists every method of every service through reflection (it stops at the first
+    // service it cannot describe).
+    let buf = std::env::var("BUF_BIN").unwrap_or_else(|_| {
+        workspace_root()
+            .join(".cache/tools/buf/bin/buf")
+            .display()
+            .to_string()
+    });
+    let listed = std::process::Command::new(&buf)
+        .args([
+            "curl",
+            "--protocol",
+            "grpc",
+            "--http2-prior-knowledge",
+            "--list-methods",
+        ])
+        .arg(&addr)
+        .output()
+        .expect("run buf curl (scripts/setup.sh --with-clients)");
+    let methods = String::from_utf8_lossy(&listed.stdout);
+    assert!(
+        listed.status.success(),
+        "{methods}{}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
+    for method in [
+        "goemotions.v1.Predictor/ClassifyStream",
+        "inference.GRPCInferenceService/ModelInfer",
+        "grpc.health.v1.Health/Check",
+        "grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+    ] {
+        assert!(methods.contains(method), "{method} not in {methods}");
+    }
 
     client(&addr)
         .await
@@ -974,6 +1030,62 @@ fn check_triton_client(mode: &[&str], url: &str, version: &str, expected: &[Vec<
     assert_eq!(results[2]["labels"]["labels"], serde_json::json!([]));
 }
 
+/// The KServe Python SDK (examples/python/oip_kserve.py) with its defaults: binary tensor data.
+fn check_kserve_client(base_url: &str, expected: &[Vec<f32>]) {
+    let root = workspace_root();
+    let python = std::env::var("KSERVE_PYTHON").unwrap_or_else(|_| {
+        root.join(".cache/tools/kserve/bin/python")
+            .display()
+            .to_string()
+    });
+    let run = std::process::Command::new(&python)
+        .arg(root.join("examples/python/oip_kserve.py"))
+        .arg(base_url)
+        .arg("goemotions")
+        .args([TEXTS[0], TEXTS[3], ""])
+        .output()
+        .expect("run the KServe SDK (scripts/setup.sh --with-clients)");
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let out: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
+    assert_eq!(out["ready"], true, "{out}");
+    assert_eq!(out["model_ready"], true, "{out}");
+    assert_eq!(out["model_name"], "goemotions", "{out}");
+    let results = out["results"].as_array().unwrap();
+    assert_eq!(results.len(), 3);
+    for (r, want) in results.iter().zip(expected) {
+        let got: Vec<f32> = r["scores"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s.as_f64().unwrap() as f32)
+            .collect();
+        assert_close(&got, want, "KServe SDK");
+        assert_eq!(r["labels"]["top_k"].as_array().unwrap().len(), 2, "{r}");
+    }
+    assert_eq!(results[2]["labels"]["labels"], serde_json::json!([]));
+}
+
+/// Runs curl with `args` and `stdin` as its input; returns the body and the HTTP status code.
+fn curl_stdin(args: &[&str], stdin: &[u8]) -> (String, String) {
+    use std::io::Write;
+    let mut child = std::process::Command::new("curl")
+        .args(["-s", "-w", "\n%{http_code}"])
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("curl");
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, code) = text.rsplit_once('\n').unwrap_or((&text, ""));
+    (body.to_string(), code.to_string())
+}
+
 /// Runs curl with `args`; returns the body and the HTTP status code.
 fn curl(args: &[&str]) -> (String, String) {
     let out = std::process::Command::new("curl")
@@ -1006,7 +1118,56 @@ async fn open_inference_protocol_with_the_triton_client() {
     )
     .await;
     check_triton_client(&[], addr.trim_start_matches("http://"), &version, &expected);
+    // The HTTP client's defaults (binary tensor data both ways), then JSON tensors.
     check_triton_client(&["--http"], &http, &version, &expected);
+    check_triton_client(&["--http", "--json"], &http, &version, &expected);
+    check_kserve_client(&format!("http://{http}"), &expected);
+    let (body, code) = curl(&[&format!("http://{http}/v2/")]);
+    assert_eq!(code, "200", "{body}");
+    assert!(body.contains("binary_tensor_data"), "{body}");
+
+    // Every error is the documented JSON body.
+    let error_of = |body: &str| -> String {
+        serde_json::from_str::<serde_json::Value>(body).unwrap_or_default()["error"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    for (args, want_code, want) in [
+        (vec![format!("http://{http}/v3/nothing")], "404", "no route"),
+        (
+            vec![
+                "-X".into(),
+                "DELETE".into(),
+                format!("http://{http}/v2/models/goemotions/infer"),
+            ],
+            "405",
+            "use POST",
+        ),
+        (
+            vec!["-X".into(), "TRACE".into(), format!("http://{http}/v2")],
+            "405",
+            "use GET",
+        ),
+        (
+            vec![
+                "--data-binary".into(),
+                "@-".into(),
+                format!("http://{http}/v2/models/goemotions/infer"),
+            ],
+            "400",
+            "not valid JSON",
+        ),
+    ] {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (body, code) = if args.contains(&"@-") {
+            curl_stdin(&args, b"{\"inputs\": [\"\xff\xfe\"]}")
+        } else {
+            curl(&args)
+        };
+        assert_eq!(code, want_code, "{args:?}: {body}");
+        assert!(error_of(&body).contains(want), "{args:?}: {body}");
+    }
 
     let (body, code) = curl(&[&format!("http://{http}/v2/health/ready")]);
     assert_eq!((body.as_str(), code.as_str()), (r#"{"ready":true}"#, "200"));
@@ -1022,7 +1183,7 @@ async fn open_inference_protocol_with_the_triton_client() {
     let (body, code) = curl(&["-H", json, "-d", request, &unknown]);
     assert_eq!(code, "404", "{body}");
     assert!(body.contains("goemotions"), "{body}");
-    let fp32 = r#"{"inputs": [{"shape": [1], "datatype": "FP32", "data": [1]}]}"#;
+    let fp32 = r#"{"inputs": [{"name": "text", "shape": [1], "datatype": "FP32", "data": [1]}]}"#;
     let (body, code) = curl(&["-H", json, "-d", fp32, &infer_url]);
     assert_eq!(code, "400", "{body}");
     assert!(body.contains("BYTES"), "{body}");
@@ -1052,6 +1213,11 @@ async fn open_inference_protocol_with_the_triton_client() {
         .unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
     assert!(status.message().contains("BYTES"), "{status:?}");
+    let mut both = request("goemotions", "BYTES");
+    both.raw_input_contents = vec![vec![5, 0, 0, 0, b'h', b'e', b'l', b'l', b'o']];
+    let status = oip.model_infer(both).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("both"), "{status:?}");
     let status = oip.model_infer(request("bert", "BYTES")).await.unwrap_err();
     assert_eq!(status.code(), Code::NotFound, "{status:?}");
     assert!(status.message().contains("goemotions"), "{status:?}");
@@ -1076,8 +1242,36 @@ async fn rest_api_keeps_the_token_and_the_message_limit() {
         "--max-message-bytes",
         "2048",
     ];
-    let (_proc, _, _, _) = serve_shared(dir.path(), &flags).await;
+    let (_proc, addr, _, _) = serve_shared(dir.path(), &flags).await;
     let alias = dir.path().join("models/goemotions/aliases/latest");
+    // The Open Inference Protocol over gRPC: liveness and readiness open, like grpc.health and
+    // the REST health routes; inference needs the token.
+    {
+        use proto::inference::grpc_inference_service_client::GrpcInferenceServiceClient;
+        use proto::inference::{ModelInferRequest, ServerLiveRequest, ServerReadyRequest};
+        let mut oip = GrpcInferenceServiceClient::connect(addr.clone())
+            .await
+            .unwrap();
+        assert!(
+            oip.server_live(ServerLiveRequest {})
+                .await
+                .unwrap()
+                .into_inner()
+                .live
+        );
+        assert!(
+            oip.server_ready(ServerReadyRequest {})
+                .await
+                .unwrap()
+                .into_inner()
+                .ready
+        );
+        let status = oip
+            .model_infer(ModelInferRequest::default())
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    }
     let infer_url = format!("http://{http}/v2/models/goemotions/infer");
     let request =
         r#"{"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["hello"]}]}"#;
@@ -1099,6 +1293,10 @@ async fn rest_api_keeps_the_token_and_the_message_limit() {
     );
     let (body, code) = curl(&["-H", "authorization: Bearer s3cret", "-d", &big, &infer_url]);
     assert_eq!(code, "413", "{body}");
+    assert!(
+        body.contains(r#""error":"#),
+        "413 is the documented JSON body: {body}"
+    );
 
     let exposed = std::process::Command::new(bin("predictor"))
         .args(["serve", "--device", "cpu", "--model"])
@@ -1113,6 +1311,105 @@ async fn rest_api_keeps_the_token_and_the_message_limit() {
         String::from_utf8_lossy(&exposed.stderr).contains("refusing to listen on 0.0.0.0"),
         "{}",
         String::from_utf8_lossy(&exposed.stderr)
+    );
+}
+
+/// The HTTP port bounds what a client can hold open — half-sent headers are cut at the header
+/// timeout, a half-sent body gets 408, connections beyond the limit get 503 — and while the
+/// server drains it keeps answering (503, readiness false, liveness true) instead of refusing
+/// connections; every error is the documented JSON body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rest_port_bounds_slow_clients_and_answers_while_draining() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let http = format!("127.0.0.1:{}", free_port());
+    let flags = [
+        "--http-listen",
+        &http,
+        "--http-header-timeout-secs",
+        "1",
+        "--http-body-timeout-secs",
+        "1",
+        "--http-max-connections",
+        "3",
+        "--drain-timeout-secs",
+        "8",
+    ];
+    let (proc, _, _, _) = serve_shared(dir.path(), &flags).await;
+    let connect = || tokio::net::TcpStream::connect(http.clone());
+    // Reads what the server sends until it closes (or 5 s pass).
+    async fn read_all(s: &mut tokio::net::TcpStream) -> (String, std::time::Duration) {
+        let started = std::time::Instant::now();
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+        (String::from_utf8_lossy(&out).to_string(), started.elapsed())
+    }
+
+    // Half-sent headers: closed after the header timeout, not held.
+    let mut slow = connect().await.unwrap();
+    slow.write_all(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let (_, waited) = read_all(&mut slow).await;
+    assert!(
+        waited < Duration::from_secs(4),
+        "half-sent headers held for {waited:?}"
+    );
+
+    // Half-sent body: 408 with the JSON body.
+    let mut slow = connect().await.unwrap();
+    slow.write_all(
+        b"POST /v2/models/goemotions/infer HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"inputs\"",
+    )
+    .await
+    .unwrap();
+    let (reply, _) = read_all(&mut slow).await;
+    assert!(reply.starts_with("HTTP/1.1 408"), "{reply}");
+    assert!(reply.contains(r#""error":"#), "{reply}");
+
+    // Three connections held open: a fourth gets 503 (JSON) and is closed.
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut c = connect().await.unwrap();
+        c.write_all(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        held.push(c);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut extra = connect().await.unwrap();
+    let (reply, _) = read_all(&mut extra).await;
+    assert!(reply.starts_with("HTTP/1.1 503"), "{reply}");
+    assert!(reply.contains("too many connections"), "{reply}");
+    drop(held);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    // Draining: a request whose body is still arriving keeps the drain going; meanwhile the port
+    // answers 503 with the JSON body, readiness false, liveness true.
+    let mut pending = connect().await.unwrap();
+    pending
+        .write_all(
+            b"POST /v2/models/goemotions/infer HTTP/1.1\r\nHost: x\r\ncontent-length: 100\r\n\r\n{",
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    proc.signal(libc::SIGTERM);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (body, code) = curl(&[&format!("http://{http}/v2/models/goemotions")]);
+    assert_eq!(code, "503", "{body}");
+    assert!(body.contains("shutting down"), "{body}");
+    let (body, code) = curl(&[&format!("http://{http}/v2/health/ready")]);
+    assert_eq!(
+        (body.as_str(), code.as_str()),
+        (r#"{"ready":false}"#, "400")
+    );
+    let (_, code) = curl(&[&format!("http://{http}/v2/health/live")]);
+    assert_eq!(code, "200");
+    let (reply, _) = read_all(&mut pending).await;
+    assert!(
+        reply.starts_with("HTTP/1.1 408"),
+        "the pending request is answered: {reply}"
     );
 }
 
