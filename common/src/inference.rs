@@ -34,10 +34,16 @@ pub fn predict_batch(
     if items.is_empty() {
         return Ok(Vec::new());
     }
+    // Rows up to the batch-size bucket repeat the last text; their scores are dropped.
+    let rows = batch_bucket(items.len());
+    let mut padded: Vec<&Encoded> = items.to_vec();
+    padded.resize(rows, items[items.len() - 1]);
     let run = || {
-        let batch = tokenizer.inference_batch(items, model.device());
+        let batch = tokenizer.inference_batch(&padded, model.device());
         let probs = model.predict_proba(&batch.input_ids, &batch.attention_mask);
-        Vec::<f32>::try_from(probs.flatten(0, -1)).map_err(|e| e.to_string())
+        let mut flat = Vec::<f32>::try_from(probs.flatten(0, -1)).map_err(|e| e.to_string())?;
+        flat.truncate(items.len() * model.num_labels());
+        Ok::<_, String>(flat)
     };
     let flat = match catch_unwind(AssertUnwindSafe(run)) {
         Ok(Ok(flat)) => flat,
@@ -57,6 +63,19 @@ pub fn predict_batch(
         return Err(InferenceError::NonFinite { count: non_finite });
     }
     Ok(flat)
+}
+
+/// The number of rows a batch of `n` texts is scored as: 1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48,
+/// 64, then multiples of 32. With the length buckets this bounds the shapes the model ever sees
+/// (kernel and allocator caches keyed by shape stay bounded however varied the traffic), at
+/// most 1.5× the rows of the batch itself.
+pub fn batch_bucket(n: usize) -> usize {
+    const SIZES: [usize; 12] = [1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64];
+    SIZES
+        .iter()
+        .copied()
+        .find(|&s| s >= n)
+        .unwrap_or_else(|| n.div_ceil(32) * 32)
 }
 
 /// Indices in ascending length order cut into batches of at most `batch_size` texts that share
@@ -111,6 +130,21 @@ pub fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn batch_buckets_are_few_and_at_most_half_again_the_batch() {
+        let buckets: std::collections::BTreeSet<usize> = (1..=64).map(batch_bucket).collect();
+        assert_eq!(buckets.len(), 12, "{buckets:?}");
+        for n in 1..=300 {
+            let b = batch_bucket(n);
+            assert!(
+                b >= n && (b as f64) <= (n as f64 * 1.5).max(n as f64 + 31.0),
+                "{n} → {b}"
+            );
+        }
+        assert_eq!(batch_bucket(5), 6);
+        assert_eq!(batch_bucket(65), 96);
+    }
 
     #[test]
     fn sorted_batches_cover_everything_in_length_order_within_buckets() {

@@ -178,15 +178,27 @@ impl TrainerService {
     /// Records how a job ended and removes resume state nobody can use any more: the job's own
     /// when it SUCCEEDED or was CANCELLED, and that of FAILED jobs beyond the newest
     /// `keep_failed_states`.
+    ///
+    /// The state is removed before the end is published, and the job's slot is freed just
+    /// before: a client that saw the job end can start the next one at once.
     async fn finish(&self, id: &str, state: JobState, error: String) {
+        if matches!(state, JobState::Succeeded | JobState::Cancelled) {
+            self.remove_state(id).await;
+        }
+        self.release_slot(id);
         self.inner.jobs.update(id, |e| {
             e.record.state = state as i32;
             e.record.error = error;
         });
-        if matches!(state, JobState::Succeeded | JobState::Cancelled) {
-            self.remove_state(id).await;
-        }
         self.prune_failed_states().await;
+    }
+
+    /// Frees the running slot if `id` holds it (never another job's).
+    fn release_slot(&self, id: &str) {
+        let mut running = self.running();
+        if running.as_deref() == Some(id) {
+            *running = None;
+        }
     }
 
     async fn remove_state(&self, id: &str) {
@@ -224,8 +236,12 @@ impl TrainerService {
         self.inner.idle.send_replace(false);
         tokio::spawn(async move {
             service.run_job(&id, handle).await;
-            *service.running() = None;
-            service.inner.idle.send_replace(true);
+            service.release_slot(&id);
+            // Idle only if no next job took the slot meanwhile (it set idle false itself).
+            let running = service.running();
+            if running.is_none() {
+                service.inner.idle.send_replace(true);
+            }
         });
     }
 
