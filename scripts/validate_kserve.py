@@ -6,7 +6,11 @@
 
 What is checked (and no more): ServingRuntime (serving.kserve.io/v1alpha1) has metadata.name,
 spec.supportedModelFormats[].name, spec.protocolVersions within {v1, v2, grpc-v1, grpc-v2} and
-containers with a name and an image, the first one exposing a containerPort; InferenceService
+containers with a name and an image, the first one exposing a containerPort, and ports that
+match the protocols: KServe routes gRPC (grpc-v1, grpc-v2) only to a port named h2c and HTTP to the
+first port, so a gRPC protocol needs an h2c port and an HTTP protocol a first port that is not
+h2c; an InferenceService asking for a gRPC protocol must then select the h2c port (its own
+spec.predictor.model.ports, or the runtime's first port being h2c); InferenceService
 (serving.kserve.io/v1beta1) has spec.predictor.model with modelFormat.name, runtime, storageUri
 (s3://, gs://, pvc://, http(s)://) and protocolVersion; its runtime is a ServingRuntime of the same
 render that supports its model format and protocol. Unknown KServe kinds fail. Prints one line
@@ -61,9 +65,16 @@ def check(path):
             for c in containers:
                 if not c.get("name") or not c.get("image"):
                     problems.append(f"{where}: every container needs a name and an image")
-            if containers and not (containers[0].get("ports") or [{}])[0].get("containerPort"):
+            ports = (containers[0].get("ports") or []) if containers else []
+            if containers and not (ports or [{}])[0].get("containerPort"):
                 problems.append(f"{where}: the first container must expose the serving port")
-            runtimes[name] = (set(formats), set(protocols))
+            names = [p.get("name") for p in ports]
+            if any(p.startswith("grpc-") for p in protocols) and "h2c" not in names:
+                problems.append(f"{where}: protocolVersions {protocols} include gRPC but no container port is named h2c "
+                                "(KServe routes gRPC only to an h2c port)")
+            if any(not p.startswith("grpc-") for p in protocols) and names and names[0] == "h2c":
+                problems.append(f"{where}: an HTTP protocol is declared but the first port (where KServe routes HTTP) is h2c")
+            runtimes[name] = (set(formats), set(protocols), names[0] if names else None)
         elif kind == "InferenceService":
             if d.get("apiVersion") != "serving.kserve.io/v1beta1":
                 problems.append(f"{where}: apiVersion {d.get('apiVersion')}, expected serving.kserve.io/v1beta1")
@@ -85,7 +96,11 @@ def check(path):
         if runtime and runtime not in runtimes:
             problems.append(f"{where}: runtime {runtime!r} is not a ServingRuntime of this render")
         elif runtime:
-            formats, protocols = runtimes[runtime]
+            formats, protocols, first_port = runtimes[runtime]
+            own_ports = [p.get("name") for p in model.get("ports") or []]
+            if protocol and protocol.startswith("grpc-") and "h2c" not in own_ports and first_port != "h2c":
+                problems.append(f"{where}: protocol {protocol} needs the h2c port: set spec.predictor.model.ports "
+                                "to the runtime's h2c port (its first port serves HTTP)")
             if fmt not in formats:
                 problems.append(f"{where}: runtime {runtime} does not support model format {fmt!r}")
             if protocol and protocol not in protocols:

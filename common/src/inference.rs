@@ -130,6 +130,43 @@ pub fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::{BertConfig, Pooling};
+    use tch::Device;
+
+    const TOKENIZER: &[u8] = br#"{"version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
+        "normalizer": null, "pre_tokenizer": {"type": "Whitespace"}, "post_processor": null, "decoder": null,
+        "model": {"type": "WordLevel", "vocab": {"[UNK]": 0, "a": 1, "b": 2, "c": 3}, "unk_token": "[UNK]"}}"#;
+
+    #[test]
+    fn non_finite_scores_are_an_error_never_an_answer() {
+        let config = BertConfig::from_json(
+            br#"{"vocab_size": 8, "hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
+                 "intermediate_size": 32, "max_position_embeddings": 32}"#,
+        )
+        .unwrap();
+        let model = BertClassifier::new(config, 3, Pooling::Mean, Device::Cpu).unwrap();
+        let tokenizer = TextTokenizer::from_bytes(TOKENIZER, 16).unwrap();
+        let text = tokenizer.encode("a b c").unwrap();
+        let scores = predict_batch(&model, &tokenizer, &[&text]).unwrap();
+        assert_eq!(scores.len(), 3);
+        assert!(model.first_non_finite_parameter().is_none());
+        tch::no_grad(|| {
+            for (name, t) in model.named_parameters() {
+                if name == "classifier.weight" {
+                    let _ = t.shallow_clone().fill_(f64::NAN);
+                }
+            }
+        });
+        assert_eq!(
+            model.first_non_finite_parameter().as_deref(),
+            Some("classifier.weight")
+        );
+        let err = predict_batch(&model, &tokenizer, &[&text, &text]).unwrap_err();
+        assert!(
+            matches!(err, InferenceError::NonFinite { count: 6 }),
+            "{err}"
+        );
+    }
 
     #[test]
     fn batch_buckets_are_few_and_at_most_half_again_the_batch() {

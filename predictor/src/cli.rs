@@ -122,14 +122,16 @@ pub struct ServeArgs {
     pub inference_workers: usize,
     #[command(flatten)]
     pub access: AccessArgs,
-    /// Seconds between HTTP/2 keepalive pings (0: none). Pings are traffic: with an interval
-    /// shorter than --idle-timeout-secs, idle connections stay open.
+    /// Seconds between HTTP/2 keepalive pings (0: none); a connection whose ping goes unanswered
+    /// for --keepalive-timeout-secs is closed. Pings are not calls: they do not keep an idle
+    /// connection open past --idle-timeout-secs.
     #[arg(long, env = "PREDICTOR_KEEPALIVE_SECS", default_value_t = 0.0)]
     pub keepalive_secs: f64,
     /// Seconds to wait for a keepalive ping's acknowledgement before closing the connection.
     #[arg(long, env = "PREDICTOR_KEEPALIVE_TIMEOUT_SECS", default_value_t = 20.0)]
     pub keepalive_timeout_secs: f64,
-    /// Close connections without any traffic for this many seconds (0: never).
+    /// Close gRPC connections on which no call has been open for this many seconds (0: never);
+    /// HTTP/2 pings do not count as calls.
     #[arg(long, env = "PREDICTOR_IDLE_TIMEOUT_SECS", default_value_t = 300.0)]
     pub idle_timeout_secs: f64,
     /// After SIGTERM, longest time (s) to drain in-flight requests before exiting anyway.

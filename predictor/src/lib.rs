@@ -12,6 +12,7 @@ pub mod bench;
 pub mod cli;
 pub mod client;
 pub(crate) mod engine;
+pub mod idle;
 pub(crate) mod oip;
 pub(crate) mod reload;
 pub(crate) mod rest;

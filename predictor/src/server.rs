@@ -1,11 +1,8 @@
 //! `predictor serve`: the gRPC server around `PredictorService` — health, reflection (v1 and
 //! v1alpha), bearer-token auth and TLS, HTTP/2 keepalive and an idle-connection timeout, the
 //! Prometheus endpoint, hot reload, a watchdog on the inference threads, and the SIGTERM drain.
-use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use common::grpc::{self, Access};
@@ -13,12 +10,10 @@ use common::registry::ModelRef;
 use proto::inference::grpc_inference_service_server::GrpcInferenceServiceServer;
 use proto::v1::predictor_server::PredictorServer;
 use tch::Device;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 use tokio_stream::StreamExt;
-use tonic::transport::server::{Connected, TcpConnectInfo};
 
 use crate::batcher::{Batcher, BatcherConfig};
+use crate::idle::IdleTimeout;
 use crate::oip::InferenceService;
 use crate::reload::{Health, ModelSlot, Reloader, StoreTimeouts, SERVICE_NAME};
 use crate::rest;
@@ -174,6 +169,7 @@ pub async fn serve(model: ModelRef, opts: ServeOptions) -> Result<(), ServerErro
         }
     });
 
+    let idle_closed_metric = metrics.idle_closed.clone();
     let service = PredictorService {
         slot,
         batcher: batcher.clone(),
@@ -248,15 +244,18 @@ pub async fn serve(model: ModelRef, opts: ServeOptions) -> Result<(), ServerErro
         builder = builder.tls_config(tls)?;
     }
     let idle = opts.idle_timeout;
+    let idle_closed = idle_closed_metric;
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map(move |conn| {
         conn.map(|stream| {
             let _ = stream.set_nodelay(true);
-            IdleTimeout::new(stream, idle)
+            let closed = idle_closed.clone();
+            IdleTimeout::new(stream, idle, move || closed.inc())
         })
     });
     tracing::info!(addr = %opts.listen, tls = opts.access.tls().is_some(), auth = opts.access.authenticated(), precision = %precision,
         max_concurrent_streams = http2.max_concurrent_streams, stream_window = http2.stream_window, connection_window, "gRPC listening");
     let server = builder
+        .layer(crate::idle::TrackCalls)
         .layer(tower::util::MapResponseLayer::new(
             resource_exhausted_for_oversized,
         ))
@@ -301,88 +300,6 @@ fn resource_exhausted_for_oversized<B>(mut response: http::Response<B>) -> http:
         );
     }
     response
-}
-
-/// A connection that is closed after `timeout` without any traffic in either direction.
-pub struct IdleTimeout {
-    stream: TcpStream,
-    timeout: Option<Duration>,
-    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
-}
-
-impl IdleTimeout {
-    pub fn new(stream: TcpStream, timeout: Option<Duration>) -> Self {
-        Self {
-            stream,
-            timeout,
-            sleep: timeout.map(|t| Box::pin(tokio::time::sleep(t))),
-        }
-    }
-
-    fn touch(&mut self) {
-        if let (Some(sleep), Some(t)) = (self.sleep.as_mut(), self.timeout) {
-            sleep.as_mut().reset(tokio::time::Instant::now() + t);
-        }
-    }
-
-    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
-        self.sleep
-            .as_mut()
-            .is_some_and(|s| s.as_mut().poll(cx).is_ready())
-    }
-}
-
-impl Connected for IdleTimeout {
-    type ConnectInfo = TcpConnectInfo;
-    fn connect_info(&self) -> TcpConnectInfo {
-        self.stream.connect_info()
-    }
-}
-
-fn idle_error() -> std::io::Error {
-    std::io::Error::new(std::io::ErrorKind::TimedOut, "connection idle timeout")
-}
-
-impl AsyncRead for IdleTimeout {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        match Pin::new(&mut self.stream).poll_read(cx, buf) {
-            Poll::Ready(result) => {
-                if buf.filled().len() > before {
-                    self.touch();
-                }
-                Poll::Ready(result)
-            }
-            Poll::Pending if self.expired(cx) => Poll::Ready(Err(idle_error())),
-            Poll::Pending => Poll::Pending,
-        }
-    }
-}
-
-impl AsyncWrite for IdleTimeout {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        let result = Pin::new(&mut self.stream).poll_write(cx, buf);
-        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
-            self.touch();
-        }
-        result
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.stream).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.stream).poll_shutdown(cx)
-    }
 }
 
 #[cfg(test)]

@@ -23,6 +23,8 @@ pub struct Metrics {
     pub abandoned_texts: IntCounter,
     /// Texts whose inference failed (after their batch was retried text by text).
     pub inference_failures: IntCounter,
+    /// gRPC connections closed because no call was open on them for the idle timeout.
+    pub idle_closed: IntCounter,
 }
 
 impl Metrics {
@@ -91,8 +93,14 @@ impl Metrics {
             "Texts whose inference failed",
         )
         .expect("metric");
+        let idle_closed = IntCounter::new(
+            "predictor_idle_connections_closed_total",
+            "gRPC connections closed after --idle-timeout-secs without a call",
+        )
+        .expect("metric");
         for m in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(idle_closed.clone()),
             Box::new(texts.clone()),
             Box::new(request_seconds.clone()),
             Box::new(queue_depth.clone()),
@@ -121,6 +129,7 @@ impl Metrics {
             open_streams,
             abandoned_texts,
             inference_failures,
+            idle_closed,
         }
     }
 

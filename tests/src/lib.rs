@@ -478,6 +478,50 @@ pub fn rewrite_version(
     .expect("write manifest");
 }
 
+/// Puts a NaN into tensor `tensor` of a published version's weights and updates the manifest's
+/// sha256 and size for them: the files verify, only their content is wrong (a store that lies,
+/// or a training run that diverged and was published anyway).
+pub fn poison_weights(registry: &Path, name: &str, version: &str, tensor: &str) {
+    use common::sha256_hex;
+    let dir = registry.join(format!("models/{name}/versions/{version}"));
+    let bytes = std::fs::read(dir.join("model.safetensors")).expect("weights");
+    let tensors: Vec<(String, tch::Tensor)> = common::safetensors_io::decode(&bytes)
+        .expect("decode weights")
+        .into_iter()
+        .map(|(n, t)| {
+            if n == tensor {
+                let poisoned = t.copy();
+                let _ = poisoned.view([-1]).get(0).fill_(f64::NAN);
+                (n, poisoned)
+            } else {
+                (n, t)
+            }
+        })
+        .collect();
+    assert!(
+        tensors.iter().any(|(n, _)| n == tensor),
+        "no tensor {tensor}"
+    );
+    let poisoned = common::safetensors_io::encode(&tensors).expect("encode weights");
+    std::fs::write(dir.join("model.safetensors"), &poisoned).expect("write weights");
+    let mut manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).expect("manifest"))
+            .expect("manifest json");
+    if let Some(files) = manifest["files"].as_array_mut() {
+        for f in files {
+            if f["path"] == "model.safetensors" {
+                f["sha256"] = sha256_hex(&poisoned).into();
+                f["size"] = poisoned.len().into();
+            }
+        }
+    }
+    std::fs::write(
+        dir.join("manifest.json"),
+        serde_json::to_vec_pretty(&manifest).expect("json"),
+    )
+    .expect("write manifest");
+}
+
 /// Uploads every file under `dir` to `store` (relative paths kept).
 pub async fn upload_dir(store: &common::store::Store, dir: &Path) {
     fn walk(dir: &Path, base: &Path, out: &mut Vec<(String, PathBuf)>) {

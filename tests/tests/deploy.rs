@@ -26,7 +26,7 @@ metadata: {name: goemotions-predictor}
 spec:
   supportedModelFormats: [{name: goemotions, version: '1'}]
   protocolVersions: [v2, grpc-v2]
-  containers: [{name: kserve-container, image: x, ports: [{containerPort: 8080}]}]
+  containers: [{name: kserve-container, image: x, ports: [{containerPort: 8080}, {name: h2c, containerPort: 8081}]}]
 ";
 
 fn isvc(runtime: &str, uri: &str) -> String {
@@ -57,7 +57,31 @@ fn the_shipped_shape_passes_and_broken_references_fail() {
         isvc("goemotions-predictor", "/data/m")
     ));
     assert!(!ok && err.contains("no supported scheme"), "{err}");
-    let no_port = RUNTIME.replace(", ports: [{containerPort: 8080}]", "");
+    // gRPC declared without an h2c port: KServe could not route it.
+    let no_h2c = RUNTIME.replace(", {name: h2c, containerPort: 8081}", "");
+    let (ok, err) = check(&format!(
+        "{no_h2c}{}",
+        isvc("goemotions-predictor", "s3://b/m")
+    ));
+    assert!(
+        !ok && err.contains("no container port is named h2c"),
+        "{err}"
+    );
+    // A gRPC InferenceService must select the h2c port; with it, it passes.
+    let grpc = isvc("goemotions-predictor", "s3://b/m")
+        .replace("protocolVersion: v2", "protocolVersion: grpc-v2");
+    let (ok, err) = check(&format!("{RUNTIME}{grpc}"));
+    assert!(!ok && err.contains("needs the h2c port"), "{err}");
+    let grpc_port = grpc.replace(
+        "storageUri: 's3://b/m'}",
+        "storageUri: 's3://b/m', ports: [{name: h2c, containerPort: 8081}]}",
+    );
+    let (ok, err) = check(&format!("{RUNTIME}{grpc_port}"));
+    assert!(ok, "{err}");
+    let no_port = RUNTIME.replace(
+        ", ports: [{containerPort: 8080}, {name: h2c, containerPort: 8081}]",
+        "",
+    );
     let (ok, err) = check(&format!(
         "{no_port}{}",
         isvc("goemotions-predictor", "s3://b/m")

@@ -5,6 +5,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::registry::Registry;
+use proto::v1::predictor_client::PredictorClient;
 use proto::v1::{
     stream_classify_response::Outcome as Item, ClassifyRequest, GetModelInfoRequest,
     StreamClassifyRequest,
@@ -161,8 +162,8 @@ type BrokenVersion = (
 /// downloaded again on every poll (exponential backoff).
 pub async fn invalid_checkpoints_refused(dir: &Path) -> Outcome {
     let out = Outcome::new(
-        "alias moved to invalid checkpoints",
-        "each refused naming the field, good version keeps serving, failed loads back off",
+        "alias moved to invalid checkpoints (bad config or manifest fields; weights holding a NaN)",
+        "each refused naming the field or tensor, good version keeps serving, failed loads back off",
     );
     let v1 = shared_registry(dir);
     let name = "goemotions";
@@ -208,6 +209,17 @@ pub async fn invalid_checkpoints_refused(dir: &Path) -> Outcome {
         copy_version(dir, name, &v1, version);
         rewrite_version(dir, name, version, edit_config, edit_manifest);
     }
+    // Weights that verify against the manifest but hold a NaN.
+    copy_version(dir, name, &v1, "nan-weights");
+    poison_weights(dir, name, "nan-weights", "classifier.weight");
+    let variants: Vec<(&str, &str)> = variants
+        .iter()
+        .map(|(v, needle, _, _)| (*v, *needle))
+        .chain([(
+            "nan-weights",
+            "tensor classifier.weight holds NaN or infinite values",
+        )])
+        .collect();
     let alias = dir.join("models/goemotions/aliases/latest");
     let (mut proc, addr, metrics_port) = spawn_predictor(
         alias.to_str().expect("utf-8 path"),
@@ -220,7 +232,7 @@ pub async fn invalid_checkpoints_refused(dir: &Path) -> Outcome {
     let mut c = client(&addr).await;
     let mut problems = Vec::new();
     let mut failed_loads = 0.0;
-    for (i, (version, needle, _, _)) in variants.iter().enumerate() {
+    for (i, (version, needle)) in variants.iter().enumerate() {
         let _ = registry.set_alias(name, "latest", version, None).await;
         let before = metric_value(
             &metrics_text(metrics_port).await,
@@ -595,14 +607,16 @@ pub async fn failed_bind_says_so(dir: &Path) -> Outcome {
     )
 }
 
-/// A connection that sends nothing is closed after the idle timeout.
+/// A connection with no call open is closed after the idle timeout: a bare TCP connection that
+/// sends nothing, and a gRPC client whose HTTP/2 keepalive pings (every 200 ms) keep the socket
+/// busy — pings are not calls. A streaming call open longer than the timeout is not cut.
 pub async fn idle_connection_closed(dir: &Path) -> Outcome {
     use tokio::io::AsyncReadExt;
     let out = Outcome::new(
-        "idle TCP connection, --idle-timeout-secs 1",
-        "closed by the server within 4 s",
+        "idle TCP connection; idle gRPC client pinging every 200 ms; a 3 s stream; --idle-timeout-secs 1",
+        "both idle ones closed by the server within 4 s (2 idle closes counted); the stream answered",
     );
-    let (_proc, addr, _) = serve_latest(dir, &["--idle-timeout-secs", "1"]).await;
+    let (_proc, addr, metrics) = serve_latest(dir, &["--idle-timeout-secs", "1"]).await;
     let hostport = addr.trim_start_matches("http://").to_string();
     let Ok(mut conn) = tokio::net::TcpStream::connect(&hostport).await else {
         return out.saw("cannot connect", false);
@@ -617,10 +631,63 @@ pub async fn idle_connection_closed(dir: &Path) -> Outcome {
         }
     };
     let waited = started.elapsed();
+
+    // A client that pings: one call, then only keepalive pings.
+    let Ok(channel) = tonic::transport::Channel::from_shared(addr.clone())
+        .expect("addr")
+        .http2_keep_alive_interval(Duration::from_millis(200))
+        .keep_alive_while_idle(true)
+        .connect()
+        .await
+    else {
+        return out.saw("cannot connect the pinging client", false);
+    };
+    let mut pinging = PredictorClient::new(channel);
+    let first = pinging.get_model_info(GetModelInfoRequest {}).await.is_ok();
+    // A stream kept open for 3 s with texts at intervals on another connection: not idle.
+    let mut streaming = client(&addr).await;
+    let items = async_stream_items(6, Duration::from_millis(500));
+    let stream_answers = match streaming.classify_stream(items).await {
+        Ok(r) => {
+            let mut inbound = r.into_inner();
+            let mut n = 0;
+            while let Ok(Some(_)) = inbound.message().await {
+                n += 1;
+            }
+            n
+        }
+        Err(_) => 0,
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let idle_closes = metric_value(
+        &metrics_text(metrics).await,
+        "predictor_idle_connections_closed_total",
+    );
     out.saw(
-        format!("closed {closed} after {waited:.1?}"),
-        closed && waited < Duration::from_secs(4),
+        format!("bare connection closed {closed} after {waited:.1?}; pinging client's first call ok {first}; idle closes {idle_closes}; stream answered {stream_answers}/6"),
+        closed && waited < Duration::from_secs(4) && first && idle_closes >= 2.0 && stream_answers == 6,
     )
+}
+
+/// `n` stream items, one every `every`.
+fn async_stream_items(
+    n: usize,
+    every: Duration,
+) -> impl tokio_stream::Stream<Item = StreamClassifyRequest> + Send + 'static {
+    let (tx, rx) = tokio::sync::mpsc::channel(n.max(1));
+    tokio::spawn(async move {
+        for i in 0..n {
+            if tx
+                .send(item(&format!("slow-{i}"), "hello there".into()))
+                .await
+                .is_err()
+            {
+                return;
+            }
+            tokio::time::sleep(every).await;
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
 }
 
 /// Pointing the predictor at a folder that does not exist creates nothing.
