@@ -30,6 +30,7 @@ fi
   proto/goemotions/v1/predictor.proto
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 echo "machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) CPUs; $(date -u +%Y-%m-%d)"
+failed=0
 IFS=',' read -r -a precisions <<< "$PRECISIONS"
 for precision in "${precisions[@]}"; do
   p=$(port)
@@ -39,7 +40,7 @@ for precision in "${precisions[@]}"; do
   until ./target/release/predictor info --addr "http://127.0.0.1:$p" >/dev/null 2>&1; do sleep 0.2; done
   echo "== $precision (pid $pid), ${SECONDS_TOTAL}s of traffic, then 30 s idle"
   PYTHONPATH="$WORK" "$GRPC_PYTHON" scripts/soak_memory.py "127.0.0.1:$p" "$pid" "$GOEMOTIONS_DATA_DIR/test.tsv" \
-    "$SECONDS_TOTAL" | tee "$WORK/soak-$precision.out"
+    "$SECONDS_TOTAL" | tee "$WORK/soak-$precision.out" || failed=1
   tail -n1 "$WORK/soak-$precision.out" > "$OUT/$precision.json"
   kill "$pid"; wait "$pid" 2>/dev/null || true; pid=""
 done
@@ -76,3 +77,4 @@ svg.append("</svg>")
 open(f"{out}/rss.svg", "w").write("\n".join(svg))
 print(f"\nwrote {out}/rss.svg")
 PYEOF
+[ "$failed" = 0 ] || { echo "a soak had failed calls (see failed_calls and last_error above)" >&2; exit 1; }

@@ -51,10 +51,10 @@ def client(addr, words, seed, stop, counters, lock, streaming):
                     n = rng.randint(32, 256)
                     items = [predictor_pb2.StreamClassifyRequest(id=str(i), text=make_text(rng, words))
                              for i in range(n)]
-                    answered = sum(1 for _ in stub.ClassifyStream(iter(items), timeout=120))
+                    answered = sum(1 for _ in stub.ClassifyStream(iter(items), timeout=900))
                 else:
                     texts = [make_text(rng, words) for _ in range(rng.randint(1, 64))]
-                    reply = stub.Classify(predictor_pb2.ClassifyRequest(texts=texts), timeout=120)
+                    reply = stub.Classify(predictor_pb2.ClassifyRequest(texts=texts), timeout=900)
                     answered = len(reply.results)
                 with lock:
                     counters["texts"] += answered
@@ -126,7 +126,7 @@ def main():
         sample()
     stop.set()
     for t in threads:
-        t.join(timeout=150)
+        t.join(timeout=950)
     # Idle for a while: is memory given back?
     time.sleep(min(30.0, args.interval * 2))
     sample()
