@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The test suite, from a fresh machine: set-up (venv + torch, model, data, s3s-fs, moto, buf,
 # grpcio), the gate (rustfmt, clippy with warnings as errors), offline validation of the
-# Kubernetes overlays, the binaries the end-to-end tests start, then every test of the workspace.
+# Kubernetes overlays, the binaries the end-to-end tests start, every test of the workspace, then
+# the stack's cases in containers (swarm mode) when a Docker daemon answers.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -13,3 +14,4 @@ cargo clippy --workspace --all-targets -- -D warnings
 scripts/validate-k8s.sh | grep -v '^INFO'
 cargo build --bins
 cargo test --workspace --no-fail-fast "$@" 2>&1
+scripts/container-cases.sh dev

@@ -196,6 +196,75 @@ pub fn reflection(
     Ok((builder().build_v1()?, builder().build_v1alpha()?))
 }
 
+/// Flags of the `health` command of both binaries: a gRPC health check for container and
+/// orchestrator health probes (no extra binary in the image).
+#[derive(clap::Args, Debug, Clone)]
+pub struct HealthArgs {
+    /// Server address (http://… or https://…; a plain host:port means http).
+    #[arg(long, env = "HEALTH_ADDR")]
+    pub addr: Option<String>,
+    /// Service to check ("" is the server as a whole).
+    #[arg(long, default_value = "")]
+    pub service: String,
+    /// Seconds to wait for the answer.
+    #[arg(long, default_value_t = 3.0)]
+    pub timeout_secs: f64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum HealthError {
+    #[error("invalid address {0}")]
+    Address(String),
+    #[error("{addr}: {message}")]
+    Unreachable { addr: String, message: String },
+    #[error("{addr}: health check answered {status}")]
+    NotServing { addr: String, status: String },
+}
+
+/// Checks `grpc.health.v1` at `addr` (default `default_addr`): Ok when SERVING.
+pub async fn check_health(args: &HealthArgs, default_addr: &str) -> Result<(), HealthError> {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::HealthCheckRequest;
+    let mut addr = args
+        .addr
+        .clone()
+        .unwrap_or_else(|| default_addr.to_string());
+    if !addr.contains("://") {
+        addr = format!("http://{addr}");
+    }
+    let timeout = std::time::Duration::from_secs_f64(args.timeout_secs.clamp(0.1, 600.0));
+    let unreachable = |message: String| HealthError::Unreachable {
+        addr: addr.clone(),
+        message,
+    };
+    let endpoint = tonic::transport::Endpoint::from_shared(addr.clone())
+        .map_err(|_| HealthError::Address(addr.clone()))?
+        .connect_timeout(timeout)
+        .timeout(timeout);
+    let channel = endpoint
+        .connect()
+        .await
+        .map_err(|e| unreachable(format!("cannot connect: {e}")))?;
+    let status = HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: args.service.clone(),
+        })
+        .await
+        .map_err(|s| unreachable(format!("{:?}: {}", s.code(), s.message())))?
+        .into_inner()
+        .status;
+    let status = ServingStatus::try_from(status).unwrap_or(ServingStatus::Unknown);
+    if status == ServingStatus::Serving {
+        Ok(())
+    } else {
+        Err(HealthError::NotServing {
+            addr,
+            status: status.as_str_name().to_string(),
+        })
+    }
+}
+
 /// Resolves on SIGTERM (what Kubernetes sends) or Ctrl-C.
 pub async fn termination_signal() {
     let ctrl_c = tokio::signal::ctrl_c();

@@ -38,6 +38,9 @@ pub enum Command {
     Info(ClientArgs),
     /// Drive a running predictor with concurrent streams and print throughput and latency.
     Bench(BenchArgs),
+    /// Check a running predictor's gRPC health: exit 0 when SERVING, 1 otherwise (for
+    /// container health checks; --addr defaults to 127.0.0.1:50051).
+    Health(common::grpc::HealthArgs),
 }
 
 #[derive(Args)]
@@ -146,6 +149,19 @@ pub struct ServeArgs {
     #[arg(long, env = "PREDICTOR_HTTP2_STREAM_WINDOW_BYTES", default_value_t = Http2Limits::default().stream_window,
           value_parser = clap::value_parser!(u32).range(65_535..=(1 << 31) - 1))]
     pub http2_stream_window_bytes: u32,
+    /// Seconds after which a gRPC connection is asked to go away (HTTP/2 GOAWAY; calls in flight
+    /// finish), so long-lived clients reconnect and spread over replicas again — what a client
+    /// pinned to one replica by an L4 balancer needs (0: never).
+    #[arg(long, env = "PREDICTOR_MAX_CONNECTION_AGE_SECS", default_value_t = 0.0)]
+    pub max_connection_age_secs: f64,
+    /// After the connection age, seconds calls still in flight get before the connection is
+    /// closed (they end UNAVAILABLE: resend them).
+    #[arg(
+        long,
+        env = "PREDICTOR_MAX_CONNECTION_AGE_GRACE_SECS",
+        default_value_t = 60.0
+    )]
+    pub max_connection_age_grace_secs: f64,
     /// HTTP port: seconds for a request's headers to arrive, also the longest a kept-alive
     /// connection may sit idle between requests.
     #[arg(long, env = "PREDICTOR_HTTP_HEADER_TIMEOUT_SECS", default_value_t = HttpLimits::default().header_timeout.as_secs_f64())]
@@ -236,6 +252,8 @@ impl ServeArgs {
             keepalive_timeout: seconds(self.keepalive_timeout_secs),
             idle_timeout: optional_seconds(self.idle_timeout_secs),
             drain_timeout: seconds(self.drain_timeout_secs),
+            max_connection_age: optional_seconds(self.max_connection_age_secs)
+                .map(|age| (age, seconds(self.max_connection_age_grace_secs))),
             http: HttpLimits {
                 max_body_bytes: self.max_message_bytes.max(1024),
                 header_timeout: seconds(self.http_header_timeout_secs.max(0.1)),

@@ -3,6 +3,9 @@
 //! a call lasts until its response body ends), and the connection's I/O (`IdleTimeout`) closes
 //! it once none has been open for that long. HTTP/2 PINGs and other frames do not count, so a
 //! client whose keepalive pings keep the socket busy is still closed when it makes no calls.
+//! The same I/O closes a connection at the end of the grace that follows its maximum age (tonic
+//! sends the GOAWAY at the age itself; given a grace too, it would skip the GOAWAY and only cut
+//! the connection at age + grace).
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -72,6 +75,7 @@ pub struct IdleTimeout {
     sleep: Option<Pin<Box<tokio::time::Sleep>>>,
     activity: Arc<Activity>,
     on_close: Option<Box<dyn Fn() + Send + Sync>>,
+    close_at: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl IdleTimeout {
@@ -87,7 +91,22 @@ impl IdleTimeout {
             sleep: timeout.map(|t| Box::pin(tokio::time::sleep(t))),
             activity: Arc::new(Activity::new()),
             on_close: Some(Box::new(on_close)),
+            close_at: None,
         }
+    }
+
+    /// Closes the connection `after` from now whatever it is doing (the end of the grace that
+    /// follows the maximum connection age: calls still open then end UNAVAILABLE).
+    pub fn close_after(mut self, after: Option<Duration>) -> Self {
+        self.close_at = after.map(|after| Box::pin(tokio::time::sleep(after)));
+        self
+    }
+
+    /// Whether the hard deadline has passed; registers a wake-up otherwise.
+    fn past_deadline(&mut self, cx: &mut Context<'_>) -> bool {
+        self.close_at
+            .as_mut()
+            .is_some_and(|at| at.as_mut().poll(cx).is_ready())
     }
 
     /// Whether the connection has been idle for the timeout; registers a wake-up otherwise.
@@ -132,6 +151,12 @@ impl AsyncRead for IdleTimeout {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
+        if self.past_deadline(cx) {
+            return Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "connection past its maximum age and grace",
+            )));
+        }
         match Pin::new(&mut self.stream).poll_read(cx, buf) {
             Poll::Ready(result) => Poll::Ready(result),
             Poll::Pending if self.expired(cx) => Poll::Ready(Err(idle_error())),
@@ -258,5 +283,26 @@ mod tests {
         drop(call);
         let ended = Instant::now();
         assert!(activity.idle_at(t) >= during + t && activity.idle_at(t) <= ended + t);
+    }
+
+    #[tokio::test]
+    async fn a_connection_is_cut_at_its_deadline_even_while_busy() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut client = TcpStream::connect(addr).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let mut conn =
+            IdleTimeout::new(server, None, || {}).close_after(Some(Duration::from_millis(300)));
+        let started = Instant::now();
+        let mut buf = [0u8; 16];
+        // Before the deadline the connection reads what the client writes.
+        client.write_all(b"ping").await.unwrap();
+        assert_eq!(conn.read(&mut buf).await.unwrap(), 4);
+        // A call open (no idle timeout at all) does not keep it past the deadline.
+        let _call = CallGuard::new(conn.activity.clone());
+        let err = conn.read(&mut buf).await.unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
+        assert!(started.elapsed() >= Duration::from_millis(300));
     }
 }

@@ -57,6 +57,8 @@ pub struct ServeOptions {
     /// Connections without any traffic for this long are closed (`None`: never).
     pub idle_timeout: Option<Duration>,
     pub drain_timeout: Duration,
+    /// Connections get a GOAWAY after this age, and are closed after the grace that follows.
+    pub max_connection_age: Option<(Duration, Duration)>,
     pub http2: Http2Limits,
     /// Limits of the HTTP/JSON port (--http-listen).
     pub http: rest::HttpLimits,
@@ -240,6 +242,12 @@ pub async fn serve(model: ModelRef, opts: ServeOptions) -> Result<(), ServerErro
         .max_concurrent_streams(http2.max_concurrent_streams)
         .initial_stream_window_size(http2.stream_window)
         .initial_connection_window_size(connection_window);
+    // The GOAWAY at the age comes from tonic; the cut at age + grace from the connection's I/O
+    // (tonic given a grace would send no GOAWAY at all).
+    if let Some((age, _)) = opts.max_connection_age {
+        builder = builder.max_connection_age(age);
+    }
+    let close_after = opts.max_connection_age.map(|(age, grace)| age + grace);
     if let Some(tls) = opts.access.tls() {
         builder = builder.tls_config(tls)?;
     }
@@ -249,7 +257,7 @@ pub async fn serve(model: ModelRef, opts: ServeOptions) -> Result<(), ServerErro
         conn.map(|stream| {
             let _ = stream.set_nodelay(true);
             let closed = idle_closed.clone();
-            IdleTimeout::new(stream, idle, move || closed.inc())
+            IdleTimeout::new(stream, idle, move || closed.inc()).close_after(close_after)
         })
     });
     tracing::info!(addr = %opts.listen, tls = opts.access.tls().is_some(), auth = opts.access.authenticated(), precision = %precision,

@@ -176,6 +176,20 @@ async fn health_reflection_and_metrics() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert_eq!(status, 2, "NOT_SERVING before a model exists");
+    // The image's health check command says the same with its exit status.
+    let health_cmd = |addr: &str| {
+        std::process::Command::new(bin("predictor"))
+            .args(["health", "--addr", addr])
+            .output()
+            .unwrap()
+    };
+    let out = health_cmd(&addr);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "predictor health before a model"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("NOT_SERVING"));
     let err = client(&addr)
         .await
         .classify(ClassifyRequest {
@@ -191,6 +205,15 @@ async fn health_reflection_and_metrics() {
     assert_eq!(
         health_status(&addr, "goemotions.v1.Predictor").await,
         Some(1)
+    );
+    let out = health_cmd(&addr);
+    assert!(out.status.success(), "predictor health once serving");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "SERVING");
+    let closed = format!("127.0.0.1:{}", free_port());
+    assert_eq!(
+        health_cmd(&closed).status.code(),
+        Some(1),
+        "nothing listening"
     );
 
     let channel = tonic::transport::Channel::from_shared(addr.clone())

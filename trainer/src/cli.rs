@@ -49,6 +49,9 @@ pub enum Command {
     Serve(Box<ServeCmd>),
     /// Print a checkpoint's sigmoid scores for the given texts as JSON (for cross-checks).
     Score(ScoreCmd),
+    /// Check a running trainer's gRPC health: exit 0 when SERVING, 1 otherwise (for container
+    /// health checks; --addr defaults to 127.0.0.1:50052).
+    Health(common::grpc::HealthArgs),
 }
 
 #[derive(Args, Debug, Clone)]

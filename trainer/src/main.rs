@@ -11,7 +11,9 @@ fn main() -> anyhow::Result<()> {
     let malloc = trainer::malloc::keep_freed_buffers_for_reuse();
     let cli = Cli::parse();
     common::logging::init(&cli.log_format);
-    malloc.log();
+    if !matches!(cli.command, Command::Health(_) | Command::Score(_)) {
+        malloc.log();
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -154,6 +156,10 @@ fn main() -> anyhow::Result<()> {
             ))?;
             let scores = evaluate::score_texts(&loaded, &cmd.texts)?;
             println!("{}", serde_json::to_string(&scores)?);
+        }
+        Command::Health(args) => {
+            handle.block_on(common::grpc::check_health(&args, "127.0.0.1:50052"))?;
+            println!("SERVING");
         }
     }
     Ok(())
