@@ -28,6 +28,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOKEN = "stack-throwaway-token"
 POLL_SECS = 2.0
 MAX_AGE_SECS = 10
+WINDOW_SECS = 6.0  # how long requests are counted per replica for a share
 
 
 def sh(*args, check=True, timeout=600, env=None):
@@ -178,7 +179,7 @@ def case_c(results):
     # Clients re-resolve when connections reach the server's maximum age (MAX_AGE_SECS here).
     time.sleep(MAX_AGE_SECS + 2)
     before = replicas()
-    time.sleep(8)
+    time.sleep(WINDOW_SECS)
     after = replicas()
     report = load.stop()
     spread = shares(before, after)
@@ -235,11 +236,10 @@ def case_e(results):
              120, 0.5)
         time.sleep(MAX_AGE_SECS + 2 if n > 1 else 3)  # the connection age brings clients to new replicas
         before = replicas()
-        b_report = before
-        time.sleep(10)
+        time.sleep(WINDOW_SECS)
         after = replicas()
-        total = sum(max((after[ip]["requests"] or 0) - (b_report.get(ip, {}).get("requests") or 0), 0) for ip in after)
-        steps.append((n, list(shares(before, after).values()), round(total / 10.0, 1)))
+        total = sum(max((after[ip]["requests"] or 0) - (before.get(ip, {}).get("requests") or 0), 0) for ip in after)
+        steps.append((n, list(shares(before, after).values()), round(total / WINDOW_SECS, 1)))
     report = load.stop()
     ok = report["failed"] == 0 and len(steps[1][1]) == 3 and all(s > 0.1 for s in steps[1][1])
     results.append(("(e) scale 1 → 3 → 1 under load", expected,
@@ -262,9 +262,9 @@ def case_f(results):
         sh("docker", "service", "scale", "--detach=false", f"{service('predictor')}=3", timeout=300)
         wait("3 healthy replicas", lambda: len([c for c in containers("predictor") if health(c) == "healthy"]) == 3,
              120, 0.5)
-        time.sleep(age + 8 if age else 12)
+        time.sleep(age + 5 if age else 8)
         before = replicas()
-        time.sleep(10)
+        time.sleep(WINDOW_SECS)
         spread = list(shares(before, replicas()).values())
         report = load.stop()
         observed.append(f"max age {age or 'none'}: share {spread} ({report['failed']} failed)")

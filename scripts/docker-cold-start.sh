@@ -37,7 +37,7 @@ for run in $(seq 1 "$RUNS"); do
   first=$(since "$t0")
   pid=$(docker inspect -f '{{.State.Pid}}' "$cid")
   rss_first=$(rss_mb "$pid")
-  for _ in $(seq 1 100); do "$CLIENT" classify --addr "$addr" "${texts[@]}" >/dev/null; done
+  for _ in $(seq 1 100); do "$CLIENT" classify --addr "$addr" "${texts[@]}" >/dev/null 2>&1; done
   rss_after=$(rss_mb "$pid")
   user=$(docker exec "$cid" id -u)
   docker rm -f "$cid" >/dev/null

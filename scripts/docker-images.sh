@@ -4,9 +4,10 @@
 # images from runtime trees of binaries built here (the Dockerfiles' `prebuilt` targets), and the
 # Python tools image (moto S3 server, load client). Prints each image's size, what takes the space
 # and the build times.
-#   scripts/docker-images.sh [PROFILE=release|dev] [TAG=latest]
+#   scripts/docker-images.sh [PROFILE=release|dev|tools] [TAG=latest]
 # PROFILE dev takes the binaries `cargo build --bins` made (the test suite's; opt-level 1 for our
-# crates, stripped of debug info); release builds optimised ones (what the README measures).
+# crates, stripped of debug info); release builds optimised ones. tools builds only the base and
+# the tools image (network, hardly any CPU: the test suite builds them while it compiles).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -17,12 +18,18 @@ source .cache/env.sh
 t0=$(date +%s)
 scripts/docker/base-image.sh "$BASE"
 t_base=$(( $(date +%s) - t0 ))
+if [ "$PROFILE" = tools ]; then
+  t0=$(date +%s)
+  docker build -q -f deploy/docker/tools.Dockerfile --build-arg BASE_IMAGE="$BASE" -t "goemotions-tools:$TAG" . >/dev/null
+  echo "$BASE (${t_base} s) and goemotions-tools:$TAG ($(( $(date +%s) - t0 )) s) built"
+  exit 0
+fi
 
 t0=$(date +%s)
 case "$PROFILE" in
   release) cargo build -q --release --bins; dir=target/release ;;
   dev) cargo build -q --bins; dir=target/debug ;;
-  *) echo "docker-images: PROFILE is release or dev" >&2; exit 2 ;;
+  *) echo "docker-images: PROFILE is release, dev or tools" >&2; exit 2 ;;
 esac
 t_bins=$(( $(date +%s) - t0 ))
 

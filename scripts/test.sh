@@ -9,9 +9,19 @@ cd "$ROOT"
 scripts/setup.sh --with-s3 --with-clients
 # shellcheck disable=SC1091
 source .cache/env.sh
+# The stack's base and tools images take the network, not the CPU: built while the code compiles.
+images_job=""
+if docker info >/dev/null 2>&1; then
+  scripts/docker-images.sh tools > .cache/docker-tools.log 2>&1 &
+  images_job=$!
+fi
 cargo fmt --all --check
 cargo clippy --workspace --all-targets -- -D warnings
 scripts/validate-k8s.sh | grep -v '^INFO'
 cargo build --bins
 cargo test --workspace --no-fail-fast "$@" 2>&1
+if [ -n "$images_job" ]; then
+  wait "$images_job" || echo "base/tools images failed (below); container-cases.sh builds them again"
+  cat .cache/docker-tools.log
+fi
 scripts/container-cases.sh dev
