@@ -8,7 +8,9 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use tch::Device;
 
-use crate::model::{BertClassifier, BertConfig, LoadReport, ModelError, Pooling, Precision};
+use crate::model::{
+    BertClassifier, BertConfig, LoadReport, ModelError, Pooling, Precision, ProblemType,
+};
 use crate::store::{Store, StoreError};
 use crate::tokenizer::{TextTokenizer, TokenizerError};
 
@@ -34,7 +36,11 @@ pub const REMOTE_CODE: [(&str, &str); 2] = [
         include_str!("../hf/modeling_goemotions.py"),
     ),
 ];
+/// The manifest format of multi-label checkpoints (readable by every predictor release).
 pub const FORMAT_VERSION: u32 = 1;
+/// The format of single-label checkpoints: predictors from before single-label models refuse
+/// them instead of serving their softmax scores as independent sigmoids.
+pub const SINGLE_LABEL_FORMAT_VERSION: u32 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
@@ -79,7 +85,11 @@ pub struct Manifest {
     pub version: String,
     /// Label names in id order.
     pub labels: Vec<String>,
-    /// Per-label decision thresholds in label-id order, tuned on dev.
+    /// Multi-label (sigmoid scores, thresholds) or single-label (softmax, argmax); absent in
+    /// checkpoints from before single-label models, which are all multi-label.
+    #[serde(default)]
+    pub problem_type: ProblemType,
+    /// Per-label decision thresholds in label-id order, tuned on dev; empty for single-label.
     pub thresholds: Vec<f32>,
     /// One threshold for all labels, tuned on dev for micro-F1.
     pub global_threshold: f32,
@@ -101,16 +111,33 @@ pub struct Manifest {
     pub created_at: String,
     #[serde(default)]
     pub files: Vec<FileEntry>,
-    /// Coarse groupings served beside the labels (Ekman's, sentiment), with decision thresholds
-    /// tuned on dev; empty in checkpoints written before they existed.
+    /// Coarse groupings served beside the labels (GoEmotions: Ekman's, sentiment), with decision
+    /// thresholds tuned on dev; empty in checkpoints written before they existed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub groupings: Vec<Grouping>,
+    /// The data the model was trained on; absent in checkpoints from before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dataset: Option<DatasetInfo>,
+}
+
+/// What a checkpoint records about its training data (the files' sha256 are in `data_sha256`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DatasetInfo {
+    /// "GoEmotions", or the data folder's name.
+    pub name: String,
+    /// "tsv", "csv" or "jsonl".
+    pub format: String,
+    /// Splits the folder lacked, made from train (stratified by label) with `split_seed`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub made_splits: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split_seed: Option<u64>,
 }
 
 /// A coarse grouping of the labels as served: its groups, their members and thresholds.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Grouping {
-    /// "ekman" or "sentiment".
+    /// The grouping's name, e.g. "ekman" (a data folder's `groupings/NAME.json`).
     pub name: String,
     pub groups: Vec<ServedGroup>,
 }
@@ -193,7 +220,10 @@ pub async fn write_files(
     files: &[(String, Bytes)],
     mut manifest: Manifest,
 ) -> Result<Manifest, CheckpointError> {
-    manifest.format_version = FORMAT_VERSION;
+    manifest.format_version = match manifest.problem_type {
+        ProblemType::MultiLabel => FORMAT_VERSION,
+        ProblemType::SingleLabel => SINGLE_LABEL_FORMAT_VERSION,
+    };
     manifest.files = files
         .iter()
         .map(|(path, bytes)| FileEntry {
@@ -240,11 +270,11 @@ fn parse_manifest(bytes: &[u8], uri: &str) -> Result<Manifest, CheckpointError> 
             uri: uri.to_string(),
             message: e.to_string(),
         })?;
-    if manifest.format_version != FORMAT_VERSION {
+    if !(FORMAT_VERSION..=SINGLE_LABEL_FORMAT_VERSION).contains(&manifest.format_version) {
         return Err(CheckpointError::Manifest {
             uri: uri.to_string(),
             message: format!(
-                "format_version {} (this build reads {FORMAT_VERSION})",
+                "format_version {} (this build reads {FORMAT_VERSION} to {SINGLE_LABEL_FORMAT_VERSION})",
                 manifest.format_version
             ),
         });
@@ -256,7 +286,25 @@ fn parse_manifest(bytes: &[u8], uri: &str) -> Result<Manifest, CheckpointError> 
     if manifest.labels.is_empty() {
         return Err(invalid("labels is empty".into()));
     }
-    if manifest.thresholds.len() != manifest.labels.len() {
+    if manifest.labels.len() > crate::labels::MAX_LABELS {
+        return Err(invalid(format!(
+            "{} labels; at most {} are supported",
+            manifest.labels.len(),
+            crate::labels::MAX_LABELS
+        )));
+    }
+    let single = manifest.problem_type == ProblemType::SingleLabel;
+    if single && manifest.format_version < SINGLE_LABEL_FORMAT_VERSION {
+        return Err(invalid(format!(
+            "a single-label checkpoint needs format_version {SINGLE_LABEL_FORMAT_VERSION}"
+        )));
+    }
+    if single && !manifest.thresholds.is_empty() {
+        return Err(invalid(
+            "a single-label checkpoint has no thresholds (it predicts its best label)".into(),
+        ));
+    }
+    if !single && manifest.thresholds.len() != manifest.labels.len() {
         return Err(invalid(format!(
             "{} thresholds for {} labels",
             manifest.thresholds.len(),
@@ -446,6 +494,13 @@ impl Checkpoint {
                 "model.safetensors lacks {name}: not a trained classifier"
             )));
         }
+        if model.config().problem() != m.problem_type {
+            return Err(invalid(format!(
+                "config.json problem_type is {} but manifest.json says {}",
+                model.config().problem(),
+                m.problem_type
+            )));
+        }
         if let Some(names) = model.config().label_names() {
             if names != m.labels {
                 return Err(invalid(
@@ -492,6 +547,7 @@ mod tests {
             model_name: "m".into(),
             version: "v1".into(),
             labels: vec!["a".into(), "b".into()],
+            problem_type: ProblemType::MultiLabel,
             thresholds: vec![0.3, 0.6],
             global_threshold: 0.4,
             max_length: 16,
@@ -504,6 +560,7 @@ mod tests {
             created_at: "2026-01-01T00:00:00Z".into(),
             files: vec![],
             groupings: vec![],
+            dataset: None,
         }
     }
 
@@ -558,6 +615,40 @@ mod tests {
         write(&store, &files(), m).await.unwrap();
         let err = read(&store).await.unwrap_err().to_string();
         assert!(err.contains("1 thresholds for 2 labels"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn single_label_checkpoints_are_format_2_without_thresholds_and_older_ones_read_as_multi_label(
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().to_str().unwrap()).unwrap();
+        let mut m = manifest();
+        m.problem_type = ProblemType::SingleLabel;
+        m.thresholds = vec![];
+        let written = write(&store, &files(), m.clone()).await.unwrap();
+        assert_eq!(written.format_version, SINGLE_LABEL_FORMAT_VERSION);
+        assert_eq!(
+            read(&store).await.unwrap().manifest.problem_type,
+            ProblemType::SingleLabel
+        );
+        m.thresholds = vec![0.5, 0.5];
+        write(&store, &files(), m).await.unwrap();
+        let err = read(&store).await.unwrap_err().to_string();
+        assert!(err.contains("has no thresholds"), "{err}");
+
+        // A manifest written before problem_type existed.
+        let mut json: serde_json::Value =
+            serde_json::to_value(write(&store, &files(), manifest()).await.unwrap()).unwrap();
+        assert_eq!(json["format_version"], FORMAT_VERSION);
+        json.as_object_mut().unwrap().remove("problem_type");
+        store
+            .put(MANIFEST, Bytes::from(serde_json::to_vec(&json).unwrap()))
+            .await
+            .unwrap();
+        assert_eq!(
+            read(&store).await.unwrap().manifest.problem_type,
+            ProblemType::MultiLabel
+        );
     }
 
     #[tokio::test]

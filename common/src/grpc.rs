@@ -203,6 +203,9 @@ pub struct HealthArgs {
     /// Server address (http://… or https://…; a plain host:port means http).
     #[arg(long, env = "HEALTH_ADDR")]
     pub addr: Option<String>,
+    /// PEM CA certificate to trust for an https:// address, besides the system roots.
+    #[arg(long, env = "HEALTH_CA_CERT")]
+    pub ca_cert: Option<std::path::PathBuf>,
     /// Service to check ("" is the server as a whole).
     #[arg(long, default_value = "")]
     pub service: String,
@@ -211,10 +214,51 @@ pub struct HealthArgs {
     pub timeout_secs: f64,
 }
 
+/// Why an address cannot be dialled.
+#[derive(Debug, thiserror::Error)]
+pub enum EndpointError {
+    #[error("invalid address {addr}: {message}")]
+    Address { addr: String, message: String },
+    #[error("reading {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+/// A client endpoint for `addr` (`http://…` or `https://…`); over https it trusts the system
+/// roots and `ca_cert` (PEM) when given. One builder for every client the binaries have.
+pub fn client_endpoint(
+    addr: &str,
+    ca_cert: Option<&std::path::Path>,
+) -> Result<tonic::transport::Endpoint, EndpointError> {
+    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
+    let address = |message: String| EndpointError::Address {
+        addr: addr.to_string(),
+        message,
+    };
+    let mut endpoint =
+        Endpoint::from_shared(addr.to_string()).map_err(|e| address(e.to_string()))?;
+    if addr.starts_with("https://") {
+        let mut tls = ClientTlsConfig::new().with_enabled_roots();
+        if let Some(ca) = ca_cert {
+            let pem = std::fs::read(ca).map_err(|source| EndpointError::Read {
+                path: ca.display().to_string(),
+                source,
+            })?;
+            tls = tls.ca_certificate(Certificate::from_pem(pem));
+        }
+        endpoint = endpoint
+            .tls_config(tls)
+            .map_err(|e| address(e.to_string()))?;
+    }
+    Ok(endpoint)
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum HealthError {
-    #[error("invalid address {0}")]
-    Address(String),
+    #[error(transparent)]
+    Endpoint(#[from] EndpointError),
     #[error("{addr}: {message}")]
     Unreachable { addr: String, message: String },
     #[error("{addr}: health check answered {status}")]
@@ -238,8 +282,7 @@ pub async fn check_health(args: &HealthArgs, default_addr: &str) -> Result<(), H
         addr: addr.clone(),
         message,
     };
-    let endpoint = tonic::transport::Endpoint::from_shared(addr.clone())
-        .map_err(|_| HealthError::Address(addr.clone()))?
+    let endpoint = client_endpoint(&addr, args.ca_cert.as_deref())?
         .connect_timeout(timeout)
         .timeout(timeout);
     let channel = endpoint

@@ -1,11 +1,14 @@
 //! Multi-label evaluation (micro/macro precision, recall and F1, per-label report, subset accuracy,
-//! Hamming loss, Ekman and sentiment macro-F1) and decision-threshold tuning.
+//! Hamming loss, macro-F1 of each grouping of the labels) and decision-threshold tuning; single-label
+//! models are evaluated on their argmax decisions with the same figures.
 //!
 //! Scores and targets are row-major `[examples × labels]`. A label is predicted when its score is
 //! at least its threshold. F1 of a label with no true and no predicted positives is 0 (as
 //! scikit-learn's default `zero_division`).
 use serde::{Deserialize, Serialize};
 
+#[cfg(test)]
+use crate::labels::LabelGrouping;
 use crate::labels::{LabelGroup, LabelSet};
 
 /// Threshold candidates: 0.01, 0.02, ..., 0.99.
@@ -63,10 +66,10 @@ pub struct Evaluation {
     pub subset_accuracy: f64,
     /// Fraction of wrong (example, label) decisions.
     pub hamming_loss: f64,
-    /// Macro-F1 over Ekman groups (+ neutral); a group is present if any of its labels is.
-    pub ekman_macro_f1: f64,
-    /// Macro-F1 over positive / negative / ambiguous (+ neutral).
-    pub sentiment_macro_f1: f64,
+    /// Macro-F1 over the groups of each grouping of the labels, by grouping name; a group is
+    /// present if any of its labels is.
+    #[serde(default)]
+    pub grouping_macro_f1: Vec<(String, f64)>,
     /// Fraction of examples with no predicted label at all.
     pub empty_prediction_rate: f64,
     pub per_label: Vec<LabelMetrics>,
@@ -153,6 +156,20 @@ pub fn group_targets(targets: &[u8], num_labels: usize, groups: &[LabelGroup]) -
         .collect()
 }
 
+/// Single-label decisions: each row's best label (lowest id on ties).
+pub fn decide_argmax(scores: &[f32], num_labels: usize) -> Vec<bool> {
+    scores
+        .chunks(num_labels)
+        .flat_map(|row| {
+            let best = row
+                .iter()
+                .enumerate()
+                .fold(0, |b, (i, &s)| if s > row[b] { i } else { b });
+            (0..row.len()).map(move |i| i == best)
+        })
+        .collect()
+}
+
 /// Evaluates scores against multi-hot targets (`0`/`1`) at the given per-label thresholds.
 pub fn evaluate(
     scores: &[f32],
@@ -160,16 +177,37 @@ pub fn evaluate(
     labels: &LabelSet,
     thresholds: &[f32],
 ) -> Evaluation {
-    let l = labels.len();
     assert_eq!(
         scores.len(),
         targets.len(),
         "scores and targets have the same shape"
     );
-    let n = scores.len() / l;
-    let pred = decide(scores, l, thresholds);
+    let pred = decide(scores, labels.len(), thresholds);
+    evaluate_decisions(&pred, targets, labels, thresholds)
+}
+
+/// Evaluates a single-label model's argmax decisions (thresholds reported as 0).
+pub fn evaluate_argmax(scores: &[f32], targets: &[u8], labels: &LabelSet) -> Evaluation {
+    let pred = decide_argmax(scores, labels.len());
+    evaluate_decisions(&pred, targets, labels, &vec![0.0; labels.len()])
+}
+
+/// Evaluates label decisions against multi-hot targets; `thresholds` are only reported.
+pub fn evaluate_decisions(
+    pred: &[bool],
+    targets: &[u8],
+    labels: &LabelSet,
+    thresholds: &[f32],
+) -> Evaluation {
+    let l = labels.len();
+    assert_eq!(
+        pred.len(),
+        targets.len(),
+        "decisions and targets have the same shape"
+    );
+    let n = pred.len() / l;
     let truth: Vec<bool> = targets.iter().map(|&t| t != 0).collect();
-    let per = counts(&pred, &truth, l);
+    let per = counts(pred, &truth, l);
     let total = per.iter().fold(Counts::default(), |a, c| Counts {
         tp: a.tp + c.tp,
         fp: a.fp + c.fp,
@@ -186,7 +224,7 @@ pub fn evaluate(
         if groups.is_empty() {
             return 0.0;
         }
-        let gp = group_matrix(&pred, l, groups);
+        let gp = group_matrix(pred, l, groups);
         let gt = group_matrix(&truth, l, groups);
         macro_f1(&counts(&gp, &gt, groups.len()))
     };
@@ -199,8 +237,11 @@ pub fn evaluate(
         macro_f1: macro_f1(&per),
         subset_accuracy: ratio(exact as u64, n as u64),
         hamming_loss: ratio(wrong as u64, (n * l) as u64),
-        ekman_macro_f1: group_f1(&labels.ekman),
-        sentiment_macro_f1: group_f1(&labels.sentiment),
+        grouping_macro_f1: labels
+            .groupings
+            .iter()
+            .map(|g| (g.name.clone(), group_f1(&g.groups)))
+            .collect(),
         empty_prediction_rate: ratio(empty as u64, n as u64),
         per_label: per
             .iter()
@@ -289,6 +330,17 @@ pub struct Thresholds {
     pub fallbacks: Vec<Option<Fallback>>,
 }
 
+impl Thresholds {
+    /// No thresholds: a single-label model predicts its best label.
+    pub fn none() -> Self {
+        Self {
+            per_label: vec![],
+            global: 0.0,
+            fallbacks: vec![],
+        }
+    }
+}
+
 /// Tunes the global threshold and each label's own, then falls back to the global one for labels
 /// whose own threshold cannot be trusted: tiny dev support, a threshold that predicts the label
 /// for at least half of the dev texts and 3× more often than it occurs (an under-trained label
@@ -350,20 +402,28 @@ mod tests {
     fn labels3() -> LabelSet {
         LabelSet {
             names: vec!["a".into(), "b".into(), "neutral".into()],
-            ekman: vec![
-                LabelGroup {
-                    name: "ab".into(),
-                    members: vec![0, 1],
+            groupings: vec![
+                LabelGrouping {
+                    name: "ekman".into(),
+                    groups: vec![
+                        LabelGroup {
+                            name: "ab".into(),
+                            members: vec![0, 1],
+                        },
+                        LabelGroup {
+                            name: "neutral".into(),
+                            members: vec![2],
+                        },
+                    ],
                 },
-                LabelGroup {
-                    name: "neutral".into(),
-                    members: vec![2],
+                LabelGrouping {
+                    name: "sentiment".into(),
+                    groups: vec![LabelGroup {
+                        name: "a".into(),
+                        members: vec![0],
+                    }],
                 },
             ],
-            sentiment: vec![LabelGroup {
-                name: "a".into(),
-                members: vec![0],
-            }],
         }
     }
 
@@ -409,9 +469,25 @@ mod tests {
         assert_eq!(e.empty_prediction_rate, 0.25);
         assert_eq!(e.per_label[2].support, 2);
         // groups: ab pred [1,1,0,1] truth [1,1,0,1] → F1 1; neutral pred [0,0,0,1] truth [0,0,1,1] → 2/3
-        assert!((e.ekman_macro_f1 - (1.0 + 2.0 / 3.0) / 2.0).abs() < 1e-12);
+        assert_eq!(e.grouping_macro_f1[0].0, "ekman");
+        assert!((e.grouping_macro_f1[0].1 - (1.0 + 2.0 / 3.0) / 2.0).abs() < 1e-12);
         // sentiment "a" group: pred [1,1,0,0] truth [1,0,0,0] → 2/3
-        assert!((e.sentiment_macro_f1 - 2.0 / 3.0).abs() < 1e-12);
+        assert!((e.grouping_macro_f1[1].1 - 2.0 / 3.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn single_label_decisions_are_the_argmax() {
+        let scores = [0.2, 0.5, 0.3, 0.6, 0.3, 0.1, 0.4, 0.4, 0.2];
+        let pred = decide_argmax(&scores, 3);
+        assert_eq!(
+            pred,
+            [false, true, false, true, false, false, true, false, false],
+            "ties go to the lowest id"
+        );
+        let targets = [0, 1, 0, 1, 0, 0, 0, 1, 0];
+        let e = evaluate_argmax(&scores, &targets, &labels3());
+        assert!((e.subset_accuracy - 2.0 / 3.0).abs() < 1e-12, "accuracy");
+        assert_eq!(e.empty_prediction_rate, 0.0);
     }
 
     #[test]

@@ -359,6 +359,7 @@ mod tests {
             model_name: String::new(),
             version: version.into(),
             labels: vec!["a".into()],
+            problem_type: Default::default(),
             thresholds: vec![0.5],
             global_threshold: 0.5,
             max_length: 8,
@@ -371,6 +372,7 @@ mod tests {
             created_at: "now".into(),
             files: vec![],
             groupings: vec![],
+            dataset: None,
         }
     }
 

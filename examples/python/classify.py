@@ -4,7 +4,7 @@
     python -m grpc_tools.protoc -I proto --python_out=gen --grpc_python_out=gen proto/goemotions/v1/predictor.proto
     PYTHONPATH=gen python examples/python/classify.py 127.0.0.1:50051 "I'm so happy!" "This is awful."
 
-Prints one JSON line per text: its predicted labels and all 28 scores by label name.
+Prints one JSON line per text: its predicted labels and every label's score by name.
 """
 import json
 import sys

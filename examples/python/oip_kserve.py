@@ -6,7 +6,7 @@ set with `set_data_from_numpy` travel in the binary tensor data extension.
     python examples/python/oip_kserve.py http://127.0.0.1:8080 goemotions "I'm so happy!" "This is awful."
 
 Prints one JSON object: server and model readiness, the model name (the SDK's response keeps
-no version), and per text its predicted labels and the 28 scores (label-id order).
+no version), and per text its predicted labels and every label's score (label-id order).
 """
 import asyncio
 import json

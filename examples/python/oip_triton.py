@@ -9,7 +9,7 @@ predictor's --listen) or HTTP/JSON (its --http-listen):
 
 Over HTTP the client's defaults send and receive tensors in the binary tensor data extension;
 `--json` asks for JSON tensors instead. Prints one JSON object: health, server and model
-metadata, and per text its predicted labels and the 28 scores (label-id order).
+metadata, and per text its predicted labels and every label's score (label-id order).
 """
 import json
 import sys

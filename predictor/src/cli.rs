@@ -291,11 +291,12 @@ pub struct ClassifyArgs {
     /// How many top labels to show besides those that pass.
     #[arg(long, default_value_t = 3)]
     pub top_k: u32,
-    /// Print all 28 scores.
+    /// Print every label's score.
     #[arg(long)]
     pub all_scores: bool,
-    /// Coarse groupings to show beside the labels: ekman, sentiment (comma-separated).
-    #[arg(long, value_delimiter = ',', value_parser = ["ekman", "sentiment"])]
+    /// Groupings of the labels to show beside them, by name, comma-separated (GoEmotions:
+    /// ekman, sentiment; GetModelInfo lists a model's).
+    #[arg(long, value_delimiter = ',')]
     pub groups: Vec<String>,
     /// Texts to classify; none: read one text per line from stdin and stream them.
     pub texts: Vec<String>,

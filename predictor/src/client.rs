@@ -5,12 +5,11 @@ use std::time::{Duration, Instant};
 
 use proto::v1::predictor_client::PredictorClient;
 use proto::v1::{
-    stream_classify_response, ClassifyOptions, ClassifyRequest, Grouping, StreamClassifyRequest,
-    TextResult,
+    stream_classify_response, ClassifyOptions, ClassifyRequest, StreamClassifyRequest, TextResult,
 };
 use tokio::io::AsyncBufReadExt;
 use tonic::metadata::MetadataValue;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig};
+use tonic::transport::Channel;
 use tonic::{Request, Status};
 
 use crate::cli::{BenchArgs, ClassifyArgs, ClientArgs};
@@ -54,25 +53,16 @@ type AuthClient =
     PredictorClient<tonic::service::interceptor::InterceptedService<Channel, AuthInterceptor>>;
 
 async fn connect(args: &ClientArgs) -> Result<AuthClient, ClientError> {
-    let address = |message: String| ClientError::Address {
-        addr: args.addr.clone(),
-        message,
-    };
-    let mut endpoint =
-        Channel::from_shared(args.addr.clone()).map_err(|e| address(e.to_string()))?;
-    if args.addr.starts_with("https://") {
-        let mut tls = ClientTlsConfig::new().with_enabled_roots();
-        if let Some(ca) = &args.ca_cert {
-            let pem = std::fs::read(ca).map_err(|source| ClientError::Read {
-                path: ca.display().to_string(),
-                source,
-            })?;
-            tls = tls.ca_certificate(Certificate::from_pem(pem));
-        }
-        endpoint = endpoint
-            .tls_config(tls)
-            .map_err(|e| address(e.to_string()))?;
-    }
+    let endpoint = common::grpc::client_endpoint(&args.addr, args.ca_cert.as_deref()).map_err(
+        |e| match e {
+            common::grpc::EndpointError::Address { addr, message } => {
+                ClientError::Address { addr, message }
+            }
+            common::grpc::EndpointError::Read { path, source } => {
+                ClientError::Read { path, source }
+            }
+        },
+    )?;
     let channel = endpoint
         .connect()
         .await
@@ -119,10 +109,7 @@ pub fn describe(result: &TextResult) -> String {
         s.push_str(&format!(" | scores: [{}]", all.join(", ")));
     }
     for g in &result.groups {
-        let name = Grouping::try_from(g.grouping)
-            .map(Grouping::short_name)
-            .unwrap_or_default();
-        s.push_str(&format!(" | {name}: {}", fmt(&g.labels)));
+        s.push_str(&format!(" | {}: {}", g.name, fmt(&g.labels)));
     }
     s
 }
@@ -134,12 +121,8 @@ pub async fn classify(args: ClassifyArgs) -> Result<(), ClientError> {
         top_k: args.top_k,
         return_all_scores: args.all_scores,
         threshold: args.threshold,
-        groupings: args
-            .groups
-            .iter()
-            .filter_map(|g| Grouping::from_short_name(g))
-            .map(|g| g as i32)
-            .collect(),
+        grouping_names: args.groups.clone(),
+        ..Default::default()
     };
     if !args.texts.is_empty() {
         let started = Instant::now();

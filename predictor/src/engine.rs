@@ -2,7 +2,7 @@
 //! thresholds and the top-k, as plain data (the service turns them into proto messages).
 use common::checkpoint::{self, Grouping, Manifest};
 use common::inference::{self, InferenceError};
-use common::model::{BertClassifier, Precision};
+use common::model::{BertClassifier, Precision, ProblemType};
 use common::registry::RegistryError;
 use common::store::Store;
 use common::tokenizer::{Encoded, TextTokenizer, TokenizerError};
@@ -82,6 +82,14 @@ impl ServingModel {
         self.tokenizer.encode(text)
     }
 
+    /// How this model turns scores into labels.
+    pub fn decision(&self) -> Decision<'_> {
+        match self.manifest.problem_type {
+            ProblemType::MultiLabel => Decision::Thresholds(&self.manifest.thresholds),
+            ProblemType::SingleLabel => Decision::Best,
+        }
+    }
+
     /// Scores of a batch, row-major `[items × labels]`.
     pub fn score(&self, items: &[&Encoded]) -> Result<Vec<f32>, InferenceError> {
         inference::predict_batch(&self.model, &self.tokenizer, items)
@@ -121,8 +129,8 @@ pub enum OptionsError {
     TopK { max: usize, got: usize },
     #[error("unknown grouping {0}; ask for ekman or sentiment")]
     UnknownGrouping(String),
-    #[error("this checkpoint has no {0:?} grouping (it was trained before groupings were tuned and stored); retrain it to serve groups")]
-    NoGrouping(String),
+    #[error("the served model has no grouping {name:?}; {available}")]
+    NoGrouping { name: String, available: String },
     #[error("at most {MAX_GROUPINGS} groupings per request")]
     TooManyGroupings,
 }
@@ -166,7 +174,21 @@ impl OutputOptions {
             let index = stored
                 .iter()
                 .position(|g| g.name == name)
-                .ok_or_else(|| OptionsError::NoGrouping(name.to_string()))?;
+                .ok_or_else(|| OptionsError::NoGrouping {
+                    name: name.to_string(),
+                    available: if stored.is_empty() {
+                        "it serves none (its data had no groupings, it is single-label, or it was trained before groupings were stored)".into()
+                    } else {
+                        format!(
+                            "it serves {}",
+                            stored
+                                .iter()
+                                .map(|g| format!("{:?}", g.name))
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        )
+                    },
+                })?;
             *slots.next().ok_or(OptionsError::TooManyGroupings)? = Some(index);
         }
         Ok(self)
@@ -204,10 +226,20 @@ pub struct LabelledGrouping {
     pub scores: Vec<Scored>,
 }
 
-/// Labels a text's scores (label-id order) with the model's thresholds or the caller's.
+/// How a model decides which labels a text carries.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Decision<'a> {
+    /// Multi-label: every label whose score reaches its threshold (in label-id order).
+    Thresholds(&'a [f32]),
+    /// Single-label: the best label (when a caller's threshold is given, only if it reaches it).
+    Best,
+}
+
+/// Labels a text's scores (label-id order) by the model's decision rule, or with the caller's
+/// threshold.
 pub fn label(
     scores: &[f32],
-    thresholds: &[f32],
+    decision: Decision<'_>,
     groupings: &[Grouping],
     encoded: &Encoded,
     opts: OutputOptions,
@@ -218,14 +250,23 @@ pub fn label(
         id: i,
         score: scores[i],
     };
-    let passes = |i: usize| scores[i] >= opts.threshold.unwrap_or(thresholds[i]);
-    Labelled {
-        labels: order
+    let labels: Vec<Scored> = match decision {
+        Decision::Thresholds(thresholds) => order
             .iter()
             .copied()
-            .filter(|&i| passes(i))
+            .filter(|&i| scores[i] >= opts.threshold.unwrap_or(thresholds[i]))
             .map(scored)
             .collect(),
+        Decision::Best => order
+            .first()
+            .copied()
+            .filter(|&i| opts.threshold.is_none_or(|t| scores[i] >= t))
+            .map(scored)
+            .into_iter()
+            .collect(),
+    };
+    Labelled {
+        labels,
         top_k: order.iter().take(opts.top_k).copied().map(scored).collect(),
         scores: if opts.all_scores {
             scores.to_vec()
@@ -284,7 +325,7 @@ mod tests {
         let thresholds = [0.1, 0.95, 0.4, 0.5];
         let r = label(
             &scores,
-            &thresholds,
+            Decision::Thresholds(&thresholds),
             &[],
             &encoded(7, true),
             OutputOptions::default(),
@@ -297,7 +338,13 @@ mod tests {
         assert!(r.truncated && r.num_tokens == 7);
 
         let global = OutputOptions::new(1, true, Some(0.15), 4).unwrap();
-        let r = label(&scores, &thresholds, &[], &encoded(3, false), global);
+        let r = label(
+            &scores,
+            Decision::Thresholds(&thresholds),
+            &[],
+            &encoded(3, false),
+            global,
+        );
         let ids: Vec<usize> = r.labels.iter().map(|s| s.id).collect();
         assert_eq!(ids, vec![1, 2, 0]);
         assert_eq!(r.top_k.len(), 1);
@@ -330,7 +377,7 @@ mod tests {
             .unwrap();
         let r = label(
             &[0.2, 0.7, 0.4],
-            &[0.5; 3],
+            Decision::Thresholds(&[0.5; 3]),
             &stored,
             &encoded(3, false),
             opts,
@@ -347,17 +394,37 @@ mod tests {
             ekman.labels.iter().map(|s| s.id).collect::<Vec<_>>(),
             vec![0, 1]
         );
-        assert_eq!(
-            OutputOptions::default().with_groupings(["nope"].into_iter(), &stored),
-            Err(OptionsError::NoGrouping("nope".into()))
+        let err = OutputOptions::default()
+            .with_groupings(["nope"].into_iter(), &stored)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("\"nope\"") && err.contains("\"ekman\", \"sentiment\""),
+            "{err}"
         );
+    }
+
+    #[test]
+    fn a_single_label_model_answers_its_best_label() {
+        let scores = [0.2, 0.5, 0.3];
+        let r = label(
+            &scores,
+            Decision::Best,
+            &[],
+            &encoded(3, false),
+            OutputOptions::default(),
+        );
+        assert_eq!(r.labels, vec![Scored { id: 1, score: 0.5 }]);
+        let strict = OutputOptions::new(0, false, Some(0.6), 3).unwrap();
+        let r = label(&scores, Decision::Best, &[], &encoded(3, false), strict);
+        assert!(r.labels.is_empty(), "0.5 misses the caller's 0.6");
     }
 
     #[test]
     fn ties_break_by_label_id() {
         let r = label(
             &[0.5, 0.5, 0.5],
-            &[0.9; 3],
+            Decision::Thresholds(&[0.9; 3]),
             &[],
             &encoded(1, false),
             OutputOptions::default(),

@@ -1,14 +1,17 @@
-//! The predictor: a stateless gRPC service that serves a GoEmotions checkpoint from object
-//! storage. Layers, following text-embeddings-inference's router / core / backends split:
-//! - `engine`: the loaded model and turning scores into labelled results (core);
+//! The predictor: a stateless gRPC service that serves a checkpoint from object storage.
+//! Layers, following text-embeddings-inference's router / core / backends split:
+//! - `engine`: the loaded model and turning scores into labelled results;
+//! - `classify`: the one protocol-neutral classify path (limits, queue room, batcher, labels);
 //! - `batcher`: queue room, dynamic batching on dedicated inference threads (backend);
 //! - `reload`: loading checkpoints and following an alias with atomic swaps;
-//! - `service`: the thin gRPC layer (router), building every proto message; `oip`: the Open
-//!   Inference Protocol (KServe v2) over the same path, `rest` the same over HTTP/JSON;
+//! - front ends, siblings on `classify`: `service` (goemotions.v1 gRPC, every proto message),
+//!   `oip` (the Open Inference Protocol, KServe v2, over gRPC, with the tensor mapping that
+//!   `rest` shares for the same protocol over HTTP/JSON);
 //! - `server`: assembly (auth, TLS, health, reflection, drain), `telemetry`: Prometheus metrics;
 //! - `cli`, `client`, `bench`: the command line and the client-side tools.
 pub mod batcher;
 pub mod bench;
+pub(crate) mod classify;
 pub mod cli;
 pub mod client;
 pub(crate) mod engine;
@@ -49,7 +52,7 @@ impl Default for Limits {
             max_text_bytes: 4096,
             max_in_flight_per_stream: 128,
             max_message_bytes: 4 * 1024 * 1024,
-            queue_wait: service::DEFAULT_QUEUE_WAIT,
+            queue_wait: classify::DEFAULT_QUEUE_WAIT,
         }
     }
 }

@@ -1,7 +1,8 @@
 //! The Open Inference Protocol (KServe v2) over gRPC, `inference.GRPCInferenceService`, served
-//! beside goemotions.v1 on the same port and through the same scoring path
-//! (`PredictorService::classify_batch`): the same limits, queue, metrics and access control.
-//! Only the tensor mapping lives here (see `proto/inference/grpc_predict_v2.proto`).
+//! beside goemotions.v1 on the same port, a sibling front end on the classify core
+//! (`classify::Classifier`): the same limits, queue, metrics and access control. The protocol's
+//! tensor mapping lives here (see `proto/inference/grpc_predict_v2.proto`); `rest` uses it for
+//! the same protocol over HTTP.
 use std::collections::HashMap;
 use std::time::Instant;
 
@@ -15,17 +16,16 @@ use proto::inference::{
     ServerLiveRequest, ServerLiveResponse, ServerMetadataRequest, ServerMetadataResponse,
     ServerReadyRequest, ServerReadyResponse,
 };
-use proto::v1::{ClassifyOptions, Grouping, TextResult};
 use tonic::{Request, Response, Status};
 
-use crate::engine::ServingModel;
-use crate::service::{ClassifyError, PredictorService};
+use crate::classify::{Asked, Classifier, ClassifyError};
+use crate::engine::{Labelled, ServingModel};
 
 /// The input tensor: UTF-8 texts.
 pub(crate) const INPUT: &str = "text";
-/// Output: sigmoid scores `[n, labels]` in label-id order.
+/// Output: scores `[n, labels]` in label-id order (sigmoids, or a softmax for single-label).
 pub(crate) const SCORES: &str = "scores";
-/// Output: per text, JSON `{"labels": [...], "top_k": [{"label", "score"}...]}`.
+/// Output: per text, JSON `{"labels": [...], "top_k": [{"label", "score"}...], "groups": {...}}`.
 pub(crate) const LABELS: &str = "labels";
 /// What ServerMetadata and ModelMetadata call this server and its models.
 const SERVER_NAME: &str = "goemotions-predictor";
@@ -35,7 +35,7 @@ const PLATFORM: &str = "goemotions-bert";
 /// REST health routes (probes carry no token); every other call needs the token when one is set.
 #[derive(Clone)]
 pub struct InferenceService {
-    pub(crate) predictor: PredictorService,
+    pub(crate) core: Classifier,
     pub(crate) token: Option<common::grpc::BearerToken>,
 }
 
@@ -160,15 +160,14 @@ fn input_texts(req: &ModelInferRequest) -> Result<Vec<String>, ClassifyError> {
         .collect()
 }
 
-/// `top_k` (integer) and `threshold` (number in (0, 1)) from the request parameters.
+/// `top_k` (integer), `threshold` (number in (0, 1)) and `groupings` (names, comma-separated)
+/// from the request parameters; the served model checks the values.
 pub(crate) fn classify_options(
     parameters: &HashMap<String, InferParameter>,
-) -> Result<ClassifyOptions, ClassifyError> {
-    let mut options = ClassifyOptions {
-        top_k: 0,
-        return_all_scores: true,
-        threshold: None,
-        groupings: vec![],
+) -> Result<Asked, ClassifyError> {
+    let mut options = Asked {
+        all_scores: true,
+        ..Asked::default()
     };
     for (key, value) in parameters {
         let choice = value.parameter_choice.as_ref();
@@ -195,14 +194,13 @@ pub(crate) fn classify_options(
                         "parameter groupings must be a string such as \"ekman,sentiment\"",
                     ));
                 };
-                for name in names.split(',').map(str::trim).filter(|n| !n.is_empty()) {
-                    let g = Grouping::from_short_name(name).ok_or_else(|| {
-                        bad(format!(
-                            "unknown grouping {name:?}; ask for ekman or sentiment"
-                        ))
-                    })?;
-                    options.groupings.push(g as i32);
-                }
+                options.groupings.extend(
+                    names
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|n| !n.is_empty())
+                        .map(String::from),
+                );
             }
             // Triton's clients send these on their own; they do not change the answer.
             "binary_data_output" | "binary_data_size" | "sequence_id" | "priority" | "timeout" => {}
@@ -216,25 +214,30 @@ pub(crate) fn classify_options(
     Ok(options)
 }
 
-fn labels_json(r: &TextResult) -> Vec<u8> {
-    let names: Vec<&str> = r.labels.iter().map(|l| l.name.as_str()).collect();
+fn labels_json(model: &ServingModel, r: &Labelled) -> Vec<u8> {
+    let label_names = &model.manifest.labels;
+    let names: Vec<&str> = r
+        .labels
+        .iter()
+        .map(|l| label_names[l.id].as_str())
+        .collect();
     let top_k: Vec<serde_json::Value> = r
         .top_k
         .iter()
-        .map(|l| serde_json::json!({"label": l.name, "score": l.score}))
+        .map(|l| serde_json::json!({"label": label_names[l.id], "score": l.score}))
         .collect();
     let mut doc = serde_json::json!({"labels": names, "top_k": top_k});
     for g in &r.groups {
-        let name = Grouping::try_from(g.grouping)
-            .map(Grouping::short_name)
-            .unwrap_or_default();
+        let grouping = &model.manifest.groupings[g.grouping];
+        let group_name = |id: usize| grouping.groups[id].name.clone();
         let scores: serde_json::Map<String, serde_json::Value> = g
             .scores
             .iter()
-            .map(|s| (s.name.clone(), serde_json::json!(s.score)))
+            .map(|s| (group_name(s.id), serde_json::json!(s.score)))
             .collect();
-        let predicted: Vec<&str> = g.labels.iter().map(|l| l.name.as_str()).collect();
-        doc["groups"][name] = serde_json::json!({"labels": predicted, "scores": scores});
+        let predicted: Vec<String> = g.labels.iter().map(|l| group_name(l.id)).collect();
+        doc["groups"][grouping.name.as_str()] =
+            serde_json::json!({"labels": predicted, "scores": scores});
     }
     serde_json::to_vec(&doc).unwrap_or_default()
 }
@@ -274,7 +277,7 @@ pub(crate) struct Inference {
     pub model_version: String,
     pub id: String,
     pub texts: Vec<String>,
-    pub options: ClassifyOptions,
+    pub options: Asked,
     pub want_scores: bool,
     pub want_labels: bool,
 }
@@ -330,11 +333,11 @@ impl InferenceService {
         request: Inference,
         method: &str,
     ) -> Result<Inferred, ClassifyError> {
-        let model = self.predictor.current()?;
+        let model = self.core.current()?;
         check_model(&model, &request.model_name, &request.model_version)?;
         let (results, model) = self
-            .predictor
-            .classify_batch(model, &request.texts, Some(&request.options), method)
+            .core
+            .classify_batch(model, &request.texts, &request.options, method)
             .await?;
         let width = model.num_labels();
         // An empty text has no scores (as in goemotions.v1); in a tensor it scores 0 everywhere.
@@ -352,7 +355,7 @@ impl InferenceService {
         });
         let labels = request
             .want_labels
-            .then(|| results.iter().map(labels_json).collect());
+            .then(|| results.iter().map(|r| labels_json(&model, r)).collect());
         Ok(Inferred {
             model_name: model.manifest.model_name.clone(),
             model_version: model.version().into(),
@@ -365,13 +368,13 @@ impl InferenceService {
 
     /// Server readiness, model readiness and metadata, shared with REST.
     pub(crate) fn ready(&self) -> bool {
-        self.predictor.ready()
+        self.core.ready()
     }
 
     pub(crate) fn model_ready(&self, name: &str, version: &str) -> bool {
-        self.predictor.ready()
+        self.core.ready()
             && self
-                .predictor
+                .core
                 .served()
                 .is_some_and(|m| check_model(&m, name, version).is_ok())
     }
@@ -381,7 +384,7 @@ impl InferenceService {
         name: &str,
         version: &str,
     ) -> Result<ModelMetadataResponse, ClassifyError> {
-        let model = self.predictor.current()?;
+        let model = self.core.current()?;
         check_model(&model, name, version)?;
         Ok(ModelMetadataResponse {
             name: model.manifest.model_name.clone(),
@@ -411,7 +414,7 @@ impl InferenceService {
         result: &Result<T, ClassifyError>,
         started: Instant,
     ) {
-        self.predictor.record(method, result, started);
+        self.core.record(method, result, started);
     }
 
     async fn infer(&self, req: ModelInferRequest) -> Result<ModelInferResponse, ClassifyError> {

@@ -34,11 +34,11 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::{watch, Notify, Semaphore};
 use tonic::Code;
 
+use crate::classify::ClassifyError;
 use crate::oip::{
     classify_options, join_raw_bytes, split_raw_bytes, text_count, wanted_outputs, Inference,
     InferenceService, INPUT, LABELS, SCORES,
 };
-use crate::service::ClassifyError;
 
 /// The header that splits a binary-extension body into its JSON part and its tensor bytes.
 const HEADER_LENGTH: &str = "inference-header-content-length";

@@ -13,6 +13,7 @@ use tch::Device;
 use tokio_stream::StreamExt;
 
 use crate::batcher::{Batcher, BatcherConfig};
+use crate::classify::Classifier;
 use crate::idle::IdleTimeout;
 use crate::oip::InferenceService;
 use crate::reload::{Health, ModelSlot, Reloader, StoreTimeouts, SERVICE_NAME};
@@ -172,15 +173,16 @@ pub async fn serve(model: ModelRef, opts: ServeOptions) -> Result<(), ServerErro
     });
 
     let idle_closed_metric = metrics.idle_closed.clone();
-    let service = PredictorService {
+    let core = Classifier {
         slot,
         batcher: batcher.clone(),
         limits: opts.limits.clone(),
         metrics,
         draining: drain_rx.clone(),
     };
+    let service = PredictorService { core: core.clone() };
     let oip = InferenceService {
-        predictor: service.clone(),
+        core,
         token: opts.access.token(),
     };
     let rest_in_flight = rest::InFlight::default();

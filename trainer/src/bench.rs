@@ -121,8 +121,14 @@ pub fn throughput(
     opts: BenchOptions,
 ) -> Result<Throughput, TrainError> {
     let precision = cfg.precision.resolve(device)?;
-    let (mut model, tokenizer) =
-        fine_tune::build_model(base, &data.labels, cfg, device, precision)?;
+    let (mut model, tokenizer) = fine_tune::build_model(
+        base,
+        &data.labels,
+        common::model::ProblemType::MultiLabel,
+        cfg,
+        device,
+        precision,
+    )?;
     model.set_attention(opts.attention);
     let l = data.labels.len();
     let texts: Vec<&str> = data.train.iter().map(|e| e.text.as_str()).collect();

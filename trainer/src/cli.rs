@@ -11,7 +11,9 @@ pub use crate::optim::Layout as OptimizerLayout;
 use common::grpc::AccessArgs;
 use common::model::{Attention, Pooling, PrecisionChoice};
 
-use crate::config::{Overrides, PosWeight, TrainConfig, DEFAULT_ALIAS, DEFAULT_MODEL_NAME};
+use crate::config::{
+    Overrides, PosWeight, ProblemChoice, TrainConfig, DEFAULT_ALIAS, DEFAULT_MODEL_NAME,
+};
 use crate::evaluate::Split;
 use crate::job::{self, JobSpec};
 use crate::service::ServiceConfig;
@@ -56,7 +58,9 @@ pub enum Command {
 
 #[derive(Args, Debug, Clone)]
 pub struct DataArgs {
-    /// Folder with train.tsv, dev.tsv, test.tsv, emotions.txt, ekman_mapping.json, sentiment_dict.json.
+    /// Data folder: train.{tsv,csv,jsonl} (dev and test optional: made from train when absent),
+    /// label names in labels.txt (or emotions.txt), groupings in groupings/NAME.json; see the
+    /// README's "Your own data". GoEmotions' folder works as it is.
     #[arg(long, env = "GOEMOTIONS_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
     pub data_dir: PathBuf,
     /// Use a stratified subsample (by labels per example) of this many training examples.
@@ -149,6 +153,10 @@ pub struct HyperArgs {
     /// dev); none is plain BCE.
     #[arg(long, env = "GOEMOTIONS_POS_WEIGHT", value_enum, default_value_t = TrainConfig::default().pos_weight)]
     pub pos_weight: PosWeight,
+    /// auto: single-label (softmax, cross-entropy, the best label wins) when every example has
+    /// exactly one label, else multi-label (sigmoids, tuned thresholds); or force one.
+    #[arg(long, env = "GOEMOTIONS_PROBLEM_TYPE", value_enum, default_value_t = ProblemChoice::Auto)]
+    pub problem_type: ProblemChoice,
     /// Stop after this many optimizer steps (smoke tests, benchmarks).
     #[arg(long, env = "GOEMOTIONS_MAX_STEPS")]
     pub max_steps: Option<u64>,
@@ -174,6 +182,7 @@ impl HyperArgs {
             patience: Some(self.patience),
             max_grad_norm: Some(self.max_grad_norm),
             pos_weight: Some(self.pos_weight),
+            problem_type: Some(self.problem_type),
             max_steps: self.max_steps,
             eval_batch_size: Some(self.eval_batch_size),
             state_every_steps: None,

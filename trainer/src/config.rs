@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use common::data::SplitLimits;
-use common::model::{Pooling, PrecisionChoice};
+use common::model::{Pooling, PrecisionChoice, ProblemType};
 use serde::{Deserialize, Serialize};
 use tch::Device;
 
@@ -43,6 +43,52 @@ impl std::str::FromStr for PosWeight {
     }
 }
 
+/// Multi-label or single-label training: `auto` trains single-label when every example of the
+/// data has exactly one label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProblemChoice {
+    #[default]
+    Auto,
+    MultiLabel,
+    SingleLabel,
+}
+
+impl std::str::FromStr for ProblemChoice {
+    type Err = common::ParseEnumError;
+    fn from_str(s: &str) -> Result<Self, common::ParseEnumError> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "multi-label" => Ok(Self::MultiLabel),
+            "single-label" => Ok(Self::SingleLabel),
+            other => Err(common::ParseEnumError {
+                what: "problem_type",
+                value: other.into(),
+                expected: "auto, multi-label or single-label",
+            }),
+        }
+    }
+}
+
+impl ProblemChoice {
+    /// The task for data whose examples all have exactly one label (`single`) or not; asking
+    /// for single-label on data with other examples is an error.
+    pub fn resolve(self, single: bool) -> Result<ProblemType, String> {
+        match (self, single) {
+            (ProblemChoice::MultiLabel, _) | (ProblemChoice::Auto, false) => {
+                Ok(ProblemType::MultiLabel)
+            }
+            (ProblemChoice::SingleLabel, true) | (ProblemChoice::Auto, true) => {
+                Ok(ProblemType::SingleLabel)
+            }
+            (ProblemChoice::SingleLabel, false) => Err(
+                "single-label training needs exactly one label per example; some examples have none or several"
+                    .into(),
+            ),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct TrainConfig {
     pub epochs: u32,
@@ -61,6 +107,9 @@ pub struct TrainConfig {
     pub patience: u32,
     pub max_grad_norm: f64,
     pub pos_weight: PosWeight,
+    /// Multi-label (sigmoids, thresholds) or single-label (softmax, argmax), or from the data.
+    #[serde(default)]
+    pub problem_type: ProblemChoice,
     /// Stop after this many optimizer steps in total (benchmarks, smoke tests).
     pub max_steps: Option<u64>,
     pub eval_batch_size: usize,
@@ -84,6 +133,7 @@ impl Default for TrainConfig {
             patience: 2,
             max_grad_norm: 1.0,
             pos_weight: PosWeight::Sqrt,
+            problem_type: ProblemChoice::Auto,
             max_steps: None,
             eval_batch_size: 64,
             state_every_steps: 200,
@@ -133,6 +183,7 @@ pub struct Overrides {
     pub patience: Option<u32>,
     pub max_grad_norm: Option<f64>,
     pub pos_weight: Option<PosWeight>,
+    pub problem_type: Option<ProblemChoice>,
     pub max_steps: Option<u64>,
     pub eval_batch_size: Option<usize>,
     pub state_every_steps: Option<u64>,
@@ -156,6 +207,7 @@ impl Overrides {
             patience: self.patience.unwrap_or(d.patience),
             max_grad_norm: self.max_grad_norm.unwrap_or(d.max_grad_norm),
             pos_weight: self.pos_weight.unwrap_or(d.pos_weight),
+            problem_type: self.problem_type.unwrap_or(d.problem_type),
             max_steps: self.max_steps.or(d.max_steps),
             eval_batch_size: self.eval_batch_size.unwrap_or(d.eval_batch_size),
             state_every_steps: self.state_every_steps.unwrap_or(d.state_every_steps),
@@ -203,6 +255,7 @@ impl TryFrom<&proto::v1::Hyperparameters> for Overrides {
             patience: h.patience,
             max_grad_norm: None,
             pos_weight: parse("pos_weight", &h.pos_weight)?,
+            problem_type: parse("problem_type", &h.problem_type)?,
             max_steps: h.max_steps.map(u64::from),
             eval_batch_size: None,
             state_every_steps: None,

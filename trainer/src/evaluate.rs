@@ -9,7 +9,7 @@ use common::data::{self, Dataset, DatasetError, Example};
 use common::inference::{self, InferenceError};
 use common::labels::{LabelGroup, LabelSet};
 use common::metrics;
-use common::model::PrecisionChoice;
+use common::model::{PrecisionChoice, ProblemType};
 use common::registry::{ModelRef, RegistryError};
 use common::tokenizer::TokenizerError;
 use serde::Serialize;
@@ -33,9 +33,19 @@ pub enum EvalError {
     Inference(#[from] InferenceError),
     #[error(transparent)]
     Precision(#[from] common::model::PrecisionError),
+    #[error("the labels of {data} ({data_labels}) are not the checkpoint's ({model_labels} labels): evaluate it on the data it was trained for")]
+    LabelsDiffer {
+        data: String,
+        data_labels: usize,
+        model_labels: usize,
+    },
 }
 
-/// A GoEmotions split.
+/// The dataset name GoEmotions' folder loads as (checkpoints from before datasets were recorded
+/// were all trained on it).
+const GOEMOTIONS: &str = "GoEmotions";
+
+/// A split of the data folder.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Split {
     Train,
@@ -66,14 +76,17 @@ pub struct RunInfo<'a> {
 }
 
 /// Scores the fine-tuned model on the test split and builds the job's report.
-/// Ekman's and the sentiment grouping as the predictor serves them: a group's score is its best
-/// member's, and each group gets a threshold tuned on dev (with the labels' fallbacks).
+/// The data's groupings as the predictor serves them (a multi-label model's): a group's score
+/// is its best member's, and each group gets a threshold tuned on dev (with the labels'
+/// fallbacks).
 pub fn tune_groupings(dev_scores: &[f32], dev: &[Example], labels: &LabelSet) -> Vec<Grouping> {
     let l = labels.len();
     let targets = data::targets(dev, l);
-    [("ekman", &labels.ekman), ("sentiment", &labels.sentiment)]
-        .into_iter()
-        .filter(|(_, groups)| !groups.is_empty())
+    labels
+        .groupings
+        .iter()
+        .filter(|g| !g.groups.is_empty())
+        .map(|g| (g.name.as_str(), &g.groups))
         .map(|(name, groups)| {
             let scores = metrics::group_scores(dev_scores, l, groups);
             let truth = metrics::group_targets(&targets, l, groups);
@@ -100,6 +113,7 @@ fn grouping_results(
     test: &[Example],
     l: usize,
     groupings: &[Grouping],
+    dataset: &str,
 ) -> Vec<GroupingResult> {
     let targets = data::targets(test, l);
     groupings
@@ -115,8 +129,7 @@ fn grouping_results(
                 .collect();
             let as_labels = LabelSet {
                 names: groups.iter().map(|s| s.name.clone()).collect(),
-                ekman: vec![],
-                sentiment: vec![],
+                groupings: vec![],
             };
             let thresholds: Vec<f32> = g.groups.iter().map(|s| s.threshold).collect();
             let e = metrics::evaluate(
@@ -135,7 +148,7 @@ fn grouping_results(
                     .collect(),
                 reference_macro_f1: GROUPING_REFERENCES
                     .iter()
-                    .find(|(n, _)| *n == g.name)
+                    .find(|(n, _)| dataset == GOEMOTIONS && *n == g.name)
                     .map(|(_, r)| *r),
             }
         })
@@ -164,15 +177,17 @@ pub fn job_report(
         inference_texts_per_second: data.test.len() as f64
             / started.elapsed().as_secs_f64().max(1e-9),
     };
+    let single = outcome.model.config().problem() == ProblemType::SingleLabel;
     let fine_tuned = ModelResults::evaluate(
         "fine-tuned",
         &scores,
         &data::targets(&data.test, l),
         &data.labels,
-        &outcome.thresholds,
+        (!single).then_some(&outcome.thresholds),
         cost,
     );
     Ok(Report {
+        dataset: data.name.clone(),
         created_at: chrono::Utc::now().to_rfc3339(),
         split: "test".into(),
         examples: data.test.len(),
@@ -184,7 +199,7 @@ pub fn job_report(
         hyperparameters: info.hyperparameters.clone(),
         history: outcome.history.clone(),
         best_epoch: Some(outcome.best_epoch),
-        served_groups: grouping_results(&scores, &data.test, l, groupings),
+        served_groups: grouping_results(&scores, &data.test, l, groupings, &data.name),
         fine_tuned,
         baseline,
     })
@@ -204,9 +219,10 @@ fn fallbacks(labels: &LabelSet, t: &metrics::Thresholds) -> Vec<(String, String)
         .collect()
 }
 
-/// Fits the TF-IDF + logistic regression baseline, tunes its thresholds on dev (with the same
-/// rules as the fine-tuned model), scores test.
-pub fn run_baseline(data: &Dataset) -> ModelResults {
+/// Fits the TF-IDF + logistic regression baseline (one-vs-rest), tunes its thresholds on dev
+/// (with the same rules as the fine-tuned model), scores test; for single-label data it is
+/// judged by its best label, as the fine-tuned model is.
+pub fn run_baseline(data: &Dataset, single_label: bool) -> ModelResults {
     let l = data.labels.len();
     let started = Instant::now();
     let baseline = Baseline::fit(&data.train, l, 5000, 1.0);
@@ -226,7 +242,7 @@ pub fn run_baseline(data: &Dataset) -> ModelResults {
         &test_scores,
         &data::targets(&data.test, l),
         &data.labels,
-        &thresholds,
+        (!single_label).then_some(&thresholds),
         cost,
     )
 }
@@ -234,6 +250,7 @@ pub fn run_baseline(data: &Dataset) -> ModelResults {
 /// The baseline alone, as its own report.
 pub fn baseline_report(data: &Dataset) -> Report {
     Report {
+        dataset: data.name.clone(),
         created_at: chrono::Utc::now().to_rfc3339(),
         split: "test".into(),
         examples: data.test.len(),
@@ -245,7 +262,7 @@ pub fn baseline_report(data: &Dataset) -> Report {
         hyperparameters: serde_json::json!({"max_features": 5000, "C": 1.0}),
         history: vec![],
         best_epoch: None,
-        fine_tuned: run_baseline(data),
+        fine_tuned: run_baseline(data, data.is_single_label()),
         baseline: None,
         served_groups: vec![],
     }
@@ -273,10 +290,17 @@ pub fn checkpoint_report(
     device: Device,
 ) -> Result<Report, EvalError> {
     let (labels, examples) = Dataset::load_split(data_dir, split.name(), limit, 42)?;
+    let m = &loaded.manifest;
+    if labels.names != m.labels {
+        return Err(EvalError::LabelsDiffer {
+            data: data_dir.display().to_string(),
+            data_labels: labels.len(),
+            model_labels: m.labels.len(),
+        });
+    }
     let started = Instant::now();
     let encoded = loaded.tokenizer.encode_all(&texts(&examples))?;
     let scores = inference::score_all(&loaded.model, &loaded.tokenizer, &encoded, batch_size)?;
-    let m = &loaded.manifest;
     let stored = metrics::Thresholds {
         per_label: m.thresholds.clone(),
         global: m.global_threshold,
@@ -287,15 +311,23 @@ pub fn checkpoint_report(
             / started.elapsed().as_secs_f64().max(1e-9),
         ..Cost::default()
     };
+    let single = m.problem_type == ProblemType::SingleLabel;
     let results = ModelResults::evaluate(
         "checkpoint",
         &scores,
         &data::targets(&examples, labels.len()),
         &labels,
-        &stored,
+        (!single).then_some(&stored),
         cost,
     );
+    let dataset = m
+        .dataset
+        .as_ref()
+        .map(|d| d.name.clone())
+        .unwrap_or_else(|| GOEMOTIONS.into());
     Ok(Report {
+        served_groups: grouping_results(&scores, &examples, labels.len(), &m.groupings, &dataset),
+        dataset,
         created_at: chrono::Utc::now().to_rfc3339(),
         split: split.name().into(),
         examples: examples.len(),
@@ -307,13 +339,12 @@ pub fn checkpoint_report(
         hyperparameters: m.hyperparameters.clone(),
         history: vec![],
         best_epoch: None,
-        served_groups: grouping_results(&scores, &examples, labels.len(), &m.groupings),
         fine_tuned: results,
         baseline: None,
     })
 }
 
-/// A checkpoint's sigmoid scores for `texts`, for cross-checks with other implementations.
+/// A checkpoint's scores (sigmoids, or a softmax for a single-label model) for `texts`, for cross-checks with other implementations.
 #[derive(Debug, Serialize)]
 pub struct Scores {
     pub version: String,

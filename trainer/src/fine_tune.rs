@@ -16,7 +16,7 @@ use common::data::{self, Example};
 use common::inference::{self, InferenceError};
 use common::labels::LabelSet;
 use common::metrics::{self, Thresholds};
-use common::model::{BertClassifier, ModelError, Precision};
+use common::model::{BertClassifier, ModelError, Precision, ProblemType};
 use common::tokenizer::{Batch, Encoded, TextTokenizer, TokenizerError};
 use tch::{Device, Kind, Reduction, Tensor};
 
@@ -73,6 +73,7 @@ pub struct TrainOutcome {
 pub fn build_model(
     base: &BaseModel,
     labels: &LabelSet,
+    problem: ProblemType,
     cfg: &TrainConfig,
     device: Device,
     precision: Precision,
@@ -101,9 +102,9 @@ pub fn build_model(
     if !report.initialised.is_empty() {
         tracing::info!(tensors = ?report.initialised, "initialised new tensors (classification head)");
     }
-    // The published config.json carries the label names and pooling.
+    // The published config.json carries the label names, pooling and problem type.
     let mut c = model.config().clone();
-    c.set_classification(&labels.names, cfg.pooling.as_str());
+    c.set_classification(&labels.names, cfg.pooling.as_str(), problem);
     *model.config_mut() = c;
     model.set_precision(precision);
     let tokenizer = TextTokenizer::from_bytes(file(TOKENIZER)?, cfg.max_length)?;
@@ -188,7 +189,8 @@ pub(crate) fn batch_targets(
         .to_device(device)
 }
 
-/// Forward (in the model's precision) and the fp32 BCE loss of one batch.
+/// Forward (in the model's precision) and the fp32 loss of one batch: BCE for a multi-label
+/// model, cross-entropy against the one-hot targets for a single-label one.
 pub(crate) fn batch_loss(
     model: &BertClassifier,
     batch: &Batch,
@@ -197,10 +199,16 @@ pub(crate) fn batch_loss(
 ) -> Tensor {
     let logits = model
         .forward(&batch.input_ids, &batch.attention_mask, true)
-        .logits;
-    logits
-        .to_kind(Kind::Float)
-        .binary_cross_entropy_with_logits(targets, None, pos_weight, Reduction::Mean)
+        .logits
+        .to_kind(Kind::Float);
+    match model.config().problem() {
+        ProblemType::MultiLabel => {
+            logits.binary_cross_entropy_with_logits(targets, None, pos_weight, Reduction::Mean)
+        }
+        ProblemType::SingleLabel => -(logits.log_softmax(-1, Kind::Float) * targets)
+            .sum_dim_intlist(-1, false, Kind::Float)
+            .mean(Kind::Float),
+    }
 }
 
 /// Backward (fresh gradients) and gradient clipping.
@@ -448,16 +456,23 @@ impl<'a> FineTune<'a> {
             &self.dev_enc,
             self.cfg.eval_batch_size,
         )?;
-        let t = metrics::tune_thresholds(&dev_scores, &self.dev_targets, l);
-        let macro_f1 =
-            metrics::evaluate(&dev_scores, &self.dev_targets, self.labels, &t.per_label).macro_f1;
-        let micro_f1 = metrics::evaluate(
-            &dev_scores,
-            &self.dev_targets,
-            self.labels,
-            &vec![t.global; l],
-        )
-        .micro_f1;
+        let (macro_f1, micro_f1) = if self.single_label() {
+            let e = metrics::evaluate_argmax(&dev_scores, &self.dev_targets, self.labels);
+            (e.macro_f1, e.micro_f1)
+        } else {
+            let t = metrics::tune_thresholds(&dev_scores, &self.dev_targets, l);
+            let macro_f1 =
+                metrics::evaluate(&dev_scores, &self.dev_targets, self.labels, &t.per_label)
+                    .macro_f1;
+            let micro_f1 = metrics::evaluate(
+                &dev_scores,
+                &self.dev_targets,
+                self.labels,
+                &vec![t.global; l],
+            )
+            .micro_f1;
+            (macro_f1, micro_f1)
+        };
         let m = &mut self.meta;
         let record = EpochRecord {
             epoch: m.epoch + 1,
@@ -505,8 +520,12 @@ impl<'a> FineTune<'a> {
         Ok(observer.save_state(&state)?)
     }
 
-    /// Restores the best epoch's weights, tunes the thresholds on its dev scores and refuses a
-    /// model that would predict nothing.
+    fn single_label(&self) -> bool {
+        self.model.config().problem() == ProblemType::SingleLabel
+    }
+
+    /// Restores the best epoch's weights, tunes the thresholds on its dev scores (a multi-label
+    /// model) and refuses a model that would predict nothing.
     pub fn finish(mut self) -> Result<TrainOutcome, TrainError> {
         let train_seconds = self.started.elapsed().as_secs_f64();
         let samples_per_second =
@@ -534,6 +553,19 @@ impl<'a> FineTune<'a> {
             )?,
         };
         let l = self.labels.len();
+        if self.single_label() {
+            return Ok(TrainOutcome {
+                best_epoch: self.meta.best_epoch.unwrap_or(self.meta.epoch),
+                history: self.meta.history,
+                model: self.model,
+                tokenizer: self.tokenizer,
+                thresholds: Thresholds::none(),
+                dev_scores,
+                train_seconds,
+                samples_per_second,
+                steps: self.meta.global_step,
+            });
+        }
         let thresholds = metrics::tune_thresholds(&dev_scores, &self.dev_targets, l);
         for (name, fallback) in self.labels.names.iter().zip(&thresholds.fallbacks) {
             if let Some(reason) = fallback {

@@ -7,9 +7,11 @@
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
-use common::checkpoint::{self, BaseModel, Manifest, CONFIG, TOKENIZER, TOKENIZER_EXTRAS, WEIGHTS};
+use common::checkpoint::{
+    self, BaseModel, DatasetInfo, Manifest, CONFIG, TOKENIZER, TOKENIZER_EXTRAS, WEIGHTS,
+};
 use common::data::{DataError, Dataset, DatasetError};
-use common::model::{Pooling, Precision};
+use common::model::{Pooling, Precision, ProblemType};
 use common::registry::{self, Registry};
 use common::store::Store;
 use tokio::runtime::Handle;
@@ -42,6 +44,8 @@ pub enum JobError {
     },
     #[error(transparent)]
     Precision(#[from] common::model::PrecisionError),
+    #[error("hyperparameters.problem_type: {0}")]
+    Problem(String),
 }
 
 impl From<DataError> for JobError {
@@ -90,9 +94,21 @@ pub fn run(
         precision = %precision,
         "data loaded"
     );
+    let problem = spec
+        .train
+        .problem_type
+        .resolve(data.is_single_label())
+        .map_err(JobError::Problem)?;
+    tracing::info!(problem = %problem, labels = data.labels.len(), dataset = %data.name, "task");
     let base = handle.block_on(checkpoint::read_base(&Store::open(&spec.base_model)?))?;
-    let (model, tokenizer) =
-        fine_tune::build_model(&base, &data.labels, &spec.train, spec.device, precision)?;
+    let (model, tokenizer) = fine_tune::build_model(
+        &base,
+        &data.labels,
+        problem,
+        &spec.train,
+        spec.device,
+        precision,
+    )?;
     let outcome = fine_tune::fine_tune(
         model,
         tokenizer,
@@ -119,7 +135,9 @@ pub fn run(
         "best_epoch": outcome.best_epoch,
         "steps": outcome.steps,
     });
-    let baseline = spec.run_baseline.then(|| evaluate::run_baseline(&data));
+    let baseline = spec
+        .run_baseline
+        .then(|| evaluate::run_baseline(&data, problem == ProblemType::SingleLabel));
     check_cancel(observer)?;
     let info = RunInfo {
         version: &version,
@@ -127,7 +145,12 @@ pub fn run(
         hyperparameters: hyperparameters.clone(),
         train_eval_batch_size: spec.train.eval_batch_size,
     };
-    let groupings = evaluate::tune_groupings(&outcome.dev_scores, &data.dev, &data.labels);
+    let groupings = match problem {
+        ProblemType::MultiLabel => {
+            evaluate::tune_groupings(&outcome.dev_scores, &data.dev, &data.labels)
+        }
+        ProblemType::SingleLabel => vec![],
+    };
     let report = evaluate::job_report(&outcome, &data, baseline, &info, &groupings)?;
     check_cancel(observer)?;
     if let Some(dir) = &spec.report_dir {
@@ -146,6 +169,7 @@ pub fn run(
         model_name: spec.model_name.clone(),
         version: version.clone(),
         labels: data.labels.names.clone(),
+        problem_type: problem,
         thresholds: outcome.thresholds.per_label.clone(),
         global_threshold: outcome.thresholds.global,
         max_length: spec.train.max_length,
@@ -158,6 +182,12 @@ pub fn run(
         created_at: chrono::Utc::now().to_rfc3339(),
         files: vec![],
         groupings,
+        dataset: Some(DatasetInfo {
+            name: data.name.clone(),
+            format: data.format.extension().into(),
+            split_seed: (!data.made_splits.is_empty()).then_some(common::data::SPLIT_SEED),
+            made_splits: data.made_splits.clone(),
+        }),
     };
     let manifest = publish(spec, handle, observer, &files, manifest)?;
     Ok(JobOutput { manifest, report })
@@ -217,13 +247,25 @@ fn manifest_metrics(
     data: &Dataset,
     report: &Report,
 ) -> BTreeMap<String, f64> {
-    let dev = common::metrics::evaluate(
-        &outcome.dev_scores,
-        &common::data::targets(&data.dev, data.labels.len()),
-        &data.labels,
-        &outcome.thresholds.per_label,
-    );
+    let targets = common::data::targets(&data.dev, data.labels.len());
+    let dev = if report.fine_tuned.single_label {
+        common::metrics::evaluate_argmax(&outcome.dev_scores, &targets, &data.labels)
+    } else {
+        common::metrics::evaluate(
+            &outcome.dev_scores,
+            &targets,
+            &data.labels,
+            &outcome.thresholds.per_label,
+        )
+    };
     let mut metrics = BTreeMap::new();
+    if report.fine_tuned.single_label {
+        metrics.insert("dev.accuracy".into(), dev.subset_accuracy);
+        metrics.insert(
+            "test.accuracy".into(),
+            report.fine_tuned.at_per_label.subset_accuracy,
+        );
+    }
     metrics.insert("dev.macro_f1.per_label".into(), dev.macro_f1);
     metrics.insert("dev.micro_f1.per_label".into(), dev.micro_f1);
     let ft = &report.fine_tuned;

@@ -9,10 +9,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::history::EpochRecord;
 
-/// One model evaluated at threshold 0.5, at its tuned global threshold and at its per-label thresholds.
+/// One model evaluated at threshold 0.5, at its tuned global threshold and at its per-label
+/// thresholds; a single-label model by its best label (the three evaluations are the same).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ModelResults {
     pub name: String,
+    #[serde(default)]
+    pub single_label: bool,
     pub at_half: Evaluation,
     pub at_global: Evaluation,
     pub at_per_label: Evaluation,
@@ -31,19 +34,35 @@ pub struct Cost {
 }
 
 impl ModelResults {
-    /// Evaluates `scores` against `targets` at 0.5, at `thresholds.global` and per label.
+    /// Evaluates `scores` against `targets` at 0.5, at `thresholds.global` and per label; with
+    /// no thresholds (a single-label model), by each text's best label.
     pub fn evaluate(
         name: &str,
         scores: &[f32],
         targets: &[u8],
         labels: &LabelSet,
-        thresholds: &metrics::Thresholds,
+        thresholds: Option<&metrics::Thresholds>,
         cost: Cost,
     ) -> Self {
+        let Some(thresholds) = thresholds else {
+            let e = metrics::evaluate_argmax(scores, targets, labels);
+            return Self {
+                name: name.to_string(),
+                single_label: true,
+                at_half: e.clone(),
+                at_global: e.clone(),
+                at_per_label: e,
+                global_threshold: 0.0,
+                train_seconds: cost.train_seconds,
+                train_samples_per_second: cost.train_samples_per_second,
+                inference_texts_per_second: cost.inference_texts_per_second,
+            };
+        };
         let l = labels.len();
         let global = thresholds.global;
         Self {
             name: name.to_string(),
+            single_label: false,
             at_half: metrics::evaluate(scores, targets, labels, &vec![0.5; l]),
             at_global: metrics::evaluate(scores, targets, labels, &vec![global; l]),
             at_per_label: metrics::evaluate(scores, targets, labels, &thresholds.per_label),
@@ -65,6 +84,9 @@ pub struct SplitSizes {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
+    /// The data it is about ("GoEmotions", or the data folder's name).
+    #[serde(default)]
+    pub dataset: String,
     pub created_at: String,
     pub split: String,
     pub examples: usize,
@@ -100,7 +122,8 @@ pub struct GroupingResult {
     pub reference_macro_f1: Option<f64>,
 }
 
-/// Reference macro-F1 of the coarse groupings (a Python MiniLM, as quoted in issue 13).
+/// Reference macro-F1 of GoEmotions' coarse groupings (a Python MiniLM, as quoted in issue 13);
+/// quoted for GoEmotions only.
 pub const GROUPING_REFERENCES: [(&str, f64); 2] = [("ekman", 0.622), ("sentiment", 0.703)];
 
 fn row(out: &mut String, cells: &[String]) {
@@ -114,7 +137,28 @@ fn f(v: f64) -> String {
 impl Report {
     pub fn markdown(&self) -> String {
         let mut out = String::new();
-        let _ = writeln!(out, "# GoEmotions: fine-tuned encoder vs TF-IDF baseline\n");
+        let dataset = if self.dataset.is_empty() {
+            "Evaluation"
+        } else {
+            self.dataset.as_str()
+        };
+        let single = self.fine_tuned.single_label;
+        let _ = writeln!(
+            out,
+            "# {dataset}: {}{}\n",
+            self.fine_tuned.name,
+            self.baseline
+                .as_ref()
+                .map(|b| format!(" vs {}", b.name))
+                .unwrap_or_default()
+        );
+        if single {
+            let _ = writeln!(
+                out,
+                "Single-label classifier ({} labels): each text gets its best label (softmax), no thresholds.\n",
+                self.fine_tuned.at_per_label.per_label.len()
+            );
+        }
         let _ = writeln!(
             out,
             "Split `{}` ({} examples), created {}{}. Device: {}{}.\n",
@@ -146,42 +190,71 @@ impl Report {
         }
         let mut header = vec!["metric".to_string()];
         let mut sep = vec!["---".to_string()];
-        for m in &models {
-            for (label, t) in [
-                ("0.5", None),
-                ("global", Some(m.global_threshold)),
-                ("per-label", None),
-            ] {
-                header.push(match t {
-                    Some(t) => format!("{} @ {label} ({t:.2})", m.name),
-                    None => format!("{} @ {label}", m.name),
-                });
-                sep.push("---:".into());
+        // A single-label model has one evaluation (its best label); a multi-label one three.
+        let evaluations = |m: &'_ ModelResults| -> Vec<(String, Evaluation)> {
+            if m.single_label {
+                vec![(format!("{} (best label)", m.name), m.at_per_label.clone())]
+            } else {
+                vec![
+                    (format!("{} @ 0.5", m.name), m.at_half.clone()),
+                    (
+                        format!("{} @ global ({:.2})", m.name, m.global_threshold),
+                        m.at_global.clone(),
+                    ),
+                    (format!("{} @ per-label", m.name), m.at_per_label.clone()),
+                ]
             }
+        };
+        let columns: Vec<(String, Evaluation)> =
+            models.iter().flat_map(|m| evaluations(m)).collect();
+        for (title, _) in &columns {
+            header.push(title.clone());
+            sep.push("---:".into());
         }
         row(&mut out, &header);
         row(&mut out, &sep);
-        type Getter = fn(&Evaluation) -> f64;
-        let metrics: [(&str, Getter); 12] = [
-            ("micro F1", |e| e.micro_f1),
-            ("micro precision", |e| e.micro_precision),
-            ("micro recall", |e| e.micro_recall),
-            ("macro F1", |e| e.macro_f1),
-            ("macro precision", |e| e.macro_precision),
-            ("macro recall", |e| e.macro_recall),
-            ("subset accuracy", |e| e.subset_accuracy),
-            ("Hamming loss", |e| e.hamming_loss),
-            ("Ekman macro F1", |e| e.ekman_macro_f1),
-            ("sentiment macro F1", |e| e.sentiment_macro_f1),
-            ("texts with no label", |e| e.empty_prediction_rate),
-            ("", |_| 0.0),
-        ];
-        for (name, get) in metrics.iter().filter(|(n, _)| !n.is_empty()) {
-            let mut cells = vec![name.to_string()];
-            for m in &models {
-                for e in [&m.at_half, &m.at_global, &m.at_per_label] {
-                    cells.push(f(get(e)));
+        type Getter = Box<dyn Fn(&Evaluation) -> f64>;
+        let mut metrics: Vec<(String, Getter)> = vec![
+            ("micro F1".into(), Box::new(|e| e.micro_f1)),
+            ("micro precision".into(), Box::new(|e| e.micro_precision)),
+            ("micro recall".into(), Box::new(|e| e.micro_recall)),
+            ("macro F1".into(), Box::new(|e| e.macro_f1)),
+            ("macro precision".into(), Box::new(|e| e.macro_precision)),
+            ("macro recall".into(), Box::new(|e| e.macro_recall)),
+            (
+                if single {
+                    "accuracy"
+                } else {
+                    "subset accuracy"
                 }
+                .into(),
+                Box::new(|e| e.subset_accuracy),
+            ),
+            ("Hamming loss".into(), Box::new(|e| e.hamming_loss)),
+        ];
+        let groupings: Vec<String> = self
+            .fine_tuned
+            .at_per_label
+            .grouping_macro_f1
+            .iter()
+            .map(|(name, _)| name.clone())
+            .collect();
+        for (i, name) in groupings.into_iter().enumerate() {
+            metrics.push((
+                format!("{name} macro F1"),
+                Box::new(move |e| e.grouping_macro_f1.get(i).map_or(0.0, |g| g.1)),
+            ));
+        }
+        if !single {
+            metrics.push((
+                "texts with no label".into(),
+                Box::new(|e| e.empty_prediction_rate),
+            ));
+        }
+        for (name, get) in &metrics {
+            let mut cells = vec![name.clone()];
+            for (_, e) in &columns {
+                cells.push(f(get(e)));
             }
             row(&mut out, &cells);
         }
@@ -219,7 +292,15 @@ impl Report {
                 );
             }
         }
-        let _ = writeln!(out, "\n## Per label (per-label thresholds tuned on dev)\n");
+        let _ = writeln!(
+            out,
+            "\n## Per label ({})\n",
+            if single {
+                "best label"
+            } else {
+                "per-label thresholds tuned on dev"
+            }
+        );
         let mut header = vec![
             "label",
             "support",
@@ -249,7 +330,11 @@ impl Report {
                 f(m.f1),
                 f(m.precision),
                 f(m.recall),
-                format!("{:.2}", m.threshold),
+                if single {
+                    "–".into()
+                } else {
+                    format!("{:.2}", m.threshold)
+                },
             ];
             if let Some(b) = &self.baseline {
                 let bf = b.at_per_label.per_label[i].f1;

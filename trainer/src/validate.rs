@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use common::checkpoint::{self, CONFIG, TOKENIZER, WEIGHTS};
-use common::data::{Dataset, REQUIRED_FILES};
+use common::data::Dataset;
 use common::model::{BertConfig, Precision};
 use common::registry::{self, Registry};
 use common::store::{Store, StoreError};
@@ -131,21 +131,7 @@ fn check_names(spec: &JobSpec) -> Result<(), ValidationError> {
 }
 
 fn check_data_dir(dir: &Path) -> Result<(), ValidationError> {
-    let missing: Vec<&str> = REQUIRED_FILES
-        .iter()
-        .copied()
-        .filter(|f| !dir.join(f).is_file())
-        .collect();
-    if !missing.is_empty() {
-        return Err(invalid(
-            "data_dir",
-            format!(
-                "{} is not a GoEmotions data folder: it lacks {}",
-                dir.display(),
-                missing.join(", ")
-            ),
-        ));
-    }
+    common::data::detect_format(dir).map_err(|e| invalid("data_dir", e.to_string()))?;
     Ok(())
 }
 
@@ -210,10 +196,16 @@ pub async fn check_job(spec: &JobSpec) -> Result<Precision, ValidationError> {
     check_data_dir(&spec.data_dir)?;
     let dir = spec.data_dir.clone();
     let (limits, seed) = (spec.limits, spec.train.seed);
-    tokio::task::spawn_blocking(move || Dataset::load(&dir, limits, seed).map(|_| ()))
-        .await
-        .map_err(|e| invalid("data_dir", format!("reading the data failed: {e}")))?
-        .map_err(|e| invalid("data_dir", e.to_string()))?;
+    let single = tokio::task::spawn_blocking(move || {
+        Dataset::load(&dir, limits, seed).map(|d| d.is_single_label())
+    })
+    .await
+    .map_err(|e| invalid("data_dir", format!("reading the data failed: {e}")))?
+    .map_err(|e| invalid("data_dir", e.to_string()))?;
+    spec.train
+        .problem_type
+        .resolve(single)
+        .map_err(|e| invalid("hyperparameters.problem_type", e))?;
     check_base_model(&spec.base_model, spec.train.max_length).await?;
     Ok(precision)
 }

@@ -90,7 +90,15 @@ fn build(
     common::model::BertClassifier,
     common::tokenizer::TextTokenizer,
 ) {
-    train::build_model(&base(), &data.labels, cfg, Device::Cpu, Precision::Fp32).unwrap()
+    train::build_model(
+        &base(),
+        &data.labels,
+        common::model::ProblemType::MultiLabel,
+        cfg,
+        Device::Cpu,
+        Precision::Fp32,
+    )
+    .unwrap()
 }
 
 fn small_config() -> TrainConfig {

@@ -6,7 +6,7 @@ use std::collections::{BTreeSet, HashMap};
 use tch::nn::{self, Module};
 use tch::{Device, Kind, Tensor};
 
-use super::config::BertConfig;
+use super::config::{BertConfig, ProblemType};
 use super::dropout::dropout;
 use super::precision::Precision;
 use crate::safetensors_io::{self, SafetensorsError};
@@ -645,10 +645,11 @@ impl BertClassifier {
         }
     }
 
-    /// Sigmoid probabilities `[batch, num_labels]` in fp32 on the CPU, without gradients. The
-    /// sigmoid is taken here, one value at a time, rather than by libtorch's vectorised kernel,
-    /// whose results for the same logit differ between vector lanes and the scalar tail: a
-    /// text's probabilities would then depend on its row in the batch.
+    /// Probabilities `[batch, num_labels]` in fp32 on the CPU, without gradients: independent
+    /// sigmoids for a multi-label model, a softmax per row for a single-label one. They are
+    /// taken here, in f64 one value (or row) at a time, rather than by libtorch's vectorised
+    /// kernels, whose results for the same logit differ between vector lanes and the scalar
+    /// tail: a text's probabilities would then depend on its row in the batch.
     pub fn predict_proba(&self, input_ids: &Tensor, attention_mask: &Tensor) -> Tensor {
         let logits = tch::no_grad(|| {
             self.forward(input_ids, attention_mask, false)
@@ -659,7 +660,13 @@ impl BertClassifier {
         });
         let shape = logits.size();
         let flat = Vec::<f32>::try_from(logits.flatten(0, -1)).unwrap_or_default();
-        let probs: Vec<f32> = flat.into_iter().map(sigmoid).collect();
+        let probs: Vec<f32> = match self.config().problem() {
+            ProblemType::MultiLabel => flat.into_iter().map(sigmoid).collect(),
+            ProblemType::SingleLabel => flat
+                .chunks(self.num_labels().max(1))
+                .flat_map(softmax)
+                .collect(),
+        };
         Tensor::from_slice(&probs).view(shape.as_slice())
     }
 
@@ -673,12 +680,24 @@ impl BertClassifier {
     }
 }
 
-/// Maps a checkpoint tensor name to this model's variable name; `None` for tensors it never uses.
 /// The logistic function of one logit, computed in f64 and rounded once.
 fn sigmoid(logit: f32) -> f32 {
     (1.0 / (1.0 + (-f64::from(logit)).exp())) as f32
 }
 
+/// The softmax of one row of logits, computed in f64 (shifted by the row's maximum) and rounded
+/// once per value.
+fn softmax(logits: &[f32]) -> Vec<f32> {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let exp: Vec<f64> = logits
+        .iter()
+        .map(|&l| (f64::from(l) - f64::from(max)).exp())
+        .collect();
+    let sum: f64 = exp.iter().sum();
+    exp.into_iter().map(|e| (e / sum) as f32).collect()
+}
+
+/// Maps a checkpoint tensor name to this model's variable name; `None` for tensors it never uses.
 fn canonical_name(name: &str) -> Option<String> {
     if name.ends_with("position_ids") {
         return None;

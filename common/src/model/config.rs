@@ -153,9 +153,18 @@ impl BertConfig {
             .collect()
     }
 
-    /// Fills the classification fields for multi-label classification over `labels`: a plain
+    /// What the head's scores mean: multi-label (independent sigmoids) unless the config says
+    /// `single_label_classification` (a softmax across the labels).
+    pub fn problem(&self) -> ProblemType {
+        match self.problem_type.as_deref() {
+            Some(SINGLE_LABEL) => ProblemType::SingleLabel,
+            _ => ProblemType::MultiLabel,
+        }
+    }
+
+    /// Fills the classification fields for `problem` over `labels`: a plain
     /// `BertForSequenceClassification` for CLS pooling, the shipped remote-code class for mean pooling.
-    pub fn set_classification(&mut self, labels: &[String], pooling: &str) {
+    pub fn set_classification(&mut self, labels: &[String], pooling: &str, problem: ProblemType) {
         self.id2label = Some(
             labels
                 .iter()
@@ -170,7 +179,7 @@ impl BertConfig {
                 .map(|(i, l)| (l.clone(), i as i64))
                 .collect(),
         );
-        self.problem_type = Some("multi_label_classification".into());
+        self.problem_type = Some(problem.as_str().into());
         self.classifier_pooling = Some(pooling.into());
         if pooling == "mean" {
             // transformers has no mean-pooled BERT head: the checkpoint ships its own
@@ -196,6 +205,51 @@ impl BertConfig {
     }
 }
 
+const MULTI_LABEL: &str = "multi_label_classification";
+const SINGLE_LABEL: &str = "single_label_classification";
+
+/// A classifier's task, named as Hugging Face's `problem_type` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum ProblemType {
+    /// Any number of labels per text: independent sigmoids, per-label thresholds.
+    #[default]
+    #[serde(rename = "multi_label_classification")]
+    MultiLabel,
+    /// Exactly one label per text: a softmax across the labels, the best one wins.
+    #[serde(rename = "single_label_classification")]
+    SingleLabel,
+}
+
+impl ProblemType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProblemType::MultiLabel => MULTI_LABEL,
+            ProblemType::SingleLabel => SINGLE_LABEL,
+        }
+    }
+}
+
+impl std::fmt::Display for ProblemType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for ProblemType {
+    type Err = crate::ParseEnumError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            MULTI_LABEL => Ok(ProblemType::MultiLabel),
+            SINGLE_LABEL => Ok(ProblemType::SingleLabel),
+            _ => Err(crate::ParseEnumError {
+                what: "problem_type",
+                value: s.to_string(),
+                expected: "multi_label_classification or single_label_classification",
+            }),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -206,7 +260,7 @@ mod tests {
             "num_attention_heads": 2, "intermediate_size": 16, "max_position_embeddings": 32}"#;
         let labels = vec!["joy".to_string(), "neutral".to_string()];
         let mut c = BertConfig::from_json(base.as_bytes()).unwrap();
-        c.set_classification(&labels, "mean");
+        c.set_classification(&labels, "mean", ProblemType::MultiLabel);
         let json: Value = serde_json::from_slice(&c.to_json()).unwrap();
         assert_eq!(json["model_type"], REMOTE_MODEL_TYPE);
         assert_eq!(json["architectures"][0], REMOTE_ARCHITECTURE);
@@ -216,7 +270,8 @@ mod tests {
         );
         // Retrained with CLS pooling from that checkpoint: plain BERT again, no remote code.
         let mut again = BertConfig::from_json(&c.to_json()).unwrap();
-        again.set_classification(&labels, "cls");
+        again.set_classification(&labels, "cls", ProblemType::SingleLabel);
+        assert_eq!(again.problem(), ProblemType::SingleLabel);
         let json: Value = serde_json::from_slice(&again.to_json()).unwrap();
         assert_eq!(json["model_type"], "bert");
         assert_eq!(json["architectures"][0], "BertForSequenceClassification");
@@ -260,7 +315,11 @@ mod tests {
         let json = br#"{"vocab_size": 10, "hidden_size": 8, "num_hidden_layers": 1, "num_attention_heads": 2,
             "intermediate_size": 16, "max_position_embeddings": 32, "model_type": "bert", "foo": [1]}"#;
         let mut c = BertConfig::from_json(json).unwrap();
-        c.set_classification(&["joy".into(), "neutral".into()], "mean");
+        c.set_classification(
+            &["joy".into(), "neutral".into()],
+            "mean",
+            ProblemType::MultiLabel,
+        );
         let back = BertConfig::from_json(&c.to_json()).unwrap();
         assert_eq!(back.extra["foo"], serde_json::json!([1]));
         assert_eq!(back.label_names().unwrap(), vec!["joy", "neutral"]);

@@ -5,6 +5,6 @@ mod dropout;
 mod precision;
 
 pub use bert::{Attention, BertClassifier, LoadReport, ModelError, ModelOutput, Pooling};
-pub use config::BertConfig;
 pub use config::ConfigError;
+pub use config::{BertConfig, ProblemType};
 pub use precision::{Precision, PrecisionChoice, PrecisionError};

@@ -24,7 +24,7 @@ impl Baseline {
             .map(|j| {
                 train
                     .iter()
-                    .map(|e| e.labels.contains(&(j as u8)))
+                    .map(|e| e.labels.contains(&(j as u32)))
                     .collect()
             })
             .collect();
