@@ -177,7 +177,7 @@ impl OutputOptions {
                 .ok_or_else(|| OptionsError::NoGrouping {
                     name: name.to_string(),
                     available: if stored.is_empty() {
-                        "it serves none (its data had no groupings, it is single-label, or it was trained before groupings were stored)".into()
+                        "it serves none (its data had no groupings, or it was trained before groupings were stored)".into()
                     } else {
                         format!(
                             "it serves {}",

@@ -81,6 +81,12 @@ fn write_tickets(dir: &Path) {
 fn write_sentiment(dir: &Path) {
     std::fs::create_dir_all(dir).unwrap();
     std::fs::write(dir.join("labels.txt"), "complaint\nbug report\nthanks\n").unwrap();
+    std::fs::create_dir_all(dir.join("groupings")).unwrap();
+    std::fs::write(
+        dir.join("groupings/mood.json"),
+        r#"{"unhappy": ["complaint", "bug report"], "happy": ["thanks"]}"#,
+    )
+    .unwrap();
     for (split, n) in [("train", 40), ("dev", 8), ("test", 8)] {
         let mut out = String::new();
         for (label, templates) in [("complaint", &BILLING), ("bug report", &BUG)] {
@@ -333,6 +339,7 @@ async fn a_single_label_dataset_trains_a_softmax_classifier_that_answers_its_bes
     assert_eq!(manifest["problem_type"], "single_label_classification");
     assert_eq!(manifest["format_version"], 2, "older predictors refuse it");
     assert_eq!(manifest["thresholds"], serde_json::json!([]));
+    assert_eq!(manifest["groupings"][0]["name"], "mood");
     assert_eq!(
         manifest["labels"],
         serde_json::json!(["complaint", "bug report", "thanks"])
@@ -376,6 +383,7 @@ async fn a_single_label_dataset_trains_a_softmax_classifier_that_answers_its_bes
             ],
             options: Some(ClassifyOptions {
                 return_all_scores: true,
+                grouping_names: vec!["mood".into()],
                 ..Default::default()
             }),
         })
@@ -383,6 +391,12 @@ async fn a_single_label_dataset_trains_a_softmax_classifier_that_answers_its_bes
         .unwrap()
         .into_inner();
     for r in &response.results {
+        let group_scores: Vec<f32> = r.groups[0].scores.iter().map(|s| s.score).collect();
+        assert_eq!(
+            group_scores,
+            [r.scores[2], r.scores[0].max(r.scores[1])],
+            "groups (happy, unhappy: sorted by name) served as for multi-label models"
+        );
         assert_eq!(r.labels.len(), 1, "exactly the best label: {r:?}");
         assert_eq!(r.labels[0].name, r.top_k[0].name);
         let sum: f32 = r.scores.iter().sum();

@@ -76,7 +76,7 @@ pub struct RunInfo<'a> {
 }
 
 /// Scores the fine-tuned model on the test split and builds the job's report.
-/// The data's groupings as the predictor serves them (a multi-label model's): a group's score
+/// The data's groupings as the predictor serves them (for either problem type): a group's score
 /// is its best member's, and each group gets a threshold tuned on dev (with the labels'
 /// fallbacks).
 pub fn tune_groupings(dev_scores: &[f32], dev: &[Example], labels: &LabelSet) -> Vec<Grouping> {

@@ -145,12 +145,9 @@ pub fn run(
         hyperparameters: hyperparameters.clone(),
         train_eval_batch_size: spec.train.eval_batch_size,
     };
-    let groupings = match problem {
-        ProblemType::MultiLabel => {
-            evaluate::tune_groupings(&outcome.dev_scores, &data.dev, &data.labels)
-        }
-        ProblemType::SingleLabel => vec![],
-    };
+    // Served the same way for both problem types: a group scores as its best member, with a
+    // threshold tuned on dev.
+    let groupings = evaluate::tune_groupings(&outcome.dev_scores, &data.dev, &data.labels);
     let report = evaluate::job_report(&outcome, &data, baseline, &info, &groupings)?;
     check_cancel(observer)?;
     if let Some(dir) = &spec.report_dir {
