@@ -62,6 +62,10 @@ impl Example {
     }
 }
 
+/// The name GoEmotions' folder loads as; checkpoints from before datasets were recorded were
+/// all trained on it.
+pub const GOEMOTIONS: &str = "GoEmotions";
+
 /// The split names, in order.
 pub const SPLITS: [&str; 3] = ["train", "dev", "test"];
 
@@ -292,7 +296,7 @@ impl Dataset {
         let train = subsample(train, limits.train);
         let is_goemotions = format == Format::Tsv && dir.join("emotions.txt").is_file();
         let name = if is_goemotions {
-            "GoEmotions".to_string()
+            GOEMOTIONS.to_string()
         } else {
             dir.canonicalize()
                 .ok()

@@ -329,7 +329,7 @@ impl Predictor for PredictorService {
                     .dataset
                     .as_ref()
                     .map(|d| d.name.clone())
-                    .unwrap_or_else(|| "GoEmotions".into()),
+                    .unwrap_or_else(|| common::data::GOEMOTIONS.into()),
             }
         });
         core.record("GetModelInfo", &result, started);

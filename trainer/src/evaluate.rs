@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use common::checkpoint::{self, Grouping, LoadedModel, ServedGroup};
-use common::data::{self, Dataset, DatasetError, Example};
+use common::data::{self, Dataset, DatasetError, Example, GOEMOTIONS};
 use common::inference::{self, InferenceError};
 use common::labels::{LabelGroup, LabelSet};
 use common::metrics;
@@ -40,10 +40,6 @@ pub enum EvalError {
         model_labels: usize,
     },
 }
-
-/// The dataset name GoEmotions' folder loads as (checkpoints from before datasets were recorded
-/// were all trained on it).
-const GOEMOTIONS: &str = "GoEmotions";
 
 /// A split of the data folder.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
