@@ -13,7 +13,10 @@ only retried UNAVAILABLE, the replica replaced and load spread again; (d) a repl
 S3 for 60 s keeps serving its version and stays healthy, and follows the alias once reconnected;
 (e) scale 1 → 3 → 1 under load: per-replica share and texts/s at each step, no failed call on
 scale-in; (f) long-lived pinned clients (one connection each, as behind an L4 balancer): the
-per-replica share after scaling out, without and with a server-side maximum connection age.
+per-replica share after scaling out, without and with a server-side maximum connection age;
+(g) batch scoring as an Indexed Job: three `predictor batch` containers with JOB_COMPLETION_INDEX
+0-2 share the parts of an input in the stack's S3, each row scored once, the manifest names the
+served version; a rerun of one index skips its finished parts.
 """
 import argparse
 import json
@@ -276,12 +279,73 @@ def case_f(results):
     results.append(("(f) 6 long-lived pinned clients (pick_first), scaled 1 → 3", expected, "; ".join(observed), ok))
 
 
+TAG = "latest"
+S3_ENV = ["AWS_ENDPOINT_URL=http://s3:5000", "AWS_ACCESS_KEY_ID=moto", "AWS_SECRET_ACCESS_KEY=moto",
+          "AWS_REGION=us-east-1", "AWS_ALLOW_HTTP=true"]
+S3_PRELUDE = ("import boto3, json\n"
+              "s3 = boto3.client('s3', endpoint_url='http://s3:5000', aws_access_key_id='moto',"
+              " aws_secret_access_key='moto', region_name='us-east-1')\n")
+
+
+def s3_python(code):
+    """Runs Python `code` in a throw-away tools container on the store network, with `s3` a boto3
+    client of the stack's S3 server; returns what it printed."""
+    return sh("docker", "run", "--rm", "--network", f"{STACK}_store", f"goemotions-tools:{TAG}",
+              "python", "-c", S3_PRELUDE + code, timeout=300)
+
+
+def batch_container(index, shards, detach=True):
+    env = [a for e in S3_ENV + [f"JOB_COMPLETION_INDEX={index}", f"BATCH_SHARD_COUNT={shards}"] for a in ("-e", e)]
+    return sh("docker", "run", *(["-d"] if detach else ["--rm"]), "--no-healthcheck", "--read-only", "--tmpfs", "/tmp",
+              "--network", f"{STACK}_store", *env, f"goemotions-predictor:{TAG}", "batch",
+              "--model", "s3://registry/goemotions/models/goemotions/aliases/latest",
+              "--input", "s3://registry/batch/in/", "--output", "s3://registry/batch/out/",
+              "--id-column", "id", "--rows-per-part", "100", "--threads", "1", timeout=600)
+
+
+def case_g(results, current):
+    expected = "3 containers share 9 parts 3/3/3, every row once, manifest on the served version; rerun skips"
+    rows = 900
+    s3_python(
+        "lines = [json.dumps({'id': f'c{i}', 'text': t + f' ({i})'}) for i, t in enumerate(\n"
+        "    ['thanks so much, this made my day', 'I am so angry about this', 'that is really sad news',\n"
+        "     'wow, I did not expect that at all', 'meh, whatever'] * %d)]\n"
+        "s3.put_object(Bucket='registry', Key='batch/in/comments.jsonl', Body='\\n'.join(lines).encode())\n" % (rows // 5))
+    t0 = time.monotonic()
+    ids = [batch_container(i, 3) for i in range(3)]
+    codes = [sh("docker", "wait", cid, timeout=600) for cid in ids]
+    took = time.monotonic() - t0
+    logs = [sh("docker", "logs", cid, check=False) for cid in ids]
+    for cid in ids:
+        sh("docker", "rm", "-f", cid, check=False)
+    scored = [next((line.split()[1] for line in out.splitlines() if "scored here" in line), "?") for out in logs]
+    found = json.loads(s3_python(
+        "m = json.loads(s3.get_object(Bucket='registry', Key='batch/out/_manifest.json')['Body'].read())\n"
+        "ids = []\n"
+        "for p in m['parts']:\n"
+        "    body = s3.get_object(Bucket='registry', Key='batch/out/' + p['name'])['Body'].read().decode()\n"
+        "    ids += [json.loads(l)['id'] for l in body.splitlines()]\n"
+        "print(json.dumps({'version': m['model']['version'], 'parts': len(m['parts']), 'rows': m['rows_scored'],\n"
+        "                  'ids': len(ids), 'unique': len(set(ids))}))\n").splitlines()[-1])
+    rerun = batch_container(0, 3, detach=False)
+    skipped = "0 scored here, 3 already done" in rerun
+    ok = codes == ["0", "0", "0"] and scored == ["3", "3", "3"] and found["version"] == current \
+        and found["parts"] == 9 and found["ids"] == found["unique"] == rows and skipped
+    results.append(("(g) batch scoring, 3 containers as an Indexed Job", expected,
+                    f"exit codes {codes}, parts scored per index {scored} in {took:.1f} s; manifest: version "
+                    f"{found['version']} ({'the served one' if found['version'] == current else 'NOT the served one'}), "
+                    f"{found['parts']} parts, {found['ids']} rows ({found['unique']} distinct) of {rows}; rerun of index 0 "
+                    f"{'skipped its 3 parts' if skipped else 'did not skip: ' + rerun[-200:]}", ok))
+
+
 def main():
+    global TAG
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tag", default="latest")
     p.add_argument("--keep", action="store_true", help="leave the stack running")
-    p.add_argument("--cases", default="abcdef", help="which cases to run (letters; the first version is always published)")
+    p.add_argument("--cases", default="abcdefg", help="which cases to run (letters; the first version is always published)")
     args = p.parse_args()
+    TAG = args.tag
     started_swarm = False
     if sh("docker", "info", "-f", "{{.Swarm.LocalNodeState}}") != "active":
         sh("docker", "swarm", "init")
@@ -309,6 +373,8 @@ def main():
                 current = case_a(results)
             elif letter == "d":
                 current = case_d(results, current)
+            elif letter == "g":
+                case_g(results, current)
             else:
                 {"b": case_b, "c": case_c, "e": case_e, "f": case_f}[letter](results)
     except Exception as e:  # a case that could not run is a failure with its reason

@@ -35,6 +35,14 @@ pub struct ObjectVersion {
     pub version: Option<String>,
 }
 
+/// An object's name (relative to the folder it was listed from), size and entity tag.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ObjectInfo {
+    pub name: String,
+    pub size: u64,
+    pub e_tag: Option<String>,
+}
+
 /// What a conditional write expects to find.
 #[derive(Debug, Clone)]
 pub enum Expect {
@@ -344,6 +352,78 @@ impl Store {
         }
     }
 
+    /// Every object under `dir` (at any depth), sorted by name; names are relative to `dir`.
+    pub async fn list_objects(&self, dir: &str) -> Result<Vec<ObjectInfo>, StoreError> {
+        let prefix = self.path(dir);
+        let objects: Vec<_> = match self.inner.list(Some(&prefix)).try_collect().await {
+            Ok(objects) => objects,
+            Err(object_store::Error::NotFound { .. }) => return Ok(Vec::new()),
+            Err(e) => return Err(self.err(dir, e)),
+        };
+        let mut found: Vec<ObjectInfo> = objects
+            .into_iter()
+            .filter_map(|o| {
+                let name = o
+                    .location
+                    .prefix_match(&prefix)?
+                    .map(|p| p.as_ref().to_string());
+                Some(ObjectInfo {
+                    name: name.collect::<Vec<_>>().join("/"),
+                    size: o.size,
+                    e_tag: o.e_tag,
+                })
+            })
+            .collect();
+        found.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(found)
+    }
+
+    /// The object's size and entity tag, or `None` when there is no such object.
+    pub async fn head(&self, name: &str) -> Result<Option<ObjectInfo>, StoreError> {
+        match self.inner.head(&self.path(name)).await {
+            Ok(meta) => Ok(Some(ObjectInfo {
+                name: name.to_string(),
+                size: meta.size,
+                e_tag: meta.e_tag,
+            })),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.err(name, e)),
+        }
+    }
+
+    /// The file behind `name` when this store is a local folder (read it in place).
+    pub fn local_path(&self, name: &str) -> Option<std::path::PathBuf> {
+        self.local_root.as_ref().map(|root| {
+            name.split('/')
+                .filter(|p| !p.is_empty())
+                .fold(root.clone(), |path, part| path.join(part))
+        })
+    }
+
+    /// Streams the object into the local file `to` (created or truncated), never holding it
+    /// whole in memory; returns the bytes written.
+    pub async fn download(&self, name: &str, to: &std::path::Path) -> Result<u64, StoreError> {
+        use tokio::io::AsyncWriteExt;
+        let io = |e: std::io::Error| StoreError::Io {
+            uri: to.display().to_string(),
+            message: e.to_string(),
+        };
+        let result = self
+            .inner
+            .get(&self.path(name))
+            .await
+            .map_err(|e| self.err(name, e))?;
+        let mut stream = result.into_stream();
+        let mut file = tokio::fs::File::create(to).await.map_err(io)?;
+        let mut written = 0u64;
+        while let Some(chunk) = stream.try_next().await.map_err(|e| self.err(name, e))? {
+            file.write_all(&chunk).await.map_err(io)?;
+            written += chunk.len() as u64;
+        }
+        file.flush().await.map_err(io)?;
+        Ok(written)
+    }
+
     /// Deletes every object under `dir`.
     pub async fn delete_all(&self, dir: &str) -> Result<(), StoreError> {
         let prefix = self.path(dir);
@@ -423,6 +503,41 @@ mod tests {
             .await
             .unwrap();
         assert!(dir.path().join("a/c/x/y.json").exists());
+    }
+
+    #[tokio::test]
+    async fn objects_are_listed_at_any_depth_and_downloaded_in_streams() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("in").to_str().unwrap()).unwrap();
+        store
+            .put("b.jsonl", Bytes::from_static(b"12345"))
+            .await
+            .unwrap();
+        store
+            .put("a/x.jsonl", Bytes::from_static(b"1"))
+            .await
+            .unwrap();
+        let listed = store.list_objects("").await.unwrap();
+        let names: Vec<(&str, u64)> = listed.iter().map(|o| (o.name.as_str(), o.size)).collect();
+        assert_eq!(names, vec![("a/x.jsonl", 1), ("b.jsonl", 5)]);
+        assert_eq!(
+            store.head("b.jsonl").await.unwrap().map(|o| o.size),
+            Some(5)
+        );
+        assert_eq!(store.head("nope").await.unwrap(), None);
+        assert_eq!(
+            store.local_path("a/x.jsonl"),
+            Some(dir.path().join("in/a/x.jsonl"))
+        );
+        let copy = dir.path().join("copy");
+        assert_eq!(store.download("b.jsonl", &copy).await.unwrap(), 5);
+        assert_eq!(std::fs::read(&copy).unwrap(), b"12345");
+        assert!(Store::open(dir.path().join("none").to_str().unwrap())
+            .unwrap()
+            .list_objects("")
+            .await
+            .unwrap()
+            .is_empty());
     }
 
     #[test]

@@ -38,6 +38,10 @@ pub enum Command {
     Info(ClientArgs),
     /// Drive a running predictor with concurrent streams and print throughput and latency.
     Bench(BenchArgs),
+    /// Score a corpus offline (JSONL, CSV or Parquet from a path or an object-storage prefix)
+    /// into output parts plus a manifest; resumable, and sharded by JOB_COMPLETION_INDEX /
+    /// BATCH_SHARD_COUNT as a Kubernetes Indexed Job.
+    Batch(Box<BatchArgs>),
     /// Check a running predictor's gRPC health: exit 0 when SERVING, 1 otherwise (for
     /// container health checks; --addr defaults to 127.0.0.1:50051).
     Health(common::grpc::HealthArgs),
@@ -265,6 +269,103 @@ impl ServeArgs {
                 stream_window: self.http2_stream_window_bytes,
             },
         })
+    }
+}
+
+#[derive(Args, Clone)]
+pub struct BatchArgs {
+    /// Checkpoint URI, as for `serve`: an alias (…/models/NAME/aliases/A) is resolved once, when
+    /// the job is planned, and every shard and rerun scores with that version.
+    #[arg(long, env = "BATCH_MODEL")]
+    pub model: String,
+    /// Input: a file or a folder/prefix of files (local path, file://, or s3://bucket/prefix).
+    /// Files of a prefix are read in name order; names starting with `_` or `.` are skipped.
+    #[arg(long, env = "BATCH_INPUT")]
+    pub input: String,
+    /// Input format: auto (from the file extension: .jsonl/.ndjson/.json, .csv, .parquet),
+    /// jsonl, csv or parquet.
+    #[arg(long, env = "BATCH_INPUT_FORMAT", value_enum, default_value_t = crate::batch::InputFormatChoice::Auto)]
+    pub input_format: crate::batch::InputFormatChoice,
+    /// The column (CSV header, JSON field, Parquet column) holding the text.
+    #[arg(long, env = "BATCH_TEXT_COLUMN", default_value = "text")]
+    pub text_column: String,
+    /// The column holding each row's id, copied to the output (strings or integers); without
+    /// it a row's id is its number in the input (0-based, across files in name order).
+    #[arg(long, env = "BATCH_ID_COLUMN")]
+    pub id_column: Option<String>,
+    /// Output folder/prefix (local path, file://, or s3://bucket/prefix): part-NNNNNN files,
+    /// errors/ for bad rows, _job.json (the plan) and, once every part exists, _manifest.json.
+    #[arg(long, env = "BATCH_OUTPUT")]
+    pub output: String,
+    /// Output format: jsonl or parquet.
+    #[arg(long, env = "BATCH_OUTPUT_FORMAT", value_enum, default_value_t = crate::batch::OutputFormat::Jsonl)]
+    pub output_format: crate::batch::OutputFormat,
+    /// Input rows per output part: the unit that is written whole or not at all, skipped on a
+    /// rerun, and handed to shards; also the window sorted by length before batching.
+    #[arg(long, env = "BATCH_ROWS_PER_PART", default_value_t = 20_000,
+          value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    pub rows_per_part: u64,
+    /// This process's shard, 0-based (Kubernetes sets JOB_COMPLETION_INDEX in Indexed Jobs).
+    #[arg(long, env = "JOB_COMPLETION_INDEX", default_value_t = 0)]
+    pub shard_index: u64,
+    /// Shards in all (the Job's `completions`): part p is scored by shard p mod count.
+    #[arg(long, env = "BATCH_SHARD_COUNT", default_value_t = 1,
+          value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub shard_count: u64,
+    /// Top labels written per row.
+    #[arg(long, env = "BATCH_TOP_K", default_value_t = 3)]
+    pub top_k: u32,
+    /// One threshold for all labels instead of the model's per-label thresholds.
+    #[arg(long, env = "BATCH_THRESHOLD")]
+    pub threshold: Option<f32>,
+    /// Groupings to write beside the labels, by name, comma-separated (GoEmotions: ekman,
+    /// sentiment).
+    #[arg(long, env = "BATCH_GROUPINGS", value_delimiter = ',')]
+    pub groupings: Vec<String>,
+    /// Bytes per text at most; longer texts are bad rows (texts over the model's max length in
+    /// tokens are truncated, as when serving).
+    #[arg(long, env = "BATCH_MAX_TEXT_BYTES", default_value_t = Limits::default().max_text_bytes)]
+    pub max_text_bytes: usize,
+    /// Largest share of bad rows (invalid UTF-8, missing or empty text, over the byte limit,
+    /// unparsable line) the job accepts; above it the job is refused before any scoring.
+    #[arg(long, env = "BATCH_MAX_BAD_SHARE", default_value_t = 0.01)]
+    pub max_bad_share: f64,
+    /// Texts per forward pass at most.
+    #[arg(long, env = "BATCH_BATCH_SIZE", default_value_t = 64)]
+    pub batch_size: usize,
+    /// Padded tokens per forward pass at most (batch size × longest text).
+    #[arg(long, env = "BATCH_MAX_BATCH_TOKENS", default_value_t = 8192)]
+    pub max_batch_tokens: usize,
+    /// auto (CUDA when available), cpu, cuda or cuda:N.
+    #[arg(long, env = "BATCH_DEVICE", default_value = "auto")]
+    pub device: String,
+    /// Inference precision: auto (fp32), fp32 or bf16 (see `serve --help`).
+    #[arg(long, env = "BATCH_PRECISION", value_enum, default_value_t = PrecisionChoice::Auto)]
+    pub precision: PrecisionChoice,
+    /// CPU threads for inference (default: the CPUs the process may use).
+    #[arg(long, env = "BATCH_THREADS")]
+    pub threads: Option<i32>,
+    /// Batches scored side by side (0: auto, as for `serve`).
+    #[arg(long, env = "BATCH_INFERENCE_WORKERS", default_value_t = 0)]
+    pub inference_workers: usize,
+    /// Where inputs from object storage are downloaded to before reading (default: the
+    /// system's temporary folder); removed at the end.
+    #[arg(long, env = "BATCH_SPOOL_DIR")]
+    pub spool_dir: Option<PathBuf>,
+    /// Seconds between progress log lines when stderr is not a terminal.
+    #[arg(long, env = "BATCH_LOG_INTERVAL_SECS", default_value_t = 10.0)]
+    pub log_interval_secs: f64,
+}
+
+impl BatchArgs {
+    /// Inference workers and libtorch threads per worker for `threads` threads on `device`.
+    pub fn workers(&self, threads: i32, device: tch::Device) -> (usize, Option<i32>) {
+        let threads = usize::try_from(threads.max(1)).unwrap_or(1);
+        inference_workers(self.inference_workers, threads, device)
+    }
+
+    pub fn log_interval(&self) -> Duration {
+        seconds(self.log_interval_secs.max(0.1))
     }
 }
 

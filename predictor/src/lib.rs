@@ -8,7 +8,9 @@
 //!   `oip` (the Open Inference Protocol, KServe v2, over gRPC, with the tensor mapping that
 //!   `rest` shares for the same protocol over HTTP/JSON);
 //! - `server`: assembly (auth, TLS, health, reflection, drain), `telemetry`: Prometheus metrics;
+//! - `batch`: offline scoring of a corpus into output parts (resumable, sharded);
 //! - `cli`, `client`, `bench`: the command line and the client-side tools.
+pub mod batch;
 pub mod batcher;
 pub mod bench;
 pub(crate) mod classify;

@@ -34,6 +34,10 @@ fn main() -> anyhow::Result<()> {
             Command::Classify(args) => client::classify(args).await?,
             Command::Info(args) => client::info(args).await?,
             Command::Bench(args) => client::bench(args).await?,
+            Command::Batch(args) => {
+                let summary = predictor::batch::run(*args).await?;
+                println!("{summary}");
+            }
             Command::Health(args) => {
                 common::grpc::check_health(&args, "127.0.0.1:50051").await?;
                 println!("SERVING");
