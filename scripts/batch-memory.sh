@@ -4,13 +4,13 @@
 # INTERVAL seconds and printed as a curve (elapsed s, rows scored, RSS MB), then start / peak /
 # end and the slope over the second half. Bounded: stops the job after MAX_SECONDS (default 3600).
 #   scripts/batch-memory.sh [CHECKPOINT=output/registry/models/goemotions/aliases/latest] [ROWS=1000000] [THREADS=2]
-#   INTERVAL=15 MAX_SECONDS=3600 OUTPUT_FORMAT=jsonl
+#   INTERVAL=15 MAX_SECONDS=3600 OUTPUT_FORMAT=jsonl PRECISION=auto
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 MODEL="${1:-$ROOT/output/registry/models/goemotions/aliases/latest}"
 ROWS="${2:-1000000}"; THREADS="${3:-2}"
-INTERVAL="${INTERVAL:-15}"; MAX_SECONDS="${MAX_SECONDS:-3600}"; OUTPUT_FORMAT="${OUTPUT_FORMAT:-jsonl}"
+INTERVAL="${INTERVAL:-15}"; MAX_SECONDS="${MAX_SECONDS:-3600}"; OUTPUT_FORMAT="${OUTPUT_FORMAT:-jsonl}"; PRECISION="${PRECISION:-auto}"
 scripts/setup.sh >/dev/null
 # shellcheck disable=SC1091
 source .cache/env.sh
@@ -24,9 +24,9 @@ with open(sys.argv[2], "w", encoding="utf-8") as out:
     for i in range(int(sys.argv[3])):
         out.write(json.dumps({"id": i, "text": texts[i % len(texts)]}) + "\n")
 PY
-echo "input: $ROWS rows ($(du -h "$work/in.jsonl" | cut -f1)), threads $THREADS, output $OUTPUT_FORMAT"
+echo "input: $ROWS rows ($(du -h "$work/in.jsonl" | cut -f1)), threads $THREADS, precision $PRECISION, output $OUTPUT_FORMAT"
 ./target/release/predictor batch --model "$MODEL" --input "$work/in.jsonl" --id-column id --output "$work/out" \
-  --output-format "$OUTPUT_FORMAT" --device cpu --threads "$THREADS" --log-interval-secs "$INTERVAL" \
+  --output-format "$OUTPUT_FORMAT" --precision "$PRECISION" --device cpu --threads "$THREADS" --log-interval-secs "$INTERVAL" \
   > "$work/summary.txt" 2> "$work/batch.log" &
 pid=$!
 start=$(date +%s)

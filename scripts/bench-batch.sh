@@ -5,14 +5,17 @@
 # dynamic int8 (bench_infer_quantized.py, which also gives PyTorch fp32, the quality reference).
 # Each side counts its scoring loop, tokenization included, model loading excluded (ours: reading,
 # tokenizing, scoring, labelling and writing the parts: the summary's "while scoring" rate).
-# Quality guard: test macro-F1 at the checkpoint's thresholds, computed from our output files,
-# beside PyTorch fp32's (within 0.005). Runs interleaved REPEATS times; median and spread (min–max).
+# Ours runs once per precision of PRECISIONS (default "fp32 bf16"; bf16 needs a CPU with
+# AVX512-BF16 or AMX to pay). Quality guard: test macro-F1 at the checkpoint's thresholds, computed
+# from our output files, beside PyTorch fp32's (within 0.005). Runs interleaved REPEATS times;
+# median and spread (min–max).
 #   scripts/bench-batch.sh [CHECKPOINT=output/registry/models/goemotions/aliases/latest] [REPEATS=3] [THREADS=2]
+#   PRECISIONS="fp32 bf16"
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 MODEL="${1:-$ROOT/output/registry/models/goemotions/aliases/latest}"
-REPEATS="${2:-3}"; THREADS="${3:-2}"
+REPEATS="${2:-3}"; THREADS="${3:-2}"; PRECISIONS="${PRECISIONS:-fp32 bf16}"
 scripts/setup.sh >/dev/null
 scripts/setup-ref-venv.sh >/dev/null
 # shellcheck disable=SC1091
@@ -32,9 +35,10 @@ with open(sys.argv[2], "w", encoding="utf-8") as out:
 PY
 out="$work/runs.txt"
 for r in $(seq 1 "$REPEATS"); do
+for precision in $PRECISIONS; do
   rm -rf "$work/out"
   ./target/release/predictor batch --model "$ckpt" --input "$work/test.jsonl" --id-column id \
-    --output "$work/out" --device cpu --threads "$THREADS" > "$work/summary.txt" 2> "$work/batch.log"
+    --output "$work/out" --device cpu --threads "$THREADS" --precision "$precision" > "$work/summary.txt" 2> "$work/batch.log"
   rate=$(grep -o '[0-9.]* rows/s while scoring' "$work/summary.txt" | cut -d' ' -f1)
   f1=$(python3 - "$work/test.jsonl" "$work/out" "$ckpt/manifest.json" <<'PY'
 import glob, json, sys
@@ -58,7 +62,8 @@ for name in labels:
 print(f"{sum(f1s) / len(f1s):.4f}")
 PY
 )
-  echo "rust batch: $rate texts/s; macro-F1 $f1" | tee -a "$out"
+  echo "rust batch $precision: $rate texts/s; macro-F1 $f1" | tee -a "$out"
+done
   .venv-ref/bin/python scripts/bench_infer_transformers.py --checkpoint "$ckpt" --loop-only --precision bf16 \
     --texts "$GOEMOTIONS_DATA_DIR/test.tsv" --threads "$THREADS" 2>/dev/null | tail -n1 | tee -a "$out"
   .venv-ref/bin/python scripts/bench_infer_quantized.py --checkpoint "$ckpt" --texts "$GOEMOTIONS_DATA_DIR/test.tsv" \
@@ -79,15 +84,16 @@ med = {k: statistics.median(v) for k, v in rows.items()}
 for k, v in rows.items():
     p = 4 if "macro-F1" in k else 1
     print(f"| {k} | {med[k]:.{p}f} ({min(v):.{p}f}–{max(v):.{p}f}) | {len(v)} |")
-ours = rows["rust batch (texts/s)"]
-refs = [k for k in rows if k.endswith("(texts/s)") and k != "rust batch (texts/s)" and "fp32" not in k]
+refs = [k for k in rows if k.endswith("(texts/s)") and not k.startswith("rust") and "fp32" not in k]
 best = max(refs, key=lambda k: med[k])
-for ref in refs + ["torch-fp32 (texts/s)"]:
-    q = rows[ref]
-    overlap = min(ours) <= max(q) and min(q) <= max(ours)
-    print(f"ratio rust batch / {ref.split(' (')[0]}: {med['rust batch (texts/s)'] / med[ref]:.2f}x"
-          + (" (ranges overlap: within noise)" if overlap else "") + (" [best Python side]" if ref == best else ""))
-delta = med["rust batch test macro-F1"] - med["torch-fp32 test macro-F1"]
-print(f"quality guard (rust batch macro-F1 minus PyTorch fp32's): {delta:+.4f} "
-      + ("met" if delta >= -0.005 else "MISSED"))
+for mine in [k for k in rows if k.startswith("rust") and k.endswith("(texts/s)")]:
+    ours = rows[mine]
+    name = mine.split(" (")[0]
+    for ref in refs + ["torch-fp32 (texts/s)"]:
+        q = rows[ref]
+        overlap = min(ours) <= max(q) and min(q) <= max(ours)
+        print(f"ratio {name} / {ref.split(' (')[0]}: {med[mine] / med[ref]:.2f}x"
+              + (" (ranges overlap: within noise)" if overlap else "") + (" [best Python side]" if ref == best else ""))
+    delta = med[name + " test macro-F1"] - med["torch-fp32 test macro-F1"]
+    print(f"quality guard ({name} macro-F1 minus PyTorch fp32's): {delta:+.4f} " + ("met" if delta >= -0.005 else "MISSED"))
 PY

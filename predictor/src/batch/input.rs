@@ -98,6 +98,17 @@ pub struct Row {
     pub text: Result<String, String>,
 }
 
+impl Row {
+    /// A row that cannot be scored, and why.
+    fn bad(place: Place, why: String) -> Self {
+        Self {
+            place,
+            id: None,
+            text: Err(why),
+        }
+    }
+}
+
 /// Reads every row of `files` (in order) and hands it to `each`; `each` returning an error
 /// stops the reading with it.
 pub fn read_rows<E: From<InputError>>(
@@ -159,14 +170,10 @@ fn read_jsonl<E: From<InputError>>(
         rows += 1;
         let place = Place { file, line };
         if !whole {
-            each(Row {
-                place,
-                id: None,
-                text: Err(format!(
+            each(Row::bad(place, format!(
                     "line is {n} bytes, over the {} a line may have (6 × --max-text-bytes + 64 KiB)",
                     columns.max_line_bytes
-                )),
-            })?;
+                )))?;
             continue;
         }
         let row = match jsonl_row(trimmed, columns) {
@@ -174,11 +181,7 @@ fn read_jsonl<E: From<InputError>>(
                 text_seen |= text.is_ok();
                 Row { place, id, text }
             }
-            Err(message) => Row {
-                place,
-                id: None,
-                text: Err(message),
-            },
+            Err(message) => Row::bad(place, message),
         };
         each(row)?;
     }
@@ -293,15 +296,14 @@ fn read_csv<E: From<InputError>>(
         let line = record.position().map_or(0, |p| p.line());
         let place = Place { file, line };
         if record.len() != header.len() {
-            each(Row {
+            each(Row::bad(
                 place,
-                id: None,
-                text: Err(format!(
+                format!(
                     "{} fields where the header has {}",
                     record.len(),
                     header.len()
-                )),
-            })?;
+                ),
+            ))?;
             continue;
         }
         let field = |at: usize, what: &str| {
@@ -313,11 +315,7 @@ fn read_csv<E: From<InputError>>(
             None => None,
             Some(Ok(id)) => Some(id),
             Some(Err(message)) => {
-                each(Row {
-                    place,
-                    id: None,
-                    text: Err(message),
-                })?;
+                each(Row::bad(place, message))?;
                 continue;
             }
         };
@@ -389,19 +387,11 @@ fn read_parquet<E: From<InputError>>(
                 Some(ids) => match value(ids, i) {
                     Ok(Some(id)) => Some(id),
                     Ok(None) => {
-                        each(Row {
-                            place,
-                            id: None,
-                            text: Err("missing id".into()),
-                        })?;
+                        each(Row::bad(place, "missing id".into()))?;
                         continue;
                     }
                     Err(message) => {
-                        each(Row {
-                            place,
-                            id: None,
-                            text: Err(format!("id {message}")),
-                        })?;
+                        each(Row::bad(place, format!("id {message}")))?;
                         continue;
                     }
                 },
