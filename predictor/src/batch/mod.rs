@@ -552,6 +552,8 @@ async fn plan(
         None => {
             let (store, _) = ModelRef::parse(&args.model)?.resolve().await?;
             let (manifest, sha256) = checkpoint::read_manifest_with_sha256(&store).await?;
+            // The options are checked against the model before anything is written.
+            options(args, &manifest)?;
             PlannedModel {
                 asked: args.model.clone(),
                 version: manifest.version,
@@ -568,9 +570,6 @@ async fn plan(
         output: asked_output,
     };
     if existing.is_none() {
-        // The options are checked against the model before anything is written.
-        let manifest = checkpoint::read_manifest(&Store::open(&asked.model.checkpoint)?).await?;
-        options(args, &manifest)?;
         let bytes = Bytes::from(
             serde_json::to_vec_pretty(&asked).map_err(|e| BatchError::Worker(e.to_string()))?,
         );
