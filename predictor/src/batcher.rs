@@ -349,7 +349,7 @@ fn gather(
 }
 
 /// Cuts length-sorted items into runs of one length bucket each.
-fn split_by_bucket<T>(items: Vec<T>, bucket: impl Fn(&T) -> usize) -> Vec<Vec<T>> {
+pub(crate) fn split_by_bucket<T>(items: Vec<T>, bucket: impl Fn(&T) -> usize) -> Vec<Vec<T>> {
     let mut runs: Vec<Vec<T>> = Vec::new();
     let mut current = None;
     for item in items {
@@ -398,7 +398,7 @@ fn drop_abandoned(jobs: &mut Vec<Job>, metrics: &Metrics) {
 
 /// Cuts items of one length bucket (each padded to `padded` tokens) into batches within the
 /// size and padded-token budgets.
-fn split_by_budget<T>(
+pub(crate) fn split_by_budget<T>(
     items: Vec<T>,
     max_size: usize,
     max_tokens: usize,

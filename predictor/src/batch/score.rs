@@ -17,6 +17,7 @@ use super::input::{self, Columns, InputError, InputFormat};
 use super::output::{self, BadRow, Names, OutputFormat};
 use super::progress::Progress;
 use super::{check_row, job, BatchError};
+use crate::batcher::{split_by_bucket, split_by_budget};
 use crate::engine::{self, OutputOptions, ServingModel};
 
 pub(super) struct Job {
@@ -291,7 +292,8 @@ fn cut_batches(
     }
 }
 
-/// Indices in ascending length order, cut where the length bucket changes or a batch is full.
+/// Indices in ascending length order, cut where the length bucket changes or a batch is full:
+/// the server's batcher's cuts (`split_by_bucket`, `split_by_budget`) over a whole part.
 fn batches(
     lengths: &[usize],
     batch_size: usize,
@@ -300,18 +302,13 @@ fn batches(
 ) -> Vec<Vec<usize>> {
     let mut order: Vec<usize> = (0..lengths.len()).collect();
     order.sort_by_key(|&i| lengths[i]);
-    let mut out: Vec<Vec<usize>> = Vec::new();
-    let mut current_bucket = None;
-    for i in order {
-        let b = bucket(lengths[i]);
-        let room = batch_size.min((max_batch_tokens / b.max(1)).max(1));
-        match out.last_mut() {
-            Some(last) if current_bucket == Some(b) && last.len() < room => last.push(i),
-            _ => out.push(vec![i]),
-        }
-        current_bucket = Some(b);
-    }
-    out
+    split_by_bucket(order, |&i| bucket(lengths[i]))
+        .into_iter()
+        .flat_map(|run| {
+            let padded = bucket(lengths[run[0]]);
+            split_by_budget(run, batch_size, max_batch_tokens, padded)
+        })
+        .collect()
 }
 
 fn score_batches(
