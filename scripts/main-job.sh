@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The main job, from a fresh machine: set-up, release build, fine-tune on the full GoEmotions
 # train split (+ the TF-IDF baseline), publish the checkpoint to the file:// registry under
-# output/registry (alias "latest"), write output/report/{report.md,report.json,per_label_f1.svg},
+# output/registry (alias "latest"), write output/report/{report.md,report.json,per_label_f1.svg,reliability.svg},
 # then serve the new checkpoint with the predictor and classify sample texts over gRPC.
 #
 # Extra arguments go to `trainer train` (see `target/release/trainer train --help`), e.g.

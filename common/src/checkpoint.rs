@@ -118,6 +118,10 @@ pub struct Manifest {
     /// The data the model was trained on; absent in checkpoints from before it was recorded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dataset: Option<DatasetInfo>,
+    /// Per-label temperature scaling fitted on dev, and whether the served scores carry it;
+    /// absent for single-label models and checkpoints from before it was fitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calibration: Option<crate::calibration::Calibration>,
 }
 
 /// What a checkpoint records about its training data (the files' sha256 are in `data_sha256`).
@@ -561,6 +565,7 @@ mod tests {
             files: vec![],
             groupings: vec![],
             dataset: None,
+            calibration: None,
         }
     }
 

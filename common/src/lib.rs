@@ -1,5 +1,6 @@
 //! Shared library of the GoEmotions services: labels, data, tokenizer, the BERT model on tch,
 //! metrics and threshold tuning, and checkpoints in object storage.
+pub mod calibration;
 pub mod checkpoint;
 pub mod data;
 pub mod device;

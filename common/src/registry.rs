@@ -373,6 +373,7 @@ mod tests {
             files: vec![],
             groupings: vec![],
             dataset: None,
+            calibration: None,
         }
     }
 

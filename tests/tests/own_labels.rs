@@ -204,6 +204,21 @@ async fn a_csv_dataset_with_its_own_labels_and_grouping_is_trained_and_served_by
     assert_eq!(manifest["dataset"]["split_seed"], 42);
     assert_eq!(manifest["groupings"][0]["name"], "tone");
     assert_eq!(manifest["thresholds"].as_array().unwrap().len(), 3);
+    // Temperature scaling is fitted on dev and recorded, applied or not, with the reason.
+    let calibration = &manifest["calibration"];
+    assert_eq!(calibration["method"], "temperature");
+    assert_eq!(calibration["temperatures"].as_array().unwrap().len(), 3);
+    assert!(calibration["applied"].is_boolean(), "{calibration}");
+    assert!(calibration["reason"]
+        .as_str()
+        .unwrap()
+        .contains("dev log-loss"));
+    assert!(report.contains("## Calibration"), "{report}");
+    assert!(
+        report.contains("![Reliability](reliability.svg)"),
+        "{report}"
+    );
+    assert!(registry.join("report-tickets/reliability.svg").exists());
     assert!(
         report.starts_with("# tickets-data: fine-tuned vs baseline"),
         "{report}"
@@ -339,6 +354,11 @@ async fn a_single_label_dataset_trains_a_softmax_classifier_that_answers_its_bes
     assert_eq!(manifest["problem_type"], "single_label_classification");
     assert_eq!(manifest["format_version"], 2, "older predictors refuse it");
     assert_eq!(manifest["thresholds"], serde_json::json!([]));
+    assert!(
+        manifest.get("calibration").is_none(),
+        "a softmax is not scaled per label"
+    );
+    assert!(!report.contains("## Calibration"), "{report}");
     assert_eq!(manifest["groupings"][0]["name"], "mood");
     assert_eq!(
         manifest["labels"],

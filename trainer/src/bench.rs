@@ -154,7 +154,9 @@ pub fn throughput(
             "attention kernel"
         );
     }
-    let mut opt = fine_tune::optimizer_for(&model, cfg.weight_decay, opts.layout);
+    let mut opt =
+        fine_tune::optimizer_for(&model, cfg.weight_decay, cfg.layer_lr_decay, opts.layout);
+    let objective = crate::loss::Objective::plain(model.config().problem());
     let sync = || {
         if let Device::Cuda(i) = device {
             tch::Cuda::synchronize(i as i64);
@@ -185,7 +187,7 @@ pub fn throughput(
             let b = pad_batch_to_multiple(&items, tokenizer.pad_id(), device, opts.pad_multiple);
             let y = fine_tune::batch_targets(&targets, batch, l, device);
             phase(&mut profile.data);
-            let loss = fine_tune::batch_loss(&model, &b, &y, None);
+            let loss = fine_tune::batch_loss(&model, &b, &y, None, &objective);
             phase(&mut profile.forward);
             fine_tune::backward(&mut opt, &loss, cfg.max_grad_norm);
             phase(&mut profile.backward);

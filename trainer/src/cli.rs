@@ -12,7 +12,8 @@ use common::grpc::AccessArgs;
 use common::model::{Attention, Pooling, PrecisionChoice};
 
 use crate::config::{
-    Overrides, PosWeight, ProblemChoice, TrainConfig, DEFAULT_ALIAS, DEFAULT_MODEL_NAME,
+    CalibrationChoice, LossKind, Overrides, PosWeight, ProblemChoice, TrainConfig, DEFAULT_ALIAS,
+    DEFAULT_MODEL_NAME,
 };
 use crate::evaluate::Split;
 use crate::job::{self, JobSpec};
@@ -49,6 +50,9 @@ pub enum Command {
     Bench(Box<BenchCmd>),
     /// Run the gRPC Trainer service (jobs, registry versions and aliases).
     Serve(Box<ServeCmd>),
+    /// Evaluate an ensemble: the mean scores of several checkpoints, thresholds tuned on dev,
+    /// dev F1 (and test F1 with --test). What a distilled model is measured against.
+    Ensemble(EnsembleCmd),
     /// Print a checkpoint's sigmoid scores for the given texts as JSON (for cross-checks).
     Score(ScoreCmd),
     /// Check a running trainer's gRPC health: exit 0 when SERVING, 1 otherwise (for container
@@ -163,6 +167,39 @@ pub struct HyperArgs {
     /// Batch size for dev/test inference.
     #[arg(long, env = "GOEMOTIONS_EVAL_BATCH_SIZE", default_value_t = TrainConfig::default().eval_batch_size)]
     pub eval_batch_size: usize,
+    /// Per-label loss of a multi-label model (all keep --pos-weight): bce, focal ((1 − p_t)^gamma
+    /// scales each term) or asl (asymmetric: negatives scaled by p_m^gamma, p_m = max(p − clip, 0)).
+    #[arg(long, env = "GOEMOTIONS_LOSS", value_enum, default_value_t = TrainConfig::default().loss)]
+    pub loss: LossKind,
+    /// Focusing exponent gamma of the focal loss (of the negatives for asl), in [0, 10].
+    #[arg(long, env = "GOEMOTIONS_LOSS_GAMMA", default_value_t = TrainConfig::default().loss_gamma)]
+    pub loss_gamma: f64,
+    /// Probability margin of the asl loss's negatives, in [0, 0.5).
+    #[arg(long, env = "GOEMOTIONS_ASL_CLIP", default_value_t = TrainConfig::default().asl_clip)]
+    pub asl_clip: f64,
+    /// Label smoothing ε in [0, 0.5): targets become y·(1 − ε) + ε/2 (multi-label) or
+    /// y·(1 − ε) + ε/labels (single-label).
+    #[arg(long, env = "GOEMOTIONS_LABEL_SMOOTHING", default_value_t = TrainConfig::default().label_smoothing)]
+    pub label_smoothing: f64,
+    /// Distil from this checkpoint (a version folder or an alias URI; repeat the flag, or
+    /// comma-separate in the variable, for an ensemble): the mean of the teachers' scores on
+    /// each training text becomes a soft target beside its labels. Teachers must have the data's
+    /// labels.
+    #[arg(long = "teacher", env = "GOEMOTIONS_TEACHERS", value_delimiter = ',')]
+    pub teachers: Vec<String>,
+    /// Share of the loss given to the teachers' soft targets, in [0, 1] (the rest to the labels).
+    #[arg(long, env = "GOEMOTIONS_DISTILL_WEIGHT", default_value_t = TrainConfig::default().distill_weight)]
+    pub distill_weight: f64,
+    /// Layer-wise learning-rate decay in (0, 1]: encoder layer i of L trains at lr·decay^(L − i),
+    /// the embeddings at lr·decay^(L + 1), the head at lr; 1 (default) is off.
+    #[arg(long, env = "GOEMOTIONS_LAYER_LR_DECAY", default_value_t = TrainConfig::default().layer_lr_decay)]
+    pub layer_lr_decay: f64,
+    /// Per-label temperature scaling of a multi-label model's scores (sigmoid(logit / T), T
+    /// fitted on dev, folded into the published head): auto applies it when it lowers dev
+    /// log-loss (cross-fitted halves) without lowering dev macro-F1; temperature always; none
+    /// never (still fitted and reported). Thresholds are tuned after it.
+    #[arg(long, env = "GOEMOTIONS_CALIBRATION", value_enum, default_value_t = TrainConfig::default().calibration)]
+    pub calibration: CalibrationChoice,
 }
 
 impl HyperArgs {
@@ -186,6 +223,14 @@ impl HyperArgs {
             max_steps: self.max_steps,
             eval_batch_size: Some(self.eval_batch_size),
             state_every_steps: None,
+            loss: Some(self.loss),
+            loss_gamma: Some(self.loss_gamma),
+            asl_clip: Some(self.asl_clip),
+            label_smoothing: Some(self.label_smoothing),
+            teachers: Some(self.teachers.clone()),
+            distill_weight: Some(self.distill_weight),
+            layer_lr_decay: Some(self.layer_lr_decay),
+            calibration: Some(self.calibration),
         }
     }
 
@@ -266,6 +311,17 @@ impl TrainCmd {
     }
 }
 
+/// How a checkpoint scores a split.
+#[derive(Args, Debug, Clone)]
+pub struct ScoringArgs {
+    /// Inference precision: auto (fp32 today), fp32 or bf16.
+    #[arg(long, env = "GOEMOTIONS_PRECISION", value_enum, default_value_t = PrecisionChoice::Auto)]
+    pub precision: PrecisionChoice,
+    /// Inference batch size.
+    #[arg(long, default_value_t = 64)]
+    pub batch_size: usize,
+}
+
 #[derive(Args)]
 pub struct EvalCmd {
     /// Checkpoint URI: a version folder (…/models/NAME/versions/V) or an alias (…/models/NAME/aliases/A).
@@ -278,12 +334,8 @@ pub struct EvalCmd {
     pub data: DataArgs,
     #[command(flatten)]
     pub device: DeviceArgs,
-    /// Inference precision: auto (fp32 today), fp32 or bf16.
-    #[arg(long, env = "GOEMOTIONS_PRECISION", value_enum, default_value_t = PrecisionChoice::Auto)]
-    pub precision: PrecisionChoice,
-    /// Inference batch size.
-    #[arg(long, default_value_t = 64)]
-    pub batch_size: usize,
+    #[command(flatten)]
+    pub scoring: ScoringArgs,
     /// Write report.md / report.json / per_label_f1.svg here.
     #[arg(long)]
     pub report_dir: Option<PathBuf>,
@@ -298,6 +350,25 @@ impl EvalCmd {
             Split::Test => self.data.test_limit,
         }
     }
+}
+
+#[derive(Args)]
+pub struct EnsembleCmd {
+    /// A member checkpoint (version folder or alias URI); repeat the flag for each member.
+    #[arg(long = "checkpoint", required = true)]
+    pub checkpoints: Vec<String>,
+    /// Also score the test split at the dev-tuned thresholds (leave it off while selecting).
+    #[arg(long)]
+    pub test: bool,
+    #[command(flatten)]
+    pub data: DataArgs,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+    #[command(flatten)]
+    pub scoring: ScoringArgs,
+    /// Also write the figures as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
 }
 
 #[derive(Args)]

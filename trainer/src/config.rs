@@ -43,6 +43,85 @@ impl std::str::FromStr for PosWeight {
     }
 }
 
+/// The per-label loss of a multi-label model. Every kind keeps the positive weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LossKind {
+    /// Binary cross-entropy with logits.
+    #[default]
+    Bce,
+    /// Focal loss: BCE scaled by (1 - p_t)^gamma, so confident, right answers count less.
+    Focal,
+    /// Asymmetric loss (Ridnik et al., 2021): negatives scaled by p_m^gamma with the probability
+    /// shifted down by `asl_clip` (easy negatives drop out), positives as in BCE.
+    Asl,
+}
+
+impl LossKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Bce => "bce",
+            Self::Focal => "focal",
+            Self::Asl => "asl",
+        }
+    }
+}
+
+impl std::str::FromStr for LossKind {
+    type Err = common::ParseEnumError;
+    fn from_str(s: &str) -> Result<Self, common::ParseEnumError> {
+        match s {
+            "bce" => Ok(Self::Bce),
+            "focal" => Ok(Self::Focal),
+            "asl" => Ok(Self::Asl),
+            other => Err(common::ParseEnumError {
+                what: "loss",
+                value: other.into(),
+                expected: "bce, focal or asl",
+            }),
+        }
+    }
+}
+
+/// Per-label temperature scaling of a multi-label model's scores, fitted on dev.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum CalibrationChoice {
+    /// Applied when it lowers dev log-loss (cross-fitted) without lowering dev macro-F1.
+    #[default]
+    Auto,
+    /// Always applied.
+    Temperature,
+    /// Never applied (still fitted and reported).
+    None,
+}
+
+impl CalibrationChoice {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Temperature => "temperature",
+            Self::None => "none",
+        }
+    }
+}
+
+impl std::str::FromStr for CalibrationChoice {
+    type Err = common::ParseEnumError;
+    fn from_str(s: &str) -> Result<Self, common::ParseEnumError> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "temperature" => Ok(Self::Temperature),
+            "none" => Ok(Self::None),
+            other => Err(common::ParseEnumError {
+                what: "calibration",
+                value: other.into(),
+                expected: "auto, temperature or none",
+            }),
+        }
+    }
+}
+
 /// Multi-label or single-label training: `auto` trains single-label when every example of the
 /// data has exactly one label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
@@ -115,6 +194,47 @@ pub struct TrainConfig {
     pub eval_batch_size: usize,
     /// Save a resumable state every this many steps (and at every epoch end) when a sink is given.
     pub state_every_steps: u64,
+    #[serde(default)]
+    pub loss: LossKind,
+    /// Focusing exponent of the focal loss, or of the negatives in the asymmetric loss.
+    #[serde(default = "default_loss_gamma")]
+    pub loss_gamma: f64,
+    /// Probability margin of the asymmetric loss's negatives.
+    #[serde(default = "default_asl_clip")]
+    pub asl_clip: f64,
+    /// Targets become y·(1 − ε) + ε/2 (multi-label) or y·(1 − ε) + ε/labels (single-label).
+    #[serde(default)]
+    pub label_smoothing: f64,
+    /// Checkpoints (version or alias URIs) whose mean scores on the training texts become soft
+    /// targets; empty: no distillation.
+    #[serde(default)]
+    pub teachers: Vec<String>,
+    /// Share of the loss given to the teachers' soft targets (the rest to the labels).
+    #[serde(default = "default_distill_weight")]
+    pub distill_weight: f64,
+    /// Layer-wise learning-rate decay: encoder layer i of L trains at lr·decay^(L − i), the
+    /// embeddings at lr·decay^(L + 1), the head at lr. 1 turns it off.
+    #[serde(default = "default_layer_lr_decay")]
+    pub layer_lr_decay: f64,
+    /// Per-label temperature scaling of the published scores (multi-label models).
+    #[serde(default)]
+    pub calibration: CalibrationChoice,
+}
+
+fn default_layer_lr_decay() -> f64 {
+    1.0
+}
+
+fn default_loss_gamma() -> f64 {
+    TrainConfig::default().loss_gamma
+}
+
+fn default_asl_clip() -> f64 {
+    TrainConfig::default().asl_clip
+}
+
+fn default_distill_weight() -> f64 {
+    TrainConfig::default().distill_weight
 }
 
 impl Default for TrainConfig {
@@ -137,6 +257,14 @@ impl Default for TrainConfig {
             max_steps: None,
             eval_batch_size: 64,
             state_every_steps: 200,
+            loss: LossKind::Bce,
+            loss_gamma: 2.0,
+            asl_clip: 0.05,
+            label_smoothing: 0.0,
+            teachers: Vec::new(),
+            distill_weight: 0.5,
+            layer_lr_decay: 1.0,
+            calibration: CalibrationChoice::Auto,
         }
     }
 }
@@ -187,6 +315,14 @@ pub struct Overrides {
     pub max_steps: Option<u64>,
     pub eval_batch_size: Option<usize>,
     pub state_every_steps: Option<u64>,
+    pub loss: Option<LossKind>,
+    pub loss_gamma: Option<f64>,
+    pub asl_clip: Option<f64>,
+    pub label_smoothing: Option<f64>,
+    pub teachers: Option<Vec<String>>,
+    pub distill_weight: Option<f64>,
+    pub layer_lr_decay: Option<f64>,
+    pub calibration: Option<CalibrationChoice>,
 }
 
 impl Overrides {
@@ -211,6 +347,14 @@ impl Overrides {
             max_steps: self.max_steps.or(d.max_steps),
             eval_batch_size: self.eval_batch_size.unwrap_or(d.eval_batch_size),
             state_every_steps: self.state_every_steps.unwrap_or(d.state_every_steps),
+            loss: self.loss.unwrap_or(d.loss),
+            loss_gamma: self.loss_gamma.unwrap_or(d.loss_gamma),
+            asl_clip: self.asl_clip.unwrap_or(d.asl_clip),
+            label_smoothing: self.label_smoothing.unwrap_or(d.label_smoothing),
+            teachers: self.teachers.clone().unwrap_or_else(|| d.teachers.clone()),
+            distill_weight: self.distill_weight.unwrap_or(d.distill_weight),
+            layer_lr_decay: self.layer_lr_decay.unwrap_or(d.layer_lr_decay),
+            calibration: self.calibration.unwrap_or(d.calibration),
         }
     }
 }
@@ -259,6 +403,14 @@ impl TryFrom<&proto::v1::Hyperparameters> for Overrides {
             max_steps: h.max_steps.map(u64::from),
             eval_batch_size: None,
             state_every_steps: None,
+            loss: parse("loss", &h.loss)?,
+            loss_gamma: h.loss_gamma.map(f64::from),
+            asl_clip: h.asl_clip.map(f64::from),
+            label_smoothing: h.label_smoothing.map(f64::from),
+            teachers: (!h.teachers.is_empty()).then(|| h.teachers.clone()),
+            distill_weight: h.distill_weight.map(f64::from),
+            layer_lr_decay: h.layer_lr_decay.map(f64::from),
+            calibration: parse("calibration", &h.calibration)?,
         })
     }
 }
@@ -284,6 +436,17 @@ mod tests {
         assert_eq!(cfg.pooling, Pooling::Cls);
         assert_eq!(cfg.precision, PrecisionChoice::Bf16);
         assert_eq!(cfg.batch_size, defaults.batch_size);
+        let wire = proto::v1::Hyperparameters {
+            loss: Some("asl".into()),
+            label_smoothing: Some(0.1),
+            teachers: vec!["s3://b/r/models/t/aliases/latest".into()],
+            ..Default::default()
+        };
+        let cfg = Overrides::try_from(&wire).unwrap().apply(&defaults);
+        assert_eq!(cfg.loss, LossKind::Asl);
+        assert!((cfg.label_smoothing - 0.1).abs() < 1e-6);
+        assert_eq!(cfg.teachers, ["s3://b/r/models/t/aliases/latest"]);
+        assert_eq!(cfg.distill_weight, defaults.distill_weight);
     }
 
     #[test]
@@ -303,5 +466,10 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(Overrides::try_from(&wire).unwrap_err().field, "precision");
+        let wire = proto::v1::Hyperparameters {
+            loss: Some("hinge".into()),
+            ..Default::default()
+        };
+        assert_eq!(Overrides::try_from(&wire).unwrap_err().field, "loss");
     }
 }

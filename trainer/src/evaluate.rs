@@ -4,6 +4,7 @@
 use std::path::Path;
 use std::time::Instant;
 
+use common::calibration::Calibration;
 use common::checkpoint::{self, Grouping, LoadedModel, ServedGroup};
 use common::data::{self, Dataset, DatasetError, Example, GOEMOTIONS};
 use common::inference::{self, InferenceError};
@@ -17,7 +18,10 @@ use tch::Device;
 
 use crate::baseline::Baseline;
 use crate::fine_tune::TrainOutcome;
-use crate::report::{Cost, GroupingResult, ModelResults, Report, SplitSizes, GROUPING_REFERENCES};
+use crate::report::{
+    CalibrationReport, Cost, GroupingResult, LabelCalibration, ModelResults, Report, SplitSizes,
+    GROUPING_REFERENCES,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EvalError {
@@ -196,9 +200,76 @@ pub fn job_report(
         history: outcome.history.clone(),
         best_epoch: Some(outcome.best_epoch),
         served_groups: grouping_results(&scores, &data.test, l, groupings, &data.name),
+        calibration: outcome
+            .calibration
+            .as_ref()
+            .map(|c| calibration_report(c, &scores, &data::targets(&data.test, l), &data.labels)),
         fine_tuned,
         baseline,
     })
+}
+
+/// Calibration of the test scores without and with the temperatures fitted on dev. The scores
+/// given are the served ones: temperature-scaled when `calibration.applied`.
+pub fn calibration_report(
+    calibration: &Calibration,
+    test_scores: &[f32],
+    test_targets: &[u8],
+    labels: &LabelSet,
+) -> CalibrationReport {
+    use common::calibration as cal;
+    let l = labels.len();
+    let t = &calibration.temperatures;
+    let (unscaled, scaled) = if calibration.applied {
+        let inverse: Vec<f64> = t.iter().map(|t| 1.0 / t).collect();
+        (
+            cal::apply_temperatures(test_scores, &inverse),
+            test_scores.to_vec(),
+        )
+    } else {
+        (
+            test_scores.to_vec(),
+            cal::apply_temperatures(test_scores, t),
+        )
+    };
+    let column = |scores: &[f32], j: usize| -> (Vec<f32>, Vec<u8>) {
+        scores
+            .iter()
+            .zip(test_targets)
+            .skip(j)
+            .step_by(l.max(1))
+            .map(|(&s, &y)| (s, y))
+            .unzip()
+    };
+    let ece = |(scores, targets): (Vec<f32>, Vec<u8>)| {
+        cal::expected_calibration_error(&cal::reliability(&scores, &targets))
+    };
+    let per_label = labels
+        .names
+        .iter()
+        .enumerate()
+        .map(|(j, name)| LabelCalibration {
+            label: name.clone(),
+            temperature: t.get(j).copied().unwrap_or(1.0),
+            ece_unscaled: ece(column(&unscaled, j)),
+            ece_scaled: ece(column(&scaled, j)),
+        })
+        .collect();
+    let bins_unscaled = cal::reliability(&unscaled, test_targets);
+    let bins_scaled = cal::reliability(&scaled, test_targets);
+    CalibrationReport {
+        applied: calibration.applied,
+        reason: calibration.reason.clone(),
+        ece_unscaled: cal::expected_calibration_error(&bins_unscaled),
+        ece_scaled: cal::expected_calibration_error(&bins_scaled),
+        bins_unscaled,
+        bins_scaled,
+        test_log_loss_unscaled: cal::log_loss(&unscaled, test_targets),
+        test_log_loss_scaled: cal::log_loss(&scaled, test_targets),
+        dev_log_loss_unscaled: calibration.dev_log_loss,
+        dev_log_loss_scaled_cross_fitted: calibration.dev_log_loss_scaled,
+        per_label,
+    }
 }
 
 fn split_sizes(data: &Dataset) -> SplitSizes {
@@ -261,6 +332,7 @@ pub fn baseline_report(data: &Dataset) -> Report {
         fine_tuned: run_baseline(data, data.is_single_label()),
         baseline: None,
         served_groups: vec![],
+        calibration: None,
     }
 }
 
@@ -337,7 +409,139 @@ pub fn checkpoint_report(
         best_epoch: None,
         fine_tuned: results,
         baseline: None,
+        calibration: None,
     })
+}
+
+/// The mean of several checkpoints' scores (sigmoids, or softmaxes) for `examples`,
+/// `[examples × labels]`: an ensemble's scores. Each checkpoint is loaded, used and dropped in
+/// turn; one whose labels are not `labels` is refused. Runs on the calling (blocking) thread;
+/// checkpoints are read through `handle`.
+pub fn mean_scores(
+    handle: &tokio::runtime::Handle,
+    uris: &[String],
+    examples: &[Example],
+    labels: &LabelSet,
+    device: Device,
+    precision: PrecisionChoice,
+    batch_size: usize,
+) -> Result<MeanScores, EvalError> {
+    let mut sum = vec![0f64; examples.len() * labels.len()];
+    let mut versions = Vec::with_capacity(uris.len());
+    let texts: Vec<&str> = texts(examples);
+    for uri in uris {
+        let started = Instant::now();
+        let loaded = handle.block_on(load_checkpoint(uri, device, precision))?;
+        if loaded.manifest.labels != labels.names {
+            return Err(EvalError::LabelsDiffer {
+                data: uri.clone(),
+                data_labels: labels.len(),
+                model_labels: loaded.manifest.labels.len(),
+            });
+        }
+        let encoded = loaded.tokenizer.encode_all(&texts)?;
+        let scores = inference::score_all(&loaded.model, &loaded.tokenizer, &encoded, batch_size)?;
+        for (s, v) in sum.iter_mut().zip(&scores) {
+            *s += f64::from(*v);
+        }
+        tracing::info!(
+            checkpoint = %uri,
+            version = %loaded.manifest.version,
+            texts = examples.len(),
+            seconds = format!("{:.1}", started.elapsed().as_secs_f64()),
+            "scored"
+        );
+        versions.push(loaded.manifest.version.clone());
+    }
+    let n = uris.len().max(1) as f64;
+    Ok(MeanScores {
+        scores: sum.iter().map(|s| (s / n) as f32).collect(),
+        versions,
+    })
+}
+
+/// An ensemble's figures: thresholds tuned on dev for the mean scores, dev and (when asked)
+/// test F1 at them.
+#[derive(Debug, Serialize)]
+pub struct EnsembleResult {
+    pub checkpoints: Vec<String>,
+    pub versions: Vec<String>,
+    pub dev_macro_f1: f64,
+    pub dev_micro_f1_global: f64,
+    pub test: Option<EnsembleTest>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct EnsembleTest {
+    pub macro_f1: f64,
+    pub micro_f1_per_label: f64,
+    pub micro_f1_global: f64,
+    pub global_threshold: f32,
+}
+
+/// Scores dev (and test when `with_test`) with the mean of `uris`, tunes per-label and global
+/// thresholds on dev as training does, and evaluates at them. A multi-label task only.
+#[allow(clippy::too_many_arguments)]
+pub fn ensemble(
+    handle: &tokio::runtime::Handle,
+    uris: &[String],
+    data_dir: &Path,
+    limits: data::SplitLimits,
+    with_test: bool,
+    device: Device,
+    precision: PrecisionChoice,
+    batch_size: usize,
+) -> Result<EnsembleResult, EvalError> {
+    let data = Dataset::load(data_dir, limits, 42)?;
+    let l = data.labels.len();
+    let dev = mean_scores(
+        handle,
+        uris,
+        &data.dev,
+        &data.labels,
+        device,
+        precision,
+        batch_size,
+    )?;
+    let dev_targets = data::targets(&data.dev, l);
+    let t = metrics::tune_thresholds(&dev.scores, &dev_targets, l);
+    let at = |scores: &[f32], targets: &[u8], thresholds: &[f32]| {
+        metrics::evaluate(scores, targets, &data.labels, thresholds)
+    };
+    let test = if with_test {
+        let test = mean_scores(
+            handle,
+            uris,
+            &data.test,
+            &data.labels,
+            device,
+            precision,
+            batch_size,
+        )?;
+        let targets = data::targets(&data.test, l);
+        let per_label = at(&test.scores, &targets, &t.per_label);
+        Some(EnsembleTest {
+            macro_f1: per_label.macro_f1,
+            micro_f1_per_label: per_label.micro_f1,
+            micro_f1_global: at(&test.scores, &targets, &vec![t.global; l]).micro_f1,
+            global_threshold: t.global,
+        })
+    } else {
+        None
+    };
+    Ok(EnsembleResult {
+        checkpoints: uris.to_vec(),
+        dev_macro_f1: at(&dev.scores, &dev_targets, &t.per_label).macro_f1,
+        dev_micro_f1_global: at(&dev.scores, &dev_targets, &vec![t.global; l]).micro_f1,
+        versions: dev.versions,
+        test,
+    })
+}
+
+/// An ensemble's scores and the versions its members resolved to.
+pub struct MeanScores {
+    pub scores: Vec<f32>,
+    pub versions: Vec<String>,
 }
 
 /// A checkpoint's scores (sigmoids, or a softmax for a single-label model) for `texts`, for cross-checks with other implementations.

@@ -1,4 +1,5 @@
-//! The fine-tuning loop: BCE-with-logits on multi-hot targets, AdamW with linear warmup/decay,
+//! The fine-tuning loop: the `loss` objective (BCE-with-logits on multi-hot targets by default,
+//! optionally distilling from teachers' soft targets), AdamW with linear warmup/decay,
 //! gradient clipping, length-bucketed batches, dev evaluation after every epoch, best-epoch
 //! selection by dev macro-F1 with early stopping, threshold tuning, and resumable state.
 //!
@@ -11,6 +12,7 @@
 //! steps an uninterrupted run takes.
 use std::time::Instant;
 
+use common::calibration::{self, Calibration};
 use common::checkpoint::{BaseModel, CONFIG, TOKENIZER, WEIGHTS};
 use common::data::{self, Example};
 use common::inference::{self, InferenceError};
@@ -18,11 +20,12 @@ use common::labels::LabelSet;
 use common::metrics::{self, Thresholds};
 use common::model::{BertClassifier, ModelError, Precision, ProblemType};
 use common::tokenizer::{Batch, Encoded, TextTokenizer, TokenizerError};
-use tch::{Device, Kind, Reduction, Tensor};
+use tch::{Device, Kind, Tensor};
 
 use crate::batches;
-use crate::config::{PosWeight, TrainConfig};
+use crate::config::{CalibrationChoice, PosWeight, TrainConfig};
 use crate::history::EpochRecord;
+use crate::loss::Objective;
 use crate::observe::{Observer, Progress};
 use crate::optim::{linear_schedule, AdamW, Layout};
 use crate::resume::{ResumeMeta, ResumeState, StateError};
@@ -37,6 +40,10 @@ pub enum TrainError {
     Cancelled,
     #[error("interrupted at step {step}: state saved, the job resumes when the trainer restarts")]
     Interrupted { step: u64 },
+    #[error("teacher scores: {found} values for {expected} (training examples × labels)")]
+    SoftTargets { found: usize, expected: usize },
+    #[error("teacher scores: {value} is not a probability")]
+    SoftTargetValue { value: f32 },
     #[error("train and dev sets must not be empty")]
     EmptySplit,
     #[error(transparent)]
@@ -61,8 +68,10 @@ pub struct TrainOutcome {
     pub thresholds: Thresholds,
     pub history: Vec<EpochRecord>,
     pub best_epoch: u32,
-    /// Dev scores of the selected model, `[examples × labels]`.
+    /// Dev scores of the selected model as published (after any calibration), `[examples × labels]`.
     pub dev_scores: Vec<f32>,
+    /// Temperature scaling fitted on dev (multi-label models), applied or not.
+    pub calibration: Option<Calibration>,
     pub train_seconds: f64,
     pub samples_per_second: f64,
     pub steps: u64,
@@ -97,6 +106,9 @@ pub fn build_model(
         uri: base.uri.clone(),
         message: format!("config.json: {e}"),
     })?;
+    // The new head's initial weights are drawn from libtorch's generator: seeded here, so the
+    // seed decides them (and two builds with one config start the same).
+    tch::manual_seed(cfg.seed as i64);
     let (mut model, report) =
         BertClassifier::load(&config, file(WEIGHTS)?, labels.len(), cfg.pooling, device)?;
     if !report.initialised.is_empty() {
@@ -158,24 +170,59 @@ fn restore(model: &BertClassifier, weights: &[(String, Tensor)]) -> Result<(), T
     })
 }
 
-/// Parameters with their weight-decay flag (no decay for biases and LayerNorm).
-pub(crate) fn optimizer_for(model: &BertClassifier, weight_decay: f64, layout: Layout) -> AdamW {
+/// Parameters with their weight-decay flag (no decay for biases and LayerNorm) and, with
+/// `layer_lr_decay` below 1, learning rates shrinking from the head down to the embeddings.
+pub(crate) fn optimizer_for(
+    model: &BertClassifier,
+    weight_decay: f64,
+    layer_lr_decay: f64,
+    layout: Layout,
+) -> AdamW {
     let no_decay = model.no_decay_names();
-    let params = model
-        .trainable_parameters()
-        .into_iter()
-        .map(|(n, t)| (t, !no_decay.contains(&n)))
+    let layers = model.config().num_hidden_layers;
+    let params = model.trainable_parameters();
+    let scales = params
+        .iter()
+        .map(|(n, _)| layer_lr_scale(n, layers, layer_lr_decay))
         .collect();
-    AdamW::with_layout(params, weight_decay, layout)
+    let params = params
+        .into_iter()
+        .map(|(n, t)| {
+            let decay = !no_decay.contains(&n);
+            (t, decay)
+        })
+        .collect();
+    AdamW::with_lr_scales(params, weight_decay, layout, scales)
 }
 
-/// Multi-hot targets of a batch as an fp32 tensor on `device`.
-pub(crate) fn batch_targets(
-    targets: &[u8],
+/// The learning-rate multiple of a parameter under layer-wise decay: `decay^(layers − i)` in
+/// encoder layer i, `decay^(layers + 1)` in the embeddings, 1 elsewhere (pooler, head).
+fn layer_lr_scale(name: &str, layers: i64, decay: f64) -> f64 {
+    if decay == 1.0 {
+        return 1.0;
+    }
+    if name.contains("embeddings.") {
+        return decay.powi(layers as i32 + 1);
+    }
+    if let Some(rest) = name.split("encoder.layer.").nth(1) {
+        if let Some(i) = rest.split('.').next().and_then(|i| i.parse::<i64>().ok()) {
+            return decay.powi((layers - i).max(0) as i32);
+        }
+    }
+    1.0
+}
+
+/// The rows of a batch's targets (multi-hot labels, or a teacher's scores) as an fp32 tensor
+/// on `device`.
+pub(crate) fn batch_targets<T: Copy>(
+    targets: &[T],
     batch: &[usize],
     num_labels: usize,
     device: Device,
-) -> Tensor {
+) -> Tensor
+where
+    f32: From<T>,
+{
     let mut y = Vec::with_capacity(batch.len() * num_labels);
     for &i in batch {
         y.extend(
@@ -189,26 +236,20 @@ pub(crate) fn batch_targets(
         .to_device(device)
 }
 
-/// Forward (in the model's precision) and the fp32 loss of one batch: BCE for a multi-label
-/// model, cross-entropy against the one-hot targets for a single-label one.
+/// Forward (in the model's precision) and the fp32 loss of one batch under `objective`, against
+/// the labels and, when distilling, the teacher's `soft` scores.
 pub(crate) fn batch_loss(
     model: &BertClassifier,
     batch: &Batch,
     targets: &Tensor,
-    pos_weight: Option<&Tensor>,
+    soft: Option<&Tensor>,
+    objective: &Objective,
 ) -> Tensor {
     let logits = model
         .forward(&batch.input_ids, &batch.attention_mask, true)
         .logits
         .to_kind(Kind::Float);
-    match model.config().problem() {
-        ProblemType::MultiLabel => {
-            logits.binary_cross_entropy_with_logits(targets, None, pos_weight, Reduction::Mean)
-        }
-        ProblemType::SingleLabel => -(logits.log_softmax(-1, Kind::Float) * targets)
-            .sum_dim_intlist(-1, false, Kind::Float)
-            .mean(Kind::Float),
-    }
+    objective.loss(&logits, targets, soft)
 }
 
 /// Backward (fresh gradients) and gradient clipping.
@@ -223,11 +264,11 @@ pub(crate) fn train_step(
     model: &BertClassifier,
     opt: &mut AdamW,
     batch: &Batch,
-    targets: &Tensor,
-    pos_weight: Option<&Tensor>,
+    targets: (&Tensor, Option<&Tensor>),
+    objective: &Objective,
     max_grad_norm: f64,
 ) -> f64 {
-    let loss = batch_loss(model, batch, targets, pos_weight);
+    let loss = batch_loss(model, batch, targets.0, targets.1, objective);
     let value = loss.double_value(&[]);
     if value.is_finite() {
         backward(opt, &loss, max_grad_norm);
@@ -245,7 +286,9 @@ pub struct FineTune<'a> {
     train_targets: Vec<u8>,
     dev_enc: Vec<Encoded>,
     dev_targets: Vec<u8>,
-    pos_weight: Option<Tensor>,
+    /// The teachers' mean scores on the training texts, `[examples × labels]`, when distilling.
+    soft_targets: Option<Vec<f32>>,
+    objective: Objective,
     opt: AdamW,
     meta: ResumeMeta,
     best_weights: Option<Vec<(String, Tensor)>>,
@@ -281,7 +324,7 @@ impl<'a> FineTune<'a> {
             .max_steps
             .unwrap_or(u64::MAX)
             .min(steps_per_epoch * u64::from(cfg.epochs));
-        let mut opt = optimizer_for(&model, cfg.weight_decay, Layout::Auto);
+        let mut opt = optimizer_for(&model, cfg.weight_decay, cfg.layer_lr_decay, Layout::Auto);
         let mut meta = ResumeMeta::start();
         let mut best_weights = None;
         if let Some(state) = resume {
@@ -295,8 +338,23 @@ impl<'a> FineTune<'a> {
                 "resuming from saved state"
             );
         }
+        if model.config().problem() == ProblemType::SingleLabel
+            && cfg.calibration == CalibrationChoice::Temperature
+        {
+            return Err(crate::validate::ValidationError::Invalid {
+                field: "hyperparameters.calibration".into(),
+                message: "temperature scaling is per label, for multi-label models; a single-label model's softmax is not scaled (use auto or none)".into(),
+            }
+            .into());
+        }
+        let objective = Objective::new(
+            cfg,
+            model.config().problem(),
+            pos_weight(train, l, cfg.pos_weight, model.device()),
+        )?;
         Ok(Self {
-            pos_weight: pos_weight(train, l, cfg.pos_weight, model.device()),
+            soft_targets: None,
+            objective,
             model,
             tokenizer,
             cfg,
@@ -314,6 +372,23 @@ impl<'a> FineTune<'a> {
             warmup: (cfg.warmup_ratio * total_steps as f64).round() as u64,
             started: Instant::now(),
         })
+    }
+
+    /// Distils from `scores`, the teachers' mean scores on the training texts in the order
+    /// given to `prepare` (`[examples × labels]`).
+    pub fn with_soft_targets(mut self, scores: Vec<f32>) -> Result<Self, TrainError> {
+        let expected = self.train_enc.len() * self.labels.len();
+        if scores.len() != expected {
+            return Err(TrainError::SoftTargets {
+                found: scores.len(),
+                expected,
+            });
+        }
+        if let Some(bad) = scores.iter().find(|v| !(0.0..=1.0).contains(*v)) {
+            return Err(TrainError::SoftTargetValue { value: *bad });
+        }
+        self.soft_targets = Some(scores);
+        Ok(self)
     }
 
     /// Whether another epoch should run.
@@ -385,12 +460,16 @@ impl<'a> FineTune<'a> {
         let items: Vec<&Encoded> = batch.iter().map(|&i| &self.train_enc[i]).collect();
         let b = self.tokenizer.batch(&items, device);
         let y = batch_targets(&self.train_targets, batch, l, device);
+        let soft = self
+            .soft_targets
+            .as_ref()
+            .map(|s| batch_targets(s, batch, l, device));
         let loss = train_step(
             &self.model,
             &mut self.opt,
             &b,
-            &y,
-            self.pos_weight.as_ref(),
+            (&y, soft.as_ref()),
+            &self.objective,
             self.cfg.max_grad_norm,
         );
         if !loss.is_finite() {
@@ -561,11 +640,14 @@ impl<'a> FineTune<'a> {
                 tokenizer: self.tokenizer,
                 thresholds: Thresholds::none(),
                 dev_scores,
+                calibration: None,
                 train_seconds,
                 samples_per_second,
                 steps: self.meta.global_step,
             });
         }
+        let mut dev_scores = dev_scores;
+        let calibration = self.calibrate(&mut dev_scores)?;
         let thresholds = metrics::tune_thresholds(&dev_scores, &self.dev_targets, l);
         for (name, fallback) in self.labels.names.iter().zip(&thresholds.fallbacks) {
             if let Some(reason) = fallback {
@@ -590,9 +672,64 @@ impl<'a> FineTune<'a> {
             tokenizer: self.tokenizer,
             thresholds,
             dev_scores,
+            calibration: Some(calibration),
             train_seconds,
             samples_per_second,
             steps: self.meta.global_step,
+        })
+    }
+
+    /// Fits one temperature per label on the dev scores and, as the config says, folds them
+    /// into the head; `dev_scores` then become the scaled scores, re-scored through the model
+    /// so thresholds are tuned on exactly what is served.
+    fn calibrate(&self, dev_scores: &mut Vec<f32>) -> Result<Calibration, TrainError> {
+        let l = self.labels.len();
+        let targets = &self.dev_targets;
+        let temperatures = calibration::fit_temperatures(dev_scores, targets, l);
+        let macro_f1 = |scores: &[f32]| {
+            let t = metrics::tune_thresholds(scores, targets, l);
+            metrics::evaluate(scores, targets, self.labels, &t.per_label).macro_f1
+        };
+        let dev_log_loss = calibration::log_loss(dev_scores, targets);
+        let dev_log_loss_scaled = calibration::cross_fitted_log_loss(dev_scores, targets, l);
+        let dev_macro_f1 = macro_f1(dev_scores);
+        let dev_macro_f1_scaled =
+            macro_f1(&calibration::apply_temperatures(dev_scores, &temperatures));
+        let measured = format!(
+            "dev log-loss {dev_log_loss:.4} → {dev_log_loss_scaled:.4} (cross-fitted halves), dev macro-F1 {dev_macro_f1:.4} → {dev_macro_f1_scaled:.4}"
+        );
+        let (applied, reason) = match self.cfg.calibration {
+            CalibrationChoice::None => (false, format!("--calibration none; {measured}")),
+            CalibrationChoice::Temperature => {
+                (true, format!("--calibration temperature; {measured}"))
+            }
+            CalibrationChoice::Auto if dev_log_loss_scaled >= dev_log_loss => {
+                (false, format!("no lower dev log-loss: {measured}"))
+            }
+            CalibrationChoice::Auto if dev_macro_f1_scaled < dev_macro_f1 => {
+                (false, format!("it would lower dev macro-F1: {measured}"))
+            }
+            CalibrationChoice::Auto => (true, measured),
+        };
+        if applied {
+            self.model.scale_logits(&temperatures)?;
+            *dev_scores = inference::score_all(
+                &self.model,
+                &self.tokenizer,
+                &self.dev_enc,
+                self.cfg.eval_batch_size,
+            )?;
+        }
+        tracing::info!(applied, %reason, "per-label temperature scaling");
+        Ok(Calibration {
+            method: "temperature".into(),
+            applied,
+            reason,
+            temperatures,
+            dev_log_loss,
+            dev_log_loss_scaled,
+            dev_macro_f1,
+            dev_macro_f1_scaled,
         })
     }
 
@@ -637,7 +774,23 @@ pub(crate) fn step_seed(seed: u64, step: u64) -> i64 {
 
 #[cfg(test)]
 mod tests {
-    use super::step_seed;
+    use super::{layer_lr_scale, step_seed};
+
+    #[test]
+    fn layer_wise_decay_shrinks_rates_from_the_head_down() {
+        let scale = |name: &str| layer_lr_scale(name, 6, 0.8);
+        assert_eq!(scale("classifier.weight"), 1.0);
+        assert!((scale("bert.encoder.layer.5.output.dense.weight") - 0.8).abs() < 1e-12);
+        assert!(
+            (scale("bert.encoder.layer.0.attention.self.query.weight") - 0.8f64.powi(6)).abs()
+                < 1e-12
+        );
+        assert!((scale("bert.embeddings.word_embeddings.weight") - 0.8f64.powi(7)).abs() < 1e-12);
+        assert_eq!(
+            layer_lr_scale("bert.embeddings.word_embeddings.weight", 6, 1.0),
+            1.0
+        );
+    }
 
     #[test]
     fn step_seeds_of_neighbouring_runs_never_meet() {

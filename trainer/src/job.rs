@@ -109,7 +109,8 @@ pub fn run(
         spec.device,
         precision,
     )?;
-    let outcome = fine_tune::fine_tune(
+    let teachers = teacher_scores(spec, &data, handle)?;
+    let mut run = fine_tune::FineTune::prepare(
         model,
         tokenizer,
         &data.train,
@@ -117,8 +118,12 @@ pub fn run(
         &data.labels,
         &spec.train,
         resume,
-        observer,
     )?;
+    let teacher_versions = teachers.as_ref().map(|t| t.versions.clone());
+    if let Some(t) = teachers {
+        run = run.with_soft_targets(t.scores)?;
+    }
+    let outcome = run.run(observer)?;
 
     observer.phase(Phase::Evaluating);
     check_cancel(observer)?;
@@ -134,6 +139,7 @@ pub fn run(
         "test_examples": data.test.len(),
         "best_epoch": outcome.best_epoch,
         "steps": outcome.steps,
+        "teacher_versions": teacher_versions,
     });
     let baseline = spec
         .run_baseline
@@ -179,6 +185,7 @@ pub fn run(
         created_at: chrono::Utc::now().to_rfc3339(),
         files: vec![],
         groupings,
+        calibration: outcome.calibration.clone(),
         dataset: Some(DatasetInfo {
             name: data.name.clone(),
             format: data.format.extension().into(),
@@ -188,6 +195,33 @@ pub fn run(
     };
     let manifest = publish(spec, handle, observer, &files, manifest)?;
     Ok(JobOutput { manifest, report })
+}
+
+/// The teachers' mean scores on the training texts, when the job distils (scored in the
+/// job's precision, one teacher at a time).
+fn teacher_scores(
+    spec: &JobSpec,
+    data: &Dataset,
+    handle: &Handle,
+) -> Result<Option<evaluate::MeanScores>, JobError> {
+    if spec.train.teachers.is_empty() {
+        return Ok(None);
+    }
+    tracing::info!(
+        teachers = spec.train.teachers.len(),
+        texts = data.train.len(),
+        weight = spec.train.distill_weight,
+        "scoring the training texts with the teachers"
+    );
+    Ok(Some(evaluate::mean_scores(
+        handle,
+        &spec.train.teachers,
+        &data.train,
+        &data.labels,
+        spec.device,
+        spec.train.precision,
+        spec.train.eval_batch_size,
+    )?))
 }
 
 /// The published files: config, weights, tokenizer and its side files, with the tokenizer
@@ -273,6 +307,17 @@ fn manifest_metrics(
     ] {
         metrics.insert(format!("test.macro_f1.{key}"), e.macro_f1);
         metrics.insert(format!("test.micro_f1.{key}"), e.micro_f1);
+    }
+    if let Some(c) = &report.calibration {
+        let served = |unscaled: f64, scaled: f64| if c.applied { scaled } else { unscaled };
+        metrics.insert(
+            "test.expected_calibration_error".into(),
+            served(c.ece_unscaled, c.ece_scaled),
+        );
+        metrics.insert(
+            "test.log_loss".into(),
+            served(c.test_log_loss_unscaled, c.test_log_loss_scaled),
+        );
     }
     for g in &report.served_groups {
         metrics.insert(format!("test.{}_macro_f1.served", g.grouping), g.macro_f1);

@@ -13,6 +13,7 @@ pub mod evaluate;
 pub mod fine_tune;
 pub mod history;
 pub mod job;
+pub(crate) mod loss;
 pub mod malloc;
 pub mod observe;
 pub(crate) mod optim;

@@ -50,14 +50,14 @@ fn main() -> anyhow::Result<()> {
             let loaded = handle.block_on(evaluate::load_checkpoint(
                 &cmd.checkpoint,
                 device,
-                cmd.precision,
+                cmd.scoring.precision,
             ))?;
             let report = evaluate::checkpoint_report(
                 &loaded,
                 &cmd.data.data_dir,
                 cmd.split,
                 cmd.limit(),
-                cmd.batch_size,
+                cmd.scoring.batch_size,
                 device,
             )?;
             let r = &report.fine_tuned;
@@ -78,6 +78,35 @@ fn main() -> anyhow::Result<()> {
                 report
                     .write(dir)
                     .with_context(|| format!("writing {}", dir.display()))?;
+            }
+        }
+        Command::Ensemble(cmd) => {
+            let device = cmd.device.init()?;
+            let result = evaluate::ensemble(
+                handle,
+                &cmd.checkpoints,
+                &cmd.data.data_dir,
+                cmd.data.limits(),
+                cmd.test,
+                device,
+                cmd.scoring.precision,
+                cmd.scoring.batch_size,
+            )?;
+            println!(
+                "ensemble of {} — dev macro-F1 {:.4} (per-label thresholds), micro-F1 {:.4} (global)",
+                result.versions.join(" + "),
+                result.dev_macro_f1,
+                result.dev_micro_f1_global
+            );
+            if let Some(t) = &result.test {
+                println!(
+                    "test: macro-F1 {:.4} / micro-F1 {:.4} (per-label thresholds), micro-F1 {:.4} (global {:.2})",
+                    t.macro_f1, t.micro_f1_per_label, t.micro_f1_global, t.global_threshold
+                );
+            }
+            if let Some(path) = &cmd.json {
+                std::fs::write(path, serde_json::to_vec_pretty(&result)?)
+                    .with_context(|| format!("writing {}", path.display()))?;
             }
         }
         Command::Baseline(cmd) => {

@@ -1,8 +1,9 @@
 //! The comparison report: fine-tuned model vs the TF-IDF baseline on the test split, as
-//! markdown, JSON and a per-label F1 bar chart (SVG).
+//! markdown, JSON, a per-label F1 bar chart and a reliability diagram (SVG).
 use std::fmt::Write as _;
 use std::path::Path;
 
+use common::calibration::Bin;
 use common::labels::LabelSet;
 use common::metrics::{self, Evaluation};
 use serde::{Deserialize, Serialize};
@@ -109,6 +110,38 @@ pub struct Report {
     /// The coarse groupings as the predictor serves them (group thresholds tuned on dev).
     #[serde(default)]
     pub served_groups: Vec<GroupingResult>,
+    /// How well the test scores' values match observed frequencies (multi-label models).
+    #[serde(default)]
+    pub calibration: Option<CalibrationReport>,
+}
+
+/// Calibration of a multi-label model's test scores without and with per-label temperature
+/// scaling fitted on dev, and which of the two the published model serves.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CalibrationReport {
+    /// Whether the published model serves the temperature-scaled scores, and why.
+    pub applied: bool,
+    pub reason: String,
+    /// Every (text, label) pair of the test split, pooled.
+    pub bins_unscaled: Vec<Bin>,
+    pub bins_scaled: Vec<Bin>,
+    pub ece_unscaled: f64,
+    pub ece_scaled: f64,
+    pub test_log_loss_unscaled: f64,
+    pub test_log_loss_scaled: f64,
+    pub dev_log_loss_unscaled: f64,
+    /// Temperatures fitted on one half of dev, scored on the other, both ways round.
+    pub dev_log_loss_scaled_cross_fitted: f64,
+    pub per_label: Vec<LabelCalibration>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LabelCalibration {
+    pub label: String,
+    /// Fitted on all of dev: scores become sigmoid(logit / temperature).
+    pub temperature: f64,
+    pub ece_unscaled: f64,
+    pub ece_scaled: f64,
 }
 
 /// Test macro-F1 of one served grouping, per group, beside a reference figure.
@@ -384,6 +417,9 @@ impl Report {
                 let _ = writeln!(out, "\nSelected epoch: {b} (best dev macro-F1).");
             }
         }
+        if let Some(c) = &self.calibration {
+            c.markdown(&mut out);
+        }
         let _ = writeln!(out, "\n## Cost\n");
         row(
             &mut out,
@@ -483,7 +519,8 @@ impl Report {
         s
     }
 
-    /// Writes `report.md`, `report.json` and `per_label_f1.svg` into `dir`.
+    /// Writes `report.md`, `report.json`, `per_label_f1.svg` and (with calibration figures)
+    /// `reliability.svg` into `dir`.
     pub fn write(&self, dir: &Path) -> std::io::Result<()> {
         std::fs::create_dir_all(dir)?;
         std::fs::write(dir.join("report.md"), self.markdown())?;
@@ -492,6 +529,177 @@ impl Report {
             serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?,
         )?;
         std::fs::write(dir.join("per_label_f1.svg"), self.svg())?;
+        if let Some(c) = &self.calibration {
+            std::fs::write(dir.join("reliability.svg"), c.svg())?;
+        }
         Ok(())
+    }
+}
+
+impl CalibrationReport {
+    fn markdown(&self, out: &mut String) {
+        let _ = writeln!(out, "\n## Calibration\n");
+        let _ = writeln!(
+            out,
+            "Does a score of 0.7 mean 70 %? Over every (text, label) pair of the split, in {} equal-width \
+             score bins: expected calibration error (ECE, the count-weighted gap between mean score \
+             and observed frequency) and log-loss, without and with per-label temperature scaling \
+             (sigmoid(logit / T), T fitted on dev). **The model serves the {} scores**: {}.\n",
+            self.bins_unscaled.len(),
+            if self.applied { "temperature-scaled" } else { "unscaled" },
+            self.reason
+        );
+        row(
+            out,
+            &["scores", "test ECE", "test log-loss", "dev log-loss"].map(String::from),
+        );
+        row(out, &["---", "---:", "---:", "---:"].map(String::from));
+        row(
+            out,
+            &[
+                "unscaled".into(),
+                f(self.ece_unscaled),
+                f(self.test_log_loss_unscaled),
+                f(self.dev_log_loss_unscaled),
+            ],
+        );
+        row(
+            out,
+            &[
+                "temperature-scaled".into(),
+                f(self.ece_scaled),
+                f(self.test_log_loss_scaled),
+                format!(
+                    "{} (cross-fitted halves)",
+                    f(self.dev_log_loss_scaled_cross_fitted)
+                ),
+            ],
+        );
+        let _ = writeln!(out, "\n![Reliability](reliability.svg)\n");
+        row(
+            out,
+            &["label", "T (dev)", "test ECE unscaled", "test ECE scaled"].map(String::from),
+        );
+        row(out, &["---", "---:", "---:", "---:"].map(String::from));
+        for l in &self.per_label {
+            row(
+                out,
+                &[
+                    l.label.clone(),
+                    format!("{:.2}", l.temperature),
+                    f(l.ece_unscaled),
+                    f(l.ece_scaled),
+                ],
+            );
+        }
+    }
+
+    /// A reliability diagram: observed frequency against mean score per bin, served and
+    /// temperature-scaled, with the diagonal of perfect calibration.
+    pub fn svg(&self) -> String {
+        let (left, top, size) = (60.0, 40.0, 360.0);
+        let x = |v: f64| left + v * size;
+        let y = |v: f64| top + (1.0 - v) * size;
+        let mut s = String::new();
+        let _ = write!(
+            s,
+            r#"<svg xmlns="http://www.w3.org/2000/svg" width="{}" height="{}" font-family="sans-serif" font-size="11">"#,
+            left + size + 180.0,
+            top + size + 50.0
+        );
+        let _ = write!(s, r#"<rect width="100%" height="100%" fill="white"/>"#);
+        let _ = write!(
+            s,
+            r#"<text x="{left}" y="18" font-size="13">Reliability: observed frequency by score bin (test, all labels)</text>"#
+        );
+        for tick in 0..=5 {
+            let v = tick as f64 / 5.0;
+            let _ = write!(
+                s,
+                r##"<line x1="{}" x2="{}" y1="{}" y2="{}" stroke="#eee"/><line x1="{}" x2="{}" y1="{}" y2="{}" stroke="#eee"/>"##,
+                x(v),
+                x(v),
+                y(0.0),
+                y(1.0),
+                x(0.0),
+                x(1.0),
+                y(v),
+                y(v)
+            );
+            let _ = write!(
+                s,
+                r#"<text x="{}" y="{}" text-anchor="middle">{v:.1}</text><text x="{}" y="{}" text-anchor="end">{v:.1}</text>"#,
+                x(v),
+                y(0.0) + 15.0,
+                x(0.0) - 5.0,
+                y(v) + 4.0
+            );
+        }
+        let _ = write!(
+            s,
+            r##"<line x1="{}" y1="{}" x2="{}" y2="{}" stroke="#999" stroke-dasharray="4 3"/>"##,
+            x(0.0),
+            y(0.0),
+            x(1.0),
+            y(1.0)
+        );
+        let _ = write!(
+            s,
+            r#"<text x="{}" y="{}" text-anchor="middle">mean score in bin</text>"#,
+            x(0.5),
+            y(0.0) + 32.0
+        );
+        for (k, (bins, color, name, ece)) in [
+            (
+                &self.bins_unscaled,
+                "#1f77b4",
+                "unscaled",
+                self.ece_unscaled,
+            ),
+            (
+                &self.bins_scaled,
+                "#2ca02c",
+                "temperature-scaled",
+                self.ece_scaled,
+            ),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let points: Vec<String> = bins
+                .iter()
+                .filter(|b| b.count > 0)
+                .map(|b| format!("{:.1},{:.1}", x(b.mean_score), y(b.frequency)))
+                .collect();
+            let _ = write!(
+                s,
+                r#"<polyline points="{}" fill="none" stroke="{color}" stroke-width="2"/>"#,
+                points.join(" ")
+            );
+            for b in bins.iter().filter(|b| b.count > 0) {
+                let _ = write!(
+                    s,
+                    r#"<circle cx="{:.1}" cy="{:.1}" r="3" fill="{color}"><title>{name}: scores {:.1}–{:.1}, {} pairs, mean {:.3}, frequency {:.3}</title></circle>"#,
+                    x(b.mean_score),
+                    y(b.frequency),
+                    b.lo,
+                    b.hi,
+                    b.count,
+                    b.mean_score,
+                    b.frequency
+                );
+            }
+            let ly = top + 10.0 + 18.0 * k as f64;
+            let _ = write!(
+                s,
+                r#"<rect x="{}" y="{}" width="10" height="10" fill="{color}"/><text x="{}" y="{}">{name} (ECE {ece:.3})</text>"#,
+                x(1.0) + 15.0,
+                ly,
+                x(1.0) + 30.0,
+                ly + 9.0
+            );
+        }
+        s.push_str("</svg>\n");
+        s
     }
 }

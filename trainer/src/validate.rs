@@ -94,6 +94,39 @@ pub fn check_config(cfg: &TrainConfig) -> Result<(), ValidationError> {
             ));
         }
     }
+    finite_in(
+        "loss_gamma",
+        cfg.loss_gamma,
+        (0.0..=10.0).contains(&cfg.loss_gamma),
+        "[0, 10]",
+    )?;
+    finite_in(
+        "asl_clip",
+        cfg.asl_clip,
+        (0.0..0.5).contains(&cfg.asl_clip),
+        "[0, 0.5)",
+    )?;
+    finite_in(
+        "label_smoothing",
+        cfg.label_smoothing,
+        (0.0..0.5).contains(&cfg.label_smoothing),
+        "[0, 0.5)",
+    )?;
+    finite_in(
+        "distill_weight",
+        cfg.distill_weight,
+        (0.0..=1.0).contains(&cfg.distill_weight),
+        "[0, 1]",
+    )?;
+    finite_in(
+        "layer_lr_decay",
+        cfg.layer_lr_decay,
+        cfg.layer_lr_decay > 0.0 && cfg.layer_lr_decay <= 1.0,
+        "(0, 1]",
+    )?;
+    if let Some(i) = cfg.teachers.iter().position(|t| t.trim().is_empty()) {
+        return Err(invalid(&format!("{}[{i}]", h("teachers")), "is empty"));
+    }
     if cfg.patience == 0 {
         return Err(invalid(&h("patience"), "must be at least 1"));
     }
@@ -171,6 +204,30 @@ async fn check_base_model(uri: &str, max_length: usize) -> Result<(), Validation
     Ok(())
 }
 
+/// A teacher must be a published checkpoint (version or alias) with the data's labels.
+async fn check_teacher(field: &str, uri: &str, labels: &[String]) -> Result<(), ValidationError> {
+    let unreadable = |e: String| invalid(field, format!("{uri}: {e}"));
+    let model = registry::ModelRef::parse(uri).map_err(|e| unreadable(e.to_string()))?;
+    let (store, _) = model
+        .resolve()
+        .await
+        .map_err(|e| unreadable(e.to_string()))?;
+    let manifest = checkpoint::read_manifest(&store)
+        .await
+        .map_err(|e| unreadable(e.to_string()))?;
+    if manifest.labels != labels {
+        return Err(invalid(
+            field,
+            format!(
+                "{uri} has {} labels that are not the data's {}: a teacher must be trained on the same labels",
+                manifest.labels.len(),
+                labels.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Checks every field of a job before it exists; returns the precision it will train in.
 pub async fn check_job(spec: &JobSpec) -> Result<Precision, ValidationError> {
     check_names(spec)?;
@@ -196,8 +253,8 @@ pub async fn check_job(spec: &JobSpec) -> Result<Precision, ValidationError> {
     check_data_dir(&spec.data_dir)?;
     let dir = spec.data_dir.clone();
     let (limits, seed) = (spec.limits, spec.train.seed);
-    let single = tokio::task::spawn_blocking(move || {
-        Dataset::load(&dir, limits, seed).map(|d| d.is_single_label())
+    let (single, labels) = tokio::task::spawn_blocking(move || {
+        Dataset::load(&dir, limits, seed).map(|d| (d.is_single_label(), d.labels.names))
     })
     .await
     .map_err(|e| invalid("data_dir", format!("reading the data failed: {e}")))?
@@ -207,6 +264,9 @@ pub async fn check_job(spec: &JobSpec) -> Result<Precision, ValidationError> {
         .resolve(single)
         .map_err(|e| invalid("hyperparameters.problem_type", e))?;
     check_base_model(&spec.base_model, spec.train.max_length).await?;
+    for (i, uri) in spec.train.teachers.iter().enumerate() {
+        check_teacher(&format!("hyperparameters.teachers[{i}]"), uri, &labels).await?;
+    }
     Ok(precision)
 }
 
@@ -302,6 +362,48 @@ mod tests {
                     ..ok.clone()
                 },
                 "max_grad_norm",
+            ),
+            (
+                TrainConfig {
+                    loss_gamma: -1.0,
+                    ..ok.clone()
+                },
+                "loss_gamma",
+            ),
+            (
+                TrainConfig {
+                    asl_clip: 0.5,
+                    ..ok.clone()
+                },
+                "asl_clip",
+            ),
+            (
+                TrainConfig {
+                    label_smoothing: f64::NAN,
+                    ..ok.clone()
+                },
+                "label_smoothing",
+            ),
+            (
+                TrainConfig {
+                    distill_weight: 1.5,
+                    ..ok.clone()
+                },
+                "distill_weight",
+            ),
+            (
+                TrainConfig {
+                    layer_lr_decay: 0.0,
+                    ..ok.clone()
+                },
+                "layer_lr_decay",
+            ),
+            (
+                TrainConfig {
+                    teachers: vec!["output/registry/models/a/aliases/latest".into(), " ".into()],
+                    ..ok.clone()
+                },
+                "teachers[1]",
             ),
         ];
         for (cfg, field) in cases {

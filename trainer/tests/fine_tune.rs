@@ -1,7 +1,8 @@
 //! Fine-tuning on small GoEmotions subsets with the packaged MiniLM: the loss goes down, the
 //! under-trained labels of a short run keep no predict-everything threshold, divergence and bad
-//! configurations are caught, bf16 keeps fp32 master weights, and a resumed run equals an
-//! uninterrupted one. (A few dozen steps teach MiniLM little beyond the label priors — in
+//! configurations are caught, bf16 keeps fp32 master weights, a resumed run equals an
+//! uninterrupted one, distillation pulls towards the teachers' scores, and temperature scaling
+//! is what the published model serves. (A few dozen steps teach MiniLM little beyond the label priors — in
 //! `transformers` too — so ranking quality is the main job's to show, not these tests'.)
 use std::path::PathBuf;
 
@@ -13,7 +14,7 @@ use common::metrics::{self, Fallback};
 use common::model::Precision;
 use common::store::Store;
 use tch::{Device, Kind, Tensor};
-use trainer::config::TrainConfig;
+use trainer::config::{CalibrationChoice, TrainConfig};
 use trainer::fine_tune::{self as train, TrainError};
 use trainer::history::EpochRecord;
 use trainer::observe::{Observer, Progress};
@@ -365,4 +366,121 @@ fn resumed_run_equals_uninterrupted_run() {
         .map(|(a, b)| (a - b).abs())
         .fold(0f32, f32::max);
     assert!(scores_diff < 1e-3, "dev scores differ by {scores_diff}");
+}
+
+#[test]
+fn distilling_pulls_the_student_towards_the_teachers_scores() {
+    let _serial = serial();
+    tch::set_num_threads(2);
+    let data = Dataset::load(&data_dir(), limits(96, 48), 7).unwrap();
+    let l = data.labels.len();
+    let cfg = TrainConfig {
+        max_steps: Some(8),
+        warmup_ratio: 0.0,
+        learning_rate: 1e-3,
+        distill_weight: 1.0,
+        ..small_config()
+    };
+    let texts: Vec<&str> = data.dev.iter().map(|e| e.text.as_str()).collect();
+    let prepared = || {
+        let (model, tokenizer) = build(&data, &cfg);
+        train::FineTune::prepare(
+            model,
+            tokenizer,
+            &data.train,
+            &data.dev,
+            &data.labels,
+            &cfg,
+            None,
+        )
+        .unwrap()
+    };
+    // Same seed, batches and dropout: only the teacher's scores differ between the two runs.
+    let mean_dev_score = |teacher: f32| {
+        let run = prepared()
+            .with_soft_targets(vec![teacher; data.train.len() * l])
+            .unwrap();
+        let out = run.run(&mut Recorder::default()).unwrap();
+        let encoded = out.tokenizer.encode_all(&texts).unwrap();
+        let scores = inference::score_all(&out.model, &out.tokenizer, &encoded, 16).unwrap();
+        scores.iter().sum::<f32>() / scores.len() as f32
+    };
+    let high = mean_dev_score(0.95);
+    let low = mean_dev_score(0.05);
+    assert!(
+        high > low + 0.2,
+        "teacher 0.95 → {high}, teacher 0.05 → {low}"
+    );
+
+    // Scores of the wrong shape, or that are not probabilities, are refused.
+    let err = prepared()
+        .with_soft_targets(vec![0.5; l])
+        .err()
+        .expect("wrong shape");
+    assert!(matches!(err, TrainError::SoftTargets { .. }), "{err}");
+    let mut bad = vec![0.5; data.train.len() * l];
+    bad[3] = f32::NAN;
+    let err = prepared().with_soft_targets(bad).err().expect("NaN");
+    assert!(matches!(err, TrainError::SoftTargetValue { .. }), "{err}");
+}
+
+#[test]
+fn temperature_scaling_is_folded_into_the_served_scores() {
+    let _serial = serial();
+    tch::set_num_threads(2);
+    let data = Dataset::load(&data_dir(), limits(96, 64), 11).unwrap();
+    let run = |calibration: CalibrationChoice| {
+        let cfg = TrainConfig {
+            max_steps: Some(6),
+            calibration,
+            ..small_config()
+        };
+        let (model, tokenizer) = build(&data, &cfg);
+        train::fine_tune(
+            model,
+            tokenizer,
+            &data.train,
+            &data.dev,
+            &data.labels,
+            &cfg,
+            None,
+            &mut Recorder::default(),
+        )
+        .unwrap()
+    };
+    let plain = run(CalibrationChoice::None);
+    let scaled = run(CalibrationChoice::Temperature);
+    let (p, s) = (
+        plain.calibration.as_ref().unwrap(),
+        scaled.calibration.as_ref().unwrap(),
+    );
+    assert!(!p.applied && s.applied);
+    // Same training: the same temperatures, fitted and recorded either way.
+    assert_eq!(p.temperatures, s.temperatures);
+    assert!(
+        s.temperatures.iter().any(|t| (t - 1.0).abs() > 0.05),
+        "{:?}",
+        s.temperatures
+    );
+    // The published model serves sigmoid(logit / T), and the thresholds were tuned on that.
+    let expect = common::calibration::apply_temperatures(&plain.dev_scores, &s.temperatures);
+    let gap = expect
+        .iter()
+        .zip(&scaled.dev_scores)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(
+        gap < 1e-4,
+        "served scores differ from the tempered ones by {gap}"
+    );
+    let texts: Vec<&str> = data.dev.iter().map(|e| e.text.as_str()).collect();
+    let encoded = scaled.tokenizer.encode_all(&texts).unwrap();
+    let served = inference::score_all(&scaled.model, &scaled.tokenizer, &encoded, 16).unwrap();
+    assert_eq!(served, scaled.dev_scores);
+    let retuned = metrics::tune_thresholds(
+        &scaled.dev_scores,
+        &data::targets(&data.dev, data.labels.len()),
+        data.labels.len(),
+    );
+    assert_eq!(retuned.per_label, scaled.thresholds.per_label);
 }

@@ -15,6 +15,8 @@ use crate::safetensors_io::{self, SafetensorsError};
 pub enum ModelError {
     #[error("invalid config.json: {0}")]
     Config(#[from] super::config::ConfigError),
+    #[error("temperatures: {found} values for {labels} labels, each finite and positive")]
+    Temperatures { found: usize, labels: usize },
     #[error("a classifier needs at least one label")]
     NoLabels,
     #[error(transparent)]
@@ -373,6 +375,35 @@ impl BertClassifier {
 
     pub fn precision(&self) -> Precision {
         self.precision
+    }
+
+    /// Divides each label's logit by its temperature, folded into the head (its weight rows and
+    /// bias are divided in place), so every later forward pass — and the saved weights — give
+    /// sigmoid(logit / T) with no change to any scoring path.
+    pub fn scale_logits(&self, temperatures: &[f64]) -> Result<(), ModelError> {
+        let labels = self.num_labels();
+        if temperatures.len() != labels || temperatures.iter().any(|t| !(t.is_finite() && *t > 0.0))
+        {
+            return Err(ModelError::Temperatures {
+                found: temperatures.len(),
+                labels,
+            });
+        }
+        let inverse: Vec<f32> = temperatures.iter().map(|t| (1.0 / t) as f32).collect();
+        let device = self.classifier.ws.device();
+        let kind = self.classifier.ws.kind();
+        let factors = Tensor::from_slice(&inverse).to_device(device).to_kind(kind);
+        tch::no_grad(|| {
+            let _ = self
+                .classifier
+                .ws
+                .shallow_clone()
+                .g_mul_(&factors.unsqueeze(1));
+            if let Some(bs) = &self.classifier.bs {
+                let _ = bs.shallow_clone().g_mul_(&factors);
+            }
+        });
+        Ok(())
     }
 
     /// Sets the compute precision of later forward passes; the stored weights stay as they are.
@@ -775,6 +806,32 @@ mod tests {
             .mean(Kind::Float);
         let zeros = zeros.double_value(&[]);
         assert!(zeros > 0.3 && zeros < 0.7, "dropped share {zeros}");
+    }
+
+    #[test]
+    fn scaled_logits_give_the_tempered_sigmoid() {
+        tch::manual_seed(4);
+        let m = BertClassifier::new(tiny_config(), 3, Pooling::Mean, Device::Cpu).unwrap();
+        tch::no_grad(|| {
+            m.var_store().variables()["classifier.bias"]
+                .shallow_clone()
+                .copy_(&Tensor::from_slice(&[0.5f32, -1.0, 2.0]));
+        });
+        let ids = Tensor::from_slice(&[1i64, 5, 7, 2]).view([1, 4]);
+        let mask = Tensor::ones([1, 4], (Kind::Int64, Device::Cpu));
+        let logits = |m: &BertClassifier| {
+            Vec::<f32>::try_from(m.forward(&ids, &mask, false).logits.view([-1])).unwrap()
+        };
+        let before = logits(&m);
+        let temperatures = [2.0, 0.5, 1.0];
+        m.scale_logits(&temperatures).unwrap();
+        let after = logits(&m);
+        for j in 0..3 {
+            let expect = before[j] / temperatures[j] as f32;
+            assert!((after[j] - expect).abs() < 1e-5, "{after:?} vs {before:?}");
+        }
+        assert!(m.scale_logits(&[1.0, 1.0]).is_err());
+        assert!(m.scale_logits(&[1.0, 0.0, 1.0]).is_err());
     }
 
     #[test]

@@ -278,6 +278,34 @@ pub async fn invalid_specs_refused(dir: &Path) -> Outcome {
             }),
         ),
         (
+            "hyperparameters.loss",
+            hyper(Hyperparameters {
+                loss: Some("hinge".into()),
+                ..Default::default()
+            }),
+        ),
+        (
+            "hyperparameters.calibration",
+            hyper(Hyperparameters {
+                calibration: Some("kelvin".into()),
+                ..Default::default()
+            }),
+        ),
+        (
+            "hyperparameters.layer_lr_decay",
+            hyper(Hyperparameters {
+                layer_lr_decay: Some(1.5),
+                ..Default::default()
+            }),
+        ),
+        (
+            "hyperparameters.teachers[0]",
+            hyper(Hyperparameters {
+                teachers: vec![format!("{}/models/none/aliases/latest", missing.display())],
+                ..Default::default()
+            }),
+        ),
+        (
             "base_model",
             TrainingSpec {
                 base_model: missing.display().to_string(),

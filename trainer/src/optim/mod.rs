@@ -84,6 +84,8 @@ pub struct AdamW {
     /// the gradients inside the update pass instead of in a pass of its own.
     grad_scale: f32,
     decay: Vec<bool>,
+    /// Each parameter's learning rate as a multiple of the scheduled one (layer-wise decay).
+    lr_scale: Vec<f64>,
     exp_avg: Vec<Tensor>,
     exp_avg_sq: Vec<Tensor>,
     step: i64,
@@ -102,18 +104,35 @@ impl AdamW {
 
     /// As `new`, choosing the memory layout. `Flat` needs fp32 parameters on one device (it falls
     /// back to `PerTensor` otherwise) and rebinds each parameter's data to a view of the buffer.
+    #[cfg(test)]
     pub fn with_layout(params: Vec<(Tensor, bool)>, weight_decay: f64, layout: Layout) -> Self {
+        let ones = vec![1.0; params.len()];
+        Self::with_lr_scales(params, weight_decay, layout, ones)
+    }
+
+    /// As `with_layout`, each parameter's learning rate multiplied by its entry of `lr_scale`
+    /// (same order; missing entries are 1). Scales other than 1 keep separate tensors: the flat
+    /// update takes one learning rate.
+    pub fn with_lr_scales(
+        params: Vec<(Tensor, bool)>,
+        weight_decay: f64,
+        layout: Layout,
+        mut lr_scale: Vec<f64>,
+    ) -> Self {
+        lr_scale.resize(params.len(), 1.0);
+        let uniform = lr_scale.iter().all(|&s| s == 1.0);
         let (mut params, decay): (Vec<Tensor>, Vec<bool>) = params.into_iter().unzip();
         let device = params.first().map(Tensor::device);
         let flat_ok = !params.is_empty()
             && params
                 .iter()
                 .all(|p| p.kind() == Kind::Float && Some(p.device()) == device);
-        let want_flat = match layout {
-            Layout::Auto => device.is_some_and(|d| d != Device::Cpu),
-            Layout::PerTensor => false,
-            Layout::Flat => true,
-        };
+        let want_flat = uniform
+            && match layout {
+                Layout::Auto => device.is_some_and(|d| d != Device::Cpu),
+                Layout::PerTensor => false,
+                Layout::Flat => true,
+            };
         let (flat, exp_avg, exp_avg_sq) = if want_flat && flat_ok {
             let (flat, m, v) = Self::pack(&mut params, &decay);
             (Some(flat), m, v)
@@ -128,6 +147,7 @@ impl AdamW {
             grads: Vec::new(),
             grad_scale: 1.0,
             decay,
+            lr_scale,
             exp_avg,
             exp_avg_sq,
             step: 0,
@@ -320,9 +340,13 @@ impl AdamW {
                     continue;
                 };
                 let p = &self.params[i];
+                let lr = lr * self.lr_scale[i];
                 if self.decay[i] && self.weight_decay > 0.0 {
-                    let _ = p.shallow_clone().g_mul_scalar_(decay);
+                    let _ = p
+                        .shallow_clone()
+                        .g_mul_scalar_(1.0 - lr * self.weight_decay);
                 }
+                let scalars = StepScalars { lr, ..scalars };
                 scalars.apply(p, g, &self.exp_avg[i], &self.exp_avg_sq[i]);
             }
         });
@@ -340,14 +364,23 @@ impl AdamW {
             eps: self.eps as f32,
             grad_scale: self.grad_scale,
         };
-        let decays: Vec<f32> = buffers
+        let per_buffer: Vec<(f32, UpdateScalars)> = buffers
             .iter()
             .map(|&(param, _)| {
-                if self.decay[param] && self.weight_decay > 0.0 {
+                let lr = lr * self.lr_scale[param];
+                let decay = if self.decay[param] && self.weight_decay > 0.0 {
                     (1.0 - lr * self.weight_decay) as f32
                 } else {
                     1.0
-                }
+                };
+                let step_size = (lr / bc1) as f32;
+                (
+                    decay,
+                    UpdateScalars {
+                        step_size,
+                        ..scalars
+                    },
+                )
             })
             .collect();
         let threads = tch::get_num_threads().max(1) as usize;
@@ -363,7 +396,8 @@ impl AdamW {
                     v.slice(start, end),
                 )
             };
-            cpu::update(p, g, m, v, decays[i], scalars);
+            let (decay, scalars) = per_buffer[i];
+            cpu::update(p, g, m, v, decay, scalars);
         });
     }
 
@@ -465,6 +499,41 @@ mod tests {
         let expect = [1.0 * (1.0 - 0.001) - 0.01, -2.0 * (1.0 - 0.001) + 0.01];
         for (g, e) in got.iter().zip(expect) {
             assert!((*g as f64 - e).abs() < 1e-6, "{got:?} vs {expect:?}");
+        }
+    }
+
+    #[test]
+    fn learning_rate_scales_apply_per_parameter_on_both_paths() {
+        // First step: each weight moves by its own lr * sign(grad), decay included. All
+        // contiguous: the fused pass; one transposed (not contiguous): the tensor-op path.
+        for (layout, transposed) in [
+            (Layout::Auto, false),
+            (Layout::Auto, true),
+            (Layout::Flat, false),
+        ] {
+            let a = Tensor::from_slice(&[1.0f32, -2.0]).set_requires_grad(true);
+            let b = Tensor::from_slice(&[1.0f32, 2.0, 3.0, 4.0]).view([2, 2]);
+            let b = if transposed { b.tr() } else { b }.set_requires_grad(true);
+            let b_before: Vec<f32> = Vec::try_from(b.detach().reshape([-1])).unwrap();
+            let mut opt = AdamW::with_lr_scales(
+                vec![(a.shallow_clone(), true), (b.shallow_clone(), true)],
+                0.1,
+                layout,
+                vec![0.5, 0.25],
+            );
+            assert!(opt.flat.is_none(), "scaled rates keep separate tensors");
+            let loss = a.sum(Kind::Float) + b.sum(Kind::Float);
+            opt.backward(&loss);
+            opt.step(0.01);
+            let moved = |t: &Tensor, before: &[f32], lr: f64| {
+                let got: Vec<f32> = Vec::try_from(t.detach().reshape([-1])).unwrap();
+                for (g, x) in got.iter().zip(before) {
+                    let expect = *x as f64 * (1.0 - lr * 0.1) - lr;
+                    assert!((*g as f64 - expect).abs() < 1e-6, "{got:?} (lr {lr})");
+                }
+            };
+            moved(&a, &[1.0, -2.0], 0.005);
+            moved(&b, &b_before, 0.0025);
         }
     }
 

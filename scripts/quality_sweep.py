@@ -1,0 +1,269 @@
+#!/usr/bin/env python3
+"""Quality sweep for issue 25: train recipe variants with several seeds, select on dev only,
+read the test split once per finalist, and print one table of every run.
+
+Selection runs never see the test split: they train on a data folder whose test.tsv is the dev
+split (so the job's "test" figures are dev figures), with no baseline. `--finalist NAME` scores
+a finished run's checkpoint on the real test split once; the result is kept and never recomputed.
+`--ensemble NAME:RUN+RUN...` evaluates the mean of runs' checkpoints (thresholds tuned on dev).
+
+Runs are resumable: results go to OUT/results.jsonl, a finished (variant, seed) is skipped.
+
+  scripts/quality_sweep.py run default:1,2 distil:1,2        # variants by name, seeds after ':'
+  scripts/quality_sweep.py ensemble teacher=default-s1+default-s2
+  scripts/quality_sweep.py finalist distil-s1                 # test split, once
+  scripts/quality_sweep.py table
+
+Variants are named in VARIANTS below (flags for `trainer train`); a variant's flags may name
+`{ensemble:NAME}` for an ensemble's member checkpoints (one --teacher each).
+Environment: TRAINER (default target/release/trainer), SWEEP_OUT (default output/sweep),
+GOEMOTIONS_DATA_DIR (default .cache/data/goemotions), SWEEP_THREADS (default: all CPUs),
+SWEEP_PRECISION (fp32, or bf16: the training precision of every run; default fp32).
+"""
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TRAINER = os.environ.get("TRAINER", os.path.join(ROOT, "target/release/trainer"))
+OUT = os.path.abspath(os.environ.get("SWEEP_OUT", os.path.join(ROOT, "output/sweep")))
+DATA = os.path.abspath(os.environ.get("GOEMOTIONS_DATA_DIR", os.path.join(ROOT, ".cache/data/goemotions")))
+PRECISION = os.environ.get("SWEEP_PRECISION", "fp32")
+THREADS = os.environ.get("SWEEP_THREADS")
+RESULTS = os.path.join(OUT, "results.jsonl")
+REGISTRY = os.path.join(OUT, "registry")
+
+# name -> (what it is, extra `trainer train` flags). The default recipe's flags are the defaults.
+VARIANTS = {
+    "default": ("default recipe (BCE, sqrt positive weights, 3 epochs, lr 1e-4)", []),
+    "focal": ("focal loss, gamma 2", ["--loss", "focal", "--loss-gamma", "2"]),
+    "asl": ("asymmetric loss, gamma- 4, clip 0.05", ["--loss", "asl", "--loss-gamma", "4", "--asl-clip", "0.05"]),
+    "smooth": ("label smoothing 0.1", ["--label-smoothing", "0.1"]),
+    "llrd": ("layer-wise lr decay 0.85", ["--layer-lr-decay", "0.85"]),
+    "long": ("5 epochs at lr 5e-5", ["--epochs", "5", "--lr", "5e-5", "--patience", "2"]),
+    "distil": ("distilled from the 'teacher' ensemble, weight 0.5", ["{ensemble:teacher}", "--distill-weight", "0.5"]),
+    "distil-heavy": ("distilled from the 'teacher' ensemble, weight 0.8", ["{ensemble:teacher}", "--distill-weight", "0.8"]),
+}
+
+
+def load_results():
+    if not os.path.exists(RESULTS):
+        return []
+    with open(RESULTS) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def append_result(record):
+    os.makedirs(OUT, exist_ok=True)
+    with open(RESULTS, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def selection_data():
+    """A data folder whose test split is a copy of the dev split (ids suffixed, as ids must be
+    unique across splits): selection runs never read test."""
+    folder = os.path.join(OUT, "data-dev-as-test")
+    os.makedirs(folder, exist_ok=True)
+    for name in os.listdir(DATA):
+        link = os.path.join(folder, name)
+        if name == "test.tsv":
+            if os.path.islink(link):
+                os.remove(link)
+            with open(os.path.join(DATA, "dev.tsv")) as src, open(link + ".tmp", "w") as dst:
+                for line in src:
+                    cols = line.rstrip("\n").split("\t")
+                    cols[-1] += "-dev-copy"
+                    dst.write("\t".join(cols) + "\n")
+            os.replace(link + ".tmp", link)
+            continue
+        target = os.path.join(DATA, name)
+        if os.path.islink(link) and os.readlink(link) == target:
+            continue
+        if os.path.lexists(link):
+            os.remove(link)
+        os.symlink(target, link)
+    return folder
+
+
+def run_uri(run):
+    return f"{REGISTRY}/models/{run}/aliases/latest"
+
+
+def ensemble_members(name, results):
+    for r in results:
+        if r.get("kind") == "ensemble" and r["name"] == name:
+            return r["members"]
+    sys.exit(f"quality_sweep: no ensemble named {name!r}: run `ensemble {name}=RUN+RUN` first")
+
+
+def expand(flags, results):
+    out = []
+    for flag in flags:
+        if flag.startswith("{ensemble:"):
+            for member in ensemble_members(flag[len("{ensemble:"):-1], results):
+                out += ["--teacher", run_uri(member)]
+        else:
+            out.append(flag)
+    return out
+
+
+def trainer_env():
+    env = dict(os.environ)
+    if THREADS:
+        env["GOEMOTIONS_THREADS"] = THREADS
+    return env
+
+
+def train(variant, seed):
+    results = load_results()
+    run = f"{variant}-s{seed}"
+    if any(r.get("kind") == "run" and r["run"] == run for r in results):
+        print(f"== {run}: done already", flush=True)
+        return
+    what, flags = VARIANTS[variant]
+    report_dir = os.path.join(OUT, "reports", run)
+    cmd = [TRAINER, "train", "--data-dir", selection_data(), "--registry", REGISTRY,
+           "--model-name", run, "--alias", "latest", "--baseline", "false",
+           "--report-dir", report_dir, "--seed", str(seed), "--precision", PRECISION,
+           *expand(flags, results)]
+    print(f"== {run}: {what}\n   {' '.join(cmd)}", flush=True)
+    started = time.time()
+    subprocess.run(cmd, check=True, env=trainer_env())
+    seconds = time.time() - started
+    with open(os.path.join(report_dir, "report.json")) as f:
+        report = json.load(f)
+    ft = report["fine_tuned"]
+    append_result({
+        "kind": "run", "run": run, "variant": variant, "seed": seed, "what": what,
+        "flags": flags, "precision": PRECISION,
+        # The job's "test" is the dev split here (see selection_data).
+        "dev_macro_f1": ft["at_per_label"]["macro_f1"],
+        "dev_micro_f1_global": ft["at_global"]["micro_f1"],
+        "best_epoch": report.get("best_epoch"),
+        "epochs": [h["dev_macro_f1"] for h in report.get("history", [])],
+        "wall_seconds": seconds,
+        "version": report.get("model_version"),
+        "machine": machine(),
+        "date": time.strftime("%Y-%m-%d"),
+    })
+    print(f"== {run}: dev macro-F1 {ft['at_per_label']['macro_f1']:.4f}, {seconds / 60:.1f} min", flush=True)
+
+
+def ensemble(spec):
+    name, members = spec.split("=", 1)
+    members = members.split("+")
+    results = load_results()
+    if any(r.get("kind") == "ensemble" and r["name"] == name for r in results):
+        print(f"== ensemble {name}: done already", flush=True)
+        return
+    path = os.path.join(OUT, f"ensemble-{name}.json")
+    cmd = [TRAINER, "ensemble", "--data-dir", selection_data(), "--json", path]
+    for m in members:
+        cmd += ["--checkpoint", run_uri(m)]
+    print(f"== ensemble {name}: {' + '.join(members)}", flush=True)
+    started = time.time()
+    subprocess.run(cmd, check=True, env=trainer_env())
+    with open(path) as f:
+        e = json.load(f)
+    append_result({
+        "kind": "ensemble", "name": name, "members": members,
+        "dev_macro_f1": e["dev_macro_f1"], "dev_micro_f1_global": e["dev_micro_f1_global"],
+        "wall_seconds": time.time() - started, "machine": machine(), "date": time.strftime("%Y-%m-%d"),
+    })
+
+
+def finalist(run):
+    """The test split, once per finalist (a run, or an ensemble by name)."""
+    results = load_results()
+    if any(r.get("kind") == "test" and r["run"] == run for r in results):
+        print(f"== {run}: test read already (kept, not recomputed)", flush=True)
+        return
+    members = [r["members"] for r in results if r.get("kind") == "ensemble" and r["name"] == run]
+    path = os.path.join(OUT, f"test-{run}.json")
+    if members:
+        cmd = [TRAINER, "ensemble", "--data-dir", DATA, "--test", "--json", path]
+        for m in members[0]:
+            cmd += ["--checkpoint", run_uri(m)]
+        subprocess.run(cmd, check=True, env=trainer_env())
+        with open(path) as f:
+            t = json.load(f)["test"]
+        record = {"macro_f1": t["macro_f1"], "micro_f1_global": t["micro_f1_global"]}
+    else:
+        report_dir = os.path.join(OUT, "test-reports", run)
+        cmd = [TRAINER, "eval", "--checkpoint", run_uri(run), "--data-dir", DATA,
+               "--split", "test", "--report-dir", report_dir]
+        subprocess.run(cmd, check=True, env=trainer_env())
+        with open(os.path.join(report_dir, "report.json")) as f:
+            ft = json.load(f)["fine_tuned"]
+        record = {"macro_f1": ft["at_per_label"]["macro_f1"], "micro_f1_global": ft["at_global"]["micro_f1"]}
+    append_result({"kind": "test", "run": run, **record, "date": time.strftime("%Y-%m-%d")})
+    print(f"== {run}: test macro-F1 {record['macro_f1']:.4f}, micro-F1 (global) {record['micro_f1_global']:.4f}")
+
+
+def machine():
+    try:
+        with open("/proc/cpuinfo") as f:
+            info = f.read()
+        model = next(line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name"))
+        flags = [x for x in ("avx512_bf16", "amx_bf16") if x in info]
+        return f"{model}, {os.cpu_count()} CPUs" + (f" ({', '.join(flags)})" if flags else "")
+    except (OSError, StopIteration):
+        return platform.machine()
+
+
+def table():
+    results = load_results()
+    tests = {r["run"]: r for r in results if r.get("kind") == "test"}
+    print("| run | variant | seed | precision | dev macro-F1 | dev micro-F1 (global) | epochs (dev macro-F1) | test macro-F1 | test micro-F1 (global) | wall |")
+    print("|---|---|---:|---|---:|---:|---|---:|---:|---:|")
+    for r in results:
+        if r.get("kind") == "run":
+            t = tests.get(r["run"])
+            print(f"| {r['run']} | {r['what']} | {r['seed']} | {r['precision']} | {r['dev_macro_f1']:.4f} | "
+                  f"{r['dev_micro_f1_global']:.4f} | {' / '.join(f'{x:.3f}' for x in r['epochs'])} | "
+                  f"{t['macro_f1']:.4f} | {t['micro_f1_global']:.4f} |" if t else
+                  f"| {r['run']} | {r['what']} | {r['seed']} | {r['precision']} | {r['dev_macro_f1']:.4f} | "
+                  f"{r['dev_micro_f1_global']:.4f} | {' / '.join(f'{x:.3f}' for x in r['epochs'])} | — | — |", end="")
+            print(f" {r['wall_seconds'] / 60:.1f} min |")
+        elif r.get("kind") == "ensemble":
+            t = tests.get(r["name"])
+            test = f"{t['macro_f1']:.4f} | {t['micro_f1_global']:.4f}" if t else "— | —"
+            print(f"| {r['name']} | ensemble of {' + '.join(r['members'])} (not servable at MiniLM speed) | — | — | "
+                  f"{r['dev_macro_f1']:.4f} | {r['dev_micro_f1_global']:.4f} | — | {test} | {r['wall_seconds'] / 60:.1f} min |")
+    finalists = sorted(tests)
+    print(f"\nFinalists read on test: {len(finalists)} ({', '.join(finalists) or 'none'}).")
+    machines = sorted({r["machine"] for r in results if "machine" in r})
+    if machines:
+        print(f"Machines: {'; '.join(machines)}.")
+
+
+def main(argv):
+    if len(argv) < 2 or argv[1] in ("-h", "--help"):
+        print(__doc__)
+        return 0
+    command, args = argv[1], argv[2:]
+    if command == "run":
+        for spec in args:
+            variant, _, seeds = spec.partition(":")
+            if variant not in VARIANTS:
+                sys.exit(f"quality_sweep: unknown variant {variant!r} (known: {', '.join(VARIANTS)})")
+            for seed in (seeds or "1").split(","):
+                train(variant, int(seed))
+    elif command == "ensemble":
+        for spec in args:
+            ensemble(spec)
+    elif command == "finalist":
+        for run in args:
+            finalist(run)
+    elif command == "table":
+        table()
+    else:
+        sys.exit(f"quality_sweep: unknown command {command!r} (run, ensemble, finalist, table)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
