@@ -45,6 +45,7 @@ VARIANTS = {
     "llrd": ("layer-wise lr decay 0.85", ["--layer-lr-decay", "0.85"]),
     "long": ("5 epochs at lr 5e-5", ["--epochs", "5", "--lr", "5e-5", "--patience", "2"]),
     "distil": ("distilled from the 'teacher' ensemble, weight 0.5", ["{ensemble:teacher}", "--distill-weight", "0.5"]),
+    "self-distil": ("distilled from one default-recipe run (the 'self' ensemble), weight 0.5", ["{ensemble:self}", "--distill-weight", "0.5"]),
     "distil-heavy": ("distilled from the 'teacher' ensemble, weight 0.8", ["{ensemble:teacher}", "--distill-weight", "0.8"]),
 }
 
