@@ -223,12 +223,10 @@ def table():
     for r in results:
         if r.get("kind") == "run":
             t = tests.get(r["run"])
+            test = f"{t['macro_f1']:.4f} | {t['micro_f1_global']:.4f}" if t else "— | —"
+            epochs = " / ".join(f"{x:.3f}" for x in r["epochs"])
             print(f"| {r['run']} | {r['what']} | {r['seed']} | {r['precision']} | {r['dev_macro_f1']:.4f} | "
-                  f"{r['dev_micro_f1_global']:.4f} | {' / '.join(f'{x:.3f}' for x in r['epochs'])} | "
-                  f"{t['macro_f1']:.4f} | {t['micro_f1_global']:.4f} |" if t else
-                  f"| {r['run']} | {r['what']} | {r['seed']} | {r['precision']} | {r['dev_macro_f1']:.4f} | "
-                  f"{r['dev_micro_f1_global']:.4f} | {' / '.join(f'{x:.3f}' for x in r['epochs'])} | — | — |", end="")
-            print(f" {r['wall_seconds'] / 60:.1f} min |")
+                  f"{r['dev_micro_f1_global']:.4f} | {epochs} | {test} | {r['wall_seconds'] / 60:.1f} min |")
         elif r.get("kind") == "ensemble":
             t = tests.get(r["name"])
             test = f"{t['macro_f1']:.4f} | {t['micro_f1_global']:.4f}" if t else "— | —"

@@ -137,17 +137,28 @@ pub fn fit_temperature(logits: &[f64], targets: &[u8]) -> f64 {
     1.0 / ((lo + hi) / 2.0)
 }
 
+/// Label `j`'s column of row-major `[examples × labels]` scores and targets.
+pub fn label_column(
+    scores: &[f32],
+    targets: &[u8],
+    labels: usize,
+    j: usize,
+) -> (Vec<f32>, Vec<u8>) {
+    scores
+        .iter()
+        .zip(targets)
+        .skip(j)
+        .step_by(labels.max(1))
+        .map(|(&s, &y)| (s, y))
+        .unzip()
+}
+
 /// One temperature per label for row-major `[examples × labels]` scores.
 pub fn fit_temperatures(scores: &[f32], targets: &[u8], labels: usize) -> Vec<f64> {
     (0..labels)
         .map(|j| {
-            let (z, y): (Vec<f64>, Vec<u8>) = scores
-                .iter()
-                .zip(targets)
-                .skip(j)
-                .step_by(labels.max(1))
-                .map(|(&s, &y)| (logit(s), y))
-                .unzip();
+            let (s, y) = label_column(scores, targets, labels, j);
+            let z: Vec<f64> = s.into_iter().map(logit).collect();
             fit_temperature(&z, &y)
         })
         .collect()

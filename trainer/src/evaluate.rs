@@ -232,15 +232,7 @@ pub fn calibration_report(
             cal::apply_temperatures(test_scores, t),
         )
     };
-    let column = |scores: &[f32], j: usize| -> (Vec<f32>, Vec<u8>) {
-        scores
-            .iter()
-            .zip(test_targets)
-            .skip(j)
-            .step_by(l.max(1))
-            .map(|(&s, &y)| (s, y))
-            .unzip()
-    };
+    let column = |scores: &[f32], j: usize| cal::label_column(scores, test_targets, l, j);
     let ece = |(scores, targets): (Vec<f32>, Vec<u8>)| {
         cal::expected_calibration_error(&cal::reliability(&scores, &targets))
     };
@@ -413,22 +405,24 @@ pub fn checkpoint_report(
     })
 }
 
-/// The mean of several checkpoints' scores (sigmoids, or softmaxes) for `examples`,
-/// `[examples × labels]`: an ensemble's scores. Each checkpoint is loaded, used and dropped in
-/// turn; one whose labels are not `labels` is refused. Runs on the calling (blocking) thread;
-/// checkpoints are read through `handle`.
+/// The mean of several checkpoints' scores (sigmoids, or softmaxes) for each of `splits`,
+/// `[examples × labels]` each: an ensemble's scores. Each checkpoint is loaded once, scores
+/// every split and is dropped before the next; one whose labels are not `labels` is refused.
+/// Runs on the calling (blocking) thread; checkpoints are read through `handle`.
 pub fn mean_scores(
     handle: &tokio::runtime::Handle,
     uris: &[String],
-    examples: &[Example],
+    splits: &[&[Example]],
     labels: &LabelSet,
     device: Device,
     precision: PrecisionChoice,
     batch_size: usize,
 ) -> Result<MeanScores, EvalError> {
-    let mut sum = vec![0f64; examples.len() * labels.len()];
+    let mut sums: Vec<Vec<f64>> = splits
+        .iter()
+        .map(|examples| vec![0f64; examples.len() * labels.len()])
+        .collect();
     let mut versions = Vec::with_capacity(uris.len());
-    let texts: Vec<&str> = texts(examples);
     for uri in uris {
         let started = Instant::now();
         let loaded = handle.block_on(load_checkpoint(uri, device, precision))?;
@@ -439,15 +433,18 @@ pub fn mean_scores(
                 model_labels: loaded.manifest.labels.len(),
             });
         }
-        let encoded = loaded.tokenizer.encode_all(&texts)?;
-        let scores = inference::score_all(&loaded.model, &loaded.tokenizer, &encoded, batch_size)?;
-        for (s, v) in sum.iter_mut().zip(&scores) {
-            *s += f64::from(*v);
+        for (sum, examples) in sums.iter_mut().zip(splits) {
+            let encoded = loaded.tokenizer.encode_all(&texts(examples))?;
+            let scores =
+                inference::score_all(&loaded.model, &loaded.tokenizer, &encoded, batch_size)?;
+            for (s, v) in sum.iter_mut().zip(&scores) {
+                *s += f64::from(*v);
+            }
         }
         tracing::info!(
             checkpoint = %uri,
             version = %loaded.manifest.version,
-            texts = examples.len(),
+            texts = splits.iter().map(|e| e.len()).sum::<usize>(),
             seconds = format!("{:.1}", started.elapsed().as_secs_f64()),
             "scored"
         );
@@ -455,7 +452,10 @@ pub fn mean_scores(
     }
     let n = uris.len().max(1) as f64;
     Ok(MeanScores {
-        scores: sum.iter().map(|s| (s / n) as f32).collect(),
+        scores: sums
+            .into_iter()
+            .map(|sum| sum.iter().map(|s| (s / n) as f32).collect())
+            .collect(),
         versions,
     })
 }
@@ -494,53 +494,49 @@ pub fn ensemble(
 ) -> Result<EnsembleResult, EvalError> {
     let data = Dataset::load(data_dir, limits, 42)?;
     let l = data.labels.len();
-    let dev = mean_scores(
+    let splits: Vec<&[Example]> = if with_test {
+        vec![&data.dev, &data.test]
+    } else {
+        vec![&data.dev]
+    };
+    let mean = mean_scores(
         handle,
         uris,
-        &data.dev,
+        &splits,
         &data.labels,
         device,
         precision,
         batch_size,
     )?;
+    let dev_scores = &mean.scores[0];
     let dev_targets = data::targets(&data.dev, l);
-    let t = metrics::tune_thresholds(&dev.scores, &dev_targets, l);
+    let t = metrics::tune_thresholds(dev_scores, &dev_targets, l);
     let at = |scores: &[f32], targets: &[u8], thresholds: &[f32]| {
         metrics::evaluate(scores, targets, &data.labels, thresholds)
     };
-    let test = if with_test {
-        let test = mean_scores(
-            handle,
-            uris,
-            &data.test,
-            &data.labels,
-            device,
-            precision,
-            batch_size,
-        )?;
+    let test = mean.scores.get(1).map(|test| {
         let targets = data::targets(&data.test, l);
-        let per_label = at(&test.scores, &targets, &t.per_label);
-        Some(EnsembleTest {
+        let per_label = at(test, &targets, &t.per_label);
+        EnsembleTest {
             macro_f1: per_label.macro_f1,
             micro_f1_per_label: per_label.micro_f1,
-            micro_f1_global: at(&test.scores, &targets, &vec![t.global; l]).micro_f1,
+            micro_f1_global: at(test, &targets, &vec![t.global; l]).micro_f1,
             global_threshold: t.global,
-        })
-    } else {
-        None
-    };
+        }
+    });
     Ok(EnsembleResult {
         checkpoints: uris.to_vec(),
-        dev_macro_f1: at(&dev.scores, &dev_targets, &t.per_label).macro_f1,
-        dev_micro_f1_global: at(&dev.scores, &dev_targets, &vec![t.global; l]).micro_f1,
-        versions: dev.versions,
+        dev_macro_f1: at(dev_scores, &dev_targets, &t.per_label).macro_f1,
+        dev_micro_f1_global: at(dev_scores, &dev_targets, &vec![t.global; l]).micro_f1,
+        versions: mean.versions,
         test,
     })
 }
 
-/// An ensemble's scores and the versions its members resolved to.
+/// An ensemble's scores, one `[examples × labels]` per split asked for, and the versions its
+/// members resolved to.
 pub struct MeanScores {
-    pub scores: Vec<f32>,
+    pub scores: Vec<Vec<f32>>,
     pub versions: Vec<String>,
 }
 

@@ -187,10 +187,7 @@ pub(crate) fn optimizer_for(
         .collect();
     let params = params
         .into_iter()
-        .map(|(n, t)| {
-            let decay = !no_decay.contains(&n);
-            (t, decay)
-        })
+        .map(|(n, t)| (t, !no_decay.contains(&n)))
         .collect();
     AdamW::with_lr_scales(params, weight_decay, layout, scales)
 }

@@ -120,8 +120,8 @@ pub fn run(
         resume,
     )?;
     let teacher_versions = teachers.as_ref().map(|t| t.versions.clone());
-    if let Some(t) = teachers {
-        run = run.with_soft_targets(t.scores)?;
+    if let Some(mut t) = teachers {
+        run = run.with_soft_targets(t.scores.swap_remove(0))?;
     }
     let outcome = run.run(observer)?;
 
@@ -216,7 +216,7 @@ fn teacher_scores(
     Ok(Some(evaluate::mean_scores(
         handle,
         &spec.train.teachers,
-        &data.train,
+        &[&data.train],
         &data.labels,
         spec.device,
         spec.train.precision,
