@@ -4,6 +4,7 @@ pub mod calibration;
 pub mod checkpoint;
 pub mod data;
 pub mod device;
+pub mod explain;
 pub mod grpc;
 pub mod inference;
 pub mod labels;

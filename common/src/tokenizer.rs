@@ -22,6 +22,31 @@ pub struct Encoded {
     pub truncated: bool,
 }
 
+/// A tokenized text with what explaining it needs: which tokens are special, the word each token
+/// belongs to, and each token's span in the text.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Explainable {
+    pub encoded: Encoded,
+    /// [CLS], [SEP] and other tokens the tokenizer added.
+    pub special: Vec<bool>,
+    /// The tokenizer's word (pre-tokenizer split: whitespace and punctuation) of each token.
+    pub word_ids: Vec<Option<u32>>,
+    /// Each token's span in the text in characters (Unicode scalar values), end exclusive.
+    pub offsets: Vec<(usize, usize)>,
+}
+
+impl Explainable {
+    /// The text's ids with every token but the special ones replaced by `pad_id`.
+    pub fn baseline_ids(&self, pad_id: i64) -> Vec<i64> {
+        self.encoded
+            .ids
+            .iter()
+            .zip(&self.special)
+            .map(|(&id, &special)| if special { id } else { pad_id })
+            .collect()
+    }
+}
+
 /// A padded batch ready for the model.
 pub struct Batch {
     pub input_ids: Tensor,
@@ -82,6 +107,27 @@ impl TextTokenizer {
         Ok(Encoded {
             ids: enc.get_ids().iter().map(|&i| i64::from(i)).collect(),
             truncated: !enc.get_overflowing().is_empty(),
+        })
+    }
+
+    /// Encodes a text with its tokens' words and character offsets (truncated like `encode`).
+    pub fn encode_explainable(&self, text: &str) -> Result<Explainable, TokenizerError> {
+        let enc = self
+            .inner
+            .encode_char_offsets(text, true)
+            .map_err(|e| TokenizerError::Encode(e.to_string()))?;
+        Ok(Explainable {
+            encoded: Encoded {
+                ids: enc.get_ids().iter().map(|&i| i64::from(i)).collect(),
+                truncated: !enc.get_overflowing().is_empty(),
+            },
+            special: enc
+                .get_special_tokens_mask()
+                .iter()
+                .map(|&m| m != 0)
+                .collect(),
+            word_ids: enc.get_word_ids().to_vec(),
+            offsets: enc.get_offsets().to_vec(),
         })
     }
 

@@ -14,6 +14,10 @@
 //! - `workers` threads score batches side by side, each with `threads_per_worker` libtorch
 //!   threads: on a small CPU two single-threaded workers keep both cores busy where one
 //!   two-threaded forward pass leaves one idle in its serial stretches.
+//! - Explanations (`submit_explanation`) take the same queue room (one place per integration
+//!   point) and the same workers: the gathering thread hands out at most one explanation per
+//!   round, after that round's classify batches, so a burst of explanations delays a text by
+//!   at most one explanation per round instead of queueing it behind all of them.
 //! - A failing batch is retried text by text, so one bad text fails only its own request.
 //! - If any of these threads ever stops, `stopped()` resolves and new texts are refused with
 //!   `Stopped`, so the server can turn NOT_SERVING and exit instead of rejecting work forever.
@@ -22,12 +26,13 @@ use std::sync::mpsc::{self, RecvTimeoutError, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::explain::{Attributions, ExplainError};
 use common::inference::InferenceError;
 use common::tokenizer::Encoded;
 use tokio::sync::{oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use crate::engine::ServingModel;
+use crate::engine::{ExplainWork, ServingModel};
 use crate::telemetry::Metrics;
 
 #[derive(Debug, Clone)]
@@ -69,6 +74,15 @@ pub(crate) trait Scorer: Send + Sync {
     fn num_labels(&self) -> usize;
     /// The padded length a text of `tokens` tokens is scored at.
     fn bucket(&self, tokens: usize) -> usize;
+    /// Attributions for one text, its integration points in batches of at most
+    /// `max_batch_tokens` tokens.
+    fn explain(
+        &self,
+        _work: &ExplainWork,
+        _max_batch_tokens: usize,
+    ) -> Result<Attributions, ExplainError> {
+        Err(ExplainError::Forward("this scorer cannot explain".into()))
+    }
 }
 
 impl Scorer for ServingModel {
@@ -81,10 +95,20 @@ impl Scorer for ServingModel {
     fn bucket(&self, tokens: usize) -> usize {
         self.tokenizer.bucket(tokens)
     }
+    fn explain(
+        &self,
+        work: &ExplainWork,
+        max_batch_tokens: usize,
+    ) -> Result<Attributions, ExplainError> {
+        ServingModel::explain(self, work, max_batch_tokens)
+    }
 }
 
 /// Scores in label-id order, or why there are none.
 pub(crate) type ScoreResult = Result<Vec<f32>, InferenceError>;
+
+/// Attributions for an explanation, or why there are none.
+pub(crate) type ExplainResult = Result<Attributions, ExplainError>;
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum SubmitError {
@@ -124,9 +148,29 @@ impl Job {
     }
 }
 
+struct Explanation {
+    scorer: Arc<dyn Scorer>,
+    work: ExplainWork,
+    reply: oneshot::Sender<ExplainResult>,
+    room: Reservation,
+}
+
+/// What callers put in the queue.
+enum Queued {
+    Text(Job),
+    Explanation(Explanation),
+}
+
+/// What the gathering thread hands to a worker.
+enum Work {
+    /// Texts of one model version and length bucket.
+    Batch(Arc<dyn Scorer>, Vec<Job>),
+    Explanation(Explanation),
+}
+
 #[derive(Clone)]
 pub(crate) struct Batcher {
-    tx: mpsc::Sender<Job>,
+    tx: mpsc::Sender<Queued>,
     room: Arc<Semaphore>,
     capacity: usize,
     stopped: watch::Receiver<bool>,
@@ -150,7 +194,7 @@ impl Batcher {
         let stop = Arc::new(stop);
         // Rendezvous: a cut batch waits for a free worker, and texts arriving meanwhile join the
         // next, better sorted pool.
-        let (batch_tx, batch_rx) = mpsc::sync_channel::<Batch>(0);
+        let (batch_tx, batch_rx) = mpsc::sync_channel::<Work>(0);
         let batch_rx = Arc::new(Mutex::new(batch_rx));
         let mut threads: Vec<(String, Box<dyn FnOnce() + Send>)> = Vec::new();
         {
@@ -162,14 +206,20 @@ impl Batcher {
         }
         for i in 0..workers {
             let (batch_rx, room, metrics) = (batch_rx.clone(), room.clone(), metrics.clone());
-            let threads_per_worker = config.threads_per_worker;
+            let own = WorkerThreads {
+                batches: config.threads_per_worker.map(|n| n.max(1)),
+                explanations: config
+                    .threads_per_worker
+                    .map(|n| n.max(1) * i32::try_from(workers).unwrap_or(1)),
+            };
+            let max_batch_tokens = config.max_batch_tokens.max(1);
             threads.push((
                 format!("inference-{i}"),
                 Box::new(move || {
-                    if let Some(n) = threads_per_worker {
-                        tch::set_num_threads(n.max(1));
+                    if let Some(n) = own.batches {
+                        tch::set_num_threads(n);
                     }
-                    work(&batch_rx, capacity, &room, &metrics)
+                    work(&batch_rx, capacity, max_batch_tokens, own, &room, &metrics)
                 }),
             ));
         }
@@ -267,13 +317,33 @@ impl Batcher {
     ) -> Result<oneshot::Receiver<ScoreResult>, SubmitError> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Job {
+            .send(Queued::Text(Job {
                 scorer,
                 encoded,
                 reply,
                 caller,
                 _room: room,
-            })
+            }))
+            .map_err(|_| SubmitError::Stopped)?;
+        Ok(rx)
+    }
+
+    /// Queues one explanation (with its reserved room) for `scorer`. Dropping the receiver
+    /// abandons it: it is not computed if it has not started.
+    pub fn submit_explanation(
+        &self,
+        room: Reservation,
+        scorer: Arc<dyn Scorer>,
+        work: ExplainWork,
+    ) -> Result<oneshot::Receiver<ExplainResult>, SubmitError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Queued::Explanation(Explanation {
+                scorer,
+                work,
+                reply,
+                room,
+            }))
             .map_err(|_| SubmitError::Stopped)?;
         Ok(rx)
     }
@@ -284,42 +354,60 @@ fn queue_depth(capacity: usize, room: &Semaphore) -> usize {
     capacity - room.available_permits()
 }
 
-/// Batch of one model version's texts, on its way to a worker.
-type Batch = (Arc<dyn Scorer>, Vec<Job>);
-
-/// The gathering loop: pools what is waiting, cuts length-sorted batches, hands them to workers.
-/// Returns when every submitter is gone or no worker is left.
+/// The gathering loop: pools what is waiting, cuts length-sorted batches, hands them to workers,
+/// then at most one explanation. Returns when every submitter is gone (and nothing waits) or no
+/// worker is left.
 fn gather(
-    rx: mpsc::Receiver<Job>,
+    rx: mpsc::Receiver<Queued>,
     config: &BatcherConfig,
     room: &Semaphore,
     metrics: &Metrics,
-    workers: &mpsc::SyncSender<Batch>,
+    workers: &mpsc::SyncSender<Work>,
 ) {
     let capacity = config.queue_capacity.max(1);
     let depth = || queue_depth(capacity, room) as i64;
-    while let Ok(first) = rx.recv() {
-        let mut pending = vec![first];
-        let deadline = Instant::now() + config.max_wait;
-        // Gather up to a few batches' worth: sorting a larger pool by length cuts padding.
-        let pool = config.max_batch_size * POOL_BATCHES;
-        while pending.len() < pool {
-            match rx.try_recv() {
-                Ok(job) => {
-                    pending.push(job);
-                    continue;
+    let mut explanations: std::collections::VecDeque<Explanation> = Default::default();
+    loop {
+        let mut pending = Vec::new();
+        let first = if explanations.is_empty() {
+            rx.recv().ok()
+        } else {
+            rx.try_recv().ok()
+        };
+        if let Some(first) = first {
+            let mut take = |queued| match queued {
+                Queued::Text(job) => pending.push(job),
+                Queued::Explanation(e) => explanations.push_back(e),
+            };
+            take(first);
+            let deadline = Instant::now() + config.max_wait;
+            // Gather up to a few batches' worth: sorting a larger pool by length cuts padding.
+            let pool = config.max_batch_size * POOL_BATCHES;
+            let mut taken = 1;
+            while taken < pool {
+                match rx.try_recv() {
+                    Ok(queued) => {
+                        take(queued);
+                        taken += 1;
+                        continue;
+                    }
+                    Err(TryRecvError::Disconnected) => break,
+                    Err(TryRecvError::Empty) => {}
                 }
-                Err(TryRecvError::Disconnected) => break,
-                Err(TryRecvError::Empty) => {}
+                let now = Instant::now();
+                if now >= deadline {
+                    break;
+                }
+                match rx.recv_timeout(deadline - now) {
+                    Ok(queued) => {
+                        take(queued);
+                        taken += 1;
+                    }
+                    Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => break,
+                }
             }
-            let now = Instant::now();
-            if now >= deadline {
-                break;
-            }
-            match rx.recv_timeout(deadline - now) {
-                Ok(job) => pending.push(job),
-                Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => break,
-            }
+        } else if explanations.is_empty() {
+            return;
         }
         metrics.queue_depth.set(depth());
         drop_abandoned(&mut pending, metrics);
@@ -339,11 +427,20 @@ fn gather(
                     config.max_batch_tokens,
                     padded,
                 ) {
-                    if workers.send((scorer.clone(), batch)).is_err() {
+                    if workers.send(Work::Batch(scorer.clone(), batch)).is_err() {
                         return;
                     }
                 }
             }
+        }
+        while let Some(explanation) = explanations.pop_front() {
+            if explanation.reply.is_closed() {
+                continue;
+            }
+            if workers.send(Work::Explanation(explanation)).is_err() {
+                return;
+            }
+            break;
         }
     }
 }
@@ -363,10 +460,23 @@ pub(crate) fn split_by_bucket<T>(items: Vec<T>, bucket: impl Fn(&T) -> usize) ->
     runs
 }
 
+/// libtorch threads of a worker (`None`: the process setting).
+#[derive(Debug, Clone, Copy)]
+struct WorkerThreads {
+    batches: Option<i32>,
+    /// Every worker's share, for an explanation that starts while nothing else waits: it is one
+    /// long job (steps × a text plus backward passes) and alone it would leave the other
+    /// workers' threads idle. With other work queued it keeps the worker's own threads, so
+    /// classify batches beside it are not slowed down.
+    explanations: Option<i32>,
+}
+
 /// A worker: scores the batches it is handed until the gathering thread is gone.
 fn work(
-    batches: &Mutex<mpsc::Receiver<Batch>>,
+    batches: &Mutex<mpsc::Receiver<Work>>,
     capacity: usize,
+    max_batch_tokens: usize,
+    threads: WorkerThreads,
     room: &Semaphore,
     metrics: &Metrics,
 ) {
@@ -375,12 +485,32 @@ fn work(
             Ok(receiver) => receiver.recv(),
             Err(poisoned) => poisoned.into_inner().recv(),
         };
-        let Ok((scorer, mut batch)) = next else {
-            return;
-        };
-        drop_abandoned(&mut batch, metrics);
-        if !batch.is_empty() {
-            infer(scorer.as_ref(), batch, metrics);
+        match next {
+            Err(_) => return,
+            Ok(Work::Batch(scorer, mut batch)) => {
+                drop_abandoned(&mut batch, metrics);
+                if !batch.is_empty() {
+                    infer(scorer.as_ref(), batch, metrics);
+                }
+            }
+            Ok(Work::Explanation(e)) => {
+                if !e.reply.is_closed() {
+                    let started = Instant::now();
+                    let own_room = e.room.0.num_permits();
+                    let alone = queue_depth(capacity, room) <= own_room;
+                    if let (true, Some(n)) = (alone, threads.explanations) {
+                        tch::set_num_threads(n);
+                    }
+                    let result = e.scorer.explain(&e.work, max_batch_tokens);
+                    if let Some(n) = threads.batches {
+                        tch::set_num_threads(n);
+                    }
+                    metrics
+                        .explain_seconds
+                        .observe(started.elapsed().as_secs_f64());
+                    let _ = e.reply.send(result);
+                }
+            }
         }
         metrics.queue_depth.set(queue_depth(capacity, room) as i64);
     }
@@ -673,6 +803,83 @@ mod tests {
         );
         assert!(started.elapsed() < Duration::from_secs(4));
         assert_eq!(*meeting.threads.lock().unwrap(), vec![1, 1]);
+    }
+
+    /// Explanations are slow (steps × a text, plus backward passes): a text that arrives behind
+    /// a burst of them waits for at most the one being computed and one more, not the burst.
+    #[tokio::test]
+    async fn a_text_queued_behind_a_burst_of_explanations_is_not_starved() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        struct Slow {
+            explained: AtomicUsize,
+        }
+        impl Scorer for Slow {
+            fn score(&self, items: &[&Encoded]) -> Result<Vec<f32>, InferenceError> {
+                Ok(vec![
+                    self.explained.load(Ordering::SeqCst) as f32;
+                    items.len()
+                ])
+            }
+            fn num_labels(&self) -> usize {
+                1
+            }
+            fn bucket(&self, tokens: usize) -> usize {
+                common::tokenizer::length_bucket(tokens, 128)
+            }
+            fn explain(&self, work: &ExplainWork, _: usize) -> Result<Attributions, ExplainError> {
+                std::thread::sleep(Duration::from_millis(60));
+                self.explained.fetch_add(1, Ordering::SeqCst);
+                Ok(Attributions {
+                    logits: vec![0.0],
+                    baseline_logits: vec![0.0],
+                    labels: vec![],
+                    steps: work.steps,
+                    batches: 1,
+                })
+            }
+        }
+        let slow = Arc::new(Slow {
+            explained: AtomicUsize::new(0),
+        });
+        let scorer: Arc<dyn Scorer> = slow.clone();
+        let batcher = Batcher::start(BatcherConfig::default(), Metrics::new());
+        let work = ExplainWork {
+            text: common::tokenizer::Explainable {
+                encoded: text(4),
+                special: vec![true, false, false, true],
+                word_ids: vec![None, Some(0), Some(1), None],
+                offsets: vec![(0, 0), (0, 1), (2, 3), (0, 0)],
+            },
+            steps: 32,
+            labels: crate::engine::LabelPick::Given(vec![0]),
+            threshold: None,
+        };
+        let mut explanations = Vec::new();
+        for _ in 0..6 {
+            let room = batcher.reserve(34, None).await.unwrap();
+            explanations.push(
+                batcher
+                    .submit_explanation(room, scorer.clone(), work.clone())
+                    .unwrap(),
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(15)).await;
+        let room = batcher.reserve(1, None).await.unwrap();
+        let seen = batcher
+            .submit(room, scorer.clone(), text(4), None)
+            .unwrap()
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            seen[0] <= 2.0,
+            "the text waited for {} explanations",
+            seen[0]
+        );
+        for rx in explanations {
+            assert_eq!(rx.await.unwrap().unwrap().steps, 32);
+        }
+        assert_eq!(slow.explained.load(Ordering::SeqCst), 6);
     }
 
     #[tokio::test]

@@ -54,6 +54,8 @@ pub(crate) enum ClassifyError {
     Queue(#[from] SubmitError),
     #[error("inference failed: {0}")]
     Inference(#[from] InferenceError),
+    #[error(transparent)]
+    Explain(#[from] common::explain::ExplainError),
     #[error("the inference worker stopped")]
     WorkerStopped,
     #[error("texts[{index}]: {source}")]
@@ -92,7 +94,7 @@ impl ClassifyError {
             ClassifyError::UnknownModel { .. } => Code::NotFound,
             ClassifyError::Queue(SubmitError::Stopped) => Code::Unavailable,
             ClassifyError::Queue(_) | ClassifyError::Oversized(_) => Code::ResourceExhausted,
-            ClassifyError::Inference(_) => Code::Internal,
+            ClassifyError::Inference(_) | ClassifyError::Explain(_) => Code::Internal,
             ClassifyError::Text { source, .. } => source.code(),
         }
     }

@@ -34,6 +34,9 @@ pub enum Command {
     Serve(Box<ServeArgs>),
     /// Classify texts given as arguments (unary Classify), or lines from stdin (ClassifyStream).
     Classify(ClassifyArgs),
+    /// Which words of a text drove its labels: integrated gradients from a running predictor
+    /// (the Explain RPC), a table per label, or JSON.
+    Explain(ExplainArgs),
     /// Print the served model's version, labels, thresholds and limits.
     Info(ClientArgs),
     /// Drive a running predictor with concurrent streams and print throughput and latency.
@@ -107,6 +110,15 @@ pub struct ServeArgs {
     /// RESOURCE_EXHAUSTED.
     #[arg(long, env = "PREDICTOR_MAX_MESSAGE_BYTES", default_value_t = Limits::default().max_message_bytes)]
     pub max_message_bytes: usize,
+    /// Labels one Explain request may ask for (each costs a backward pass; more: INVALID_ARGUMENT).
+    #[arg(long, env = "PREDICTOR_MAX_EXPLAIN_LABELS", default_value_t = Limits::default().max_explain_labels as u32,
+          value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub max_explain_labels: u32,
+    /// Integration steps one Explain request may ask for (each costs about one text of
+    /// inference; more: INVALID_ARGUMENT).
+    #[arg(long, env = "PREDICTOR_MAX_EXPLAIN_STEPS", default_value_t = Limits::default().max_explain_steps as u32,
+          value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub max_explain_steps: u32,
     /// auto (CUDA when available), cpu, cuda or cuda:N.
     #[arg(long, env = "PREDICTOR_DEVICE", default_value = "auto")]
     pub device: String,
@@ -238,6 +250,8 @@ impl ServeArgs {
                 max_in_flight_per_stream: self.max_in_flight_per_stream.max(1),
                 max_message_bytes: self.max_message_bytes.max(1024),
                 queue_wait: seconds(self.queue_wait_ms / 1000.0),
+                max_explain_labels: self.max_explain_labels as usize,
+                max_explain_steps: self.max_explain_steps as usize,
             },
             access: Access::from_args(&self.access, self.listen)?,
             http_listen: match self.http_listen {
@@ -401,6 +415,28 @@ pub struct ClassifyArgs {
     pub groups: Vec<String>,
     /// Texts to classify; none: read one text per line from stdin and stream them.
     pub texts: Vec<String>,
+}
+
+#[derive(Args)]
+pub struct ExplainArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// A label to explain, by name (repeat for more); none: the predicted labels.
+    #[arg(long = "label")]
+    pub labels: Vec<String>,
+    /// Integration steps (0: the server's default, 50); more make the attributions add up more
+    /// closely to the logit's change and cost about one text of inference each.
+    #[arg(long, default_value_t = 0)]
+    pub steps: u32,
+    /// One threshold for all labels instead of the model's per-label thresholds (which labels
+    /// count as predicted).
+    #[arg(long)]
+    pub threshold: Option<f32>,
+    /// Print the response as JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// The text to explain.
+    pub text: String,
 }
 
 #[derive(Args)]

@@ -1,5 +1,6 @@
 //! Client-side commands of the `predictor` binary: classify texts (unary, or stdin lines over a
-//! stream), print model info, and run the load benchmark against a running predictor.
+//! stream), explain a text's labels, print model info, and run the load benchmark against a
+//! running predictor.
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,7 +13,7 @@ use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
 use tonic::{Request, Status};
 
-use crate::cli::{BenchArgs, ClassifyArgs, ClientArgs};
+use crate::cli::{BenchArgs, ClassifyArgs, ClientArgs, ExplainArgs};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -211,13 +212,15 @@ pub async fn info(args: ClientArgs) -> Result<(), ClientError> {
     );
     println!("source {}", info.source_uri);
     println!(
-        "precision {}; limits: {} texts/request, {} bytes/text, {} bytes/message, {} in flight/stream, queue {}",
+        "precision {}; limits: {} texts/request, {} bytes/text, {} bytes/message, {} in flight/stream, queue {}; explain: {} labels, {} steps",
         info.precision,
         info.max_texts_per_request,
         info.max_text_bytes,
         info.max_message_bytes,
         info.max_in_flight_per_stream,
-        info.queue_capacity
+        info.queue_capacity,
+        info.max_explain_labels,
+        info.max_explain_steps
     );
     for (i, (label, t)) in info.labels.iter().zip(&info.thresholds).enumerate() {
         println!("  {i:2} {label:<15} threshold {t:.2}");
@@ -276,4 +279,102 @@ pub async fn bench(args: BenchArgs) -> Result<(), ClientError> {
         }
     }
     Ok(())
+}
+
+/// `predictor explain`: one text's labels, each with its words' attributions (a table with
+/// bars, or the response as JSON).
+pub async fn explain(args: ExplainArgs) -> Result<(), ClientError> {
+    let mut client = connect(&args.client).await?;
+    let response = client
+        .explain(proto::v1::ExplainRequest {
+            text: args.text.clone(),
+            labels: args.labels.clone(),
+            steps: args.steps,
+            threshold: args.threshold,
+        })
+        .await
+        .map_err(rpc("Explain"))?
+        .into_inner();
+    if args.json {
+        println!("{}", explanation_json(&response));
+    } else {
+        print!("{}", describe_explanation(&response));
+    }
+    Ok(())
+}
+
+/// The response as one JSON object (the proto's field names).
+pub fn explanation_json(r: &proto::v1::ExplainResponse) -> serde_json::Value {
+    serde_json::json!({
+        "model_version": r.model_version,
+        "method": r.method,
+        "baseline": r.baseline,
+        "steps": r.steps,
+        "precision": r.precision,
+        "truncated": r.truncated,
+        "num_tokens": r.num_tokens,
+        "words": r.words.iter().map(|w| serde_json::json!({
+            "text": w.text, "start": w.start, "end": w.end,
+        })).collect::<Vec<_>>(),
+        "labels": r.labels.iter().map(|l| serde_json::json!({
+            "id": l.id,
+            "name": l.name,
+            "score": l.score,
+            "predicted": l.predicted,
+            "logit": l.logit,
+            "baseline_logit": l.baseline_logit,
+            "convergence_delta": l.convergence_delta,
+            "attributions": l.attributions,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// A table per label: each word with its attribution and a bar (`+` pushed the label up, `-`
+/// down), scaled to the label's largest attribution.
+pub fn describe_explanation(r: &proto::v1::ExplainResponse) -> String {
+    const BAR: f32 = 24.0;
+    let mut s = format!(
+        "model {} · {} steps of {} · baseline {} · {}{}\n",
+        r.model_version,
+        r.steps,
+        r.method,
+        r.baseline,
+        r.precision,
+        if r.truncated {
+            " · text truncated"
+        } else {
+            ""
+        }
+    );
+    let width = r
+        .words
+        .iter()
+        .map(|w| w.text.chars().count())
+        .max()
+        .unwrap_or(0)
+        .clamp(4, 24);
+    for l in &r.labels {
+        s.push_str(&format!(
+            "\n{} {:.3}{} · logit {:+.3} from {:+.3} at the baseline · attributions add up to {:+.3} (off by {:.1e})\n",
+            l.name,
+            l.score,
+            if l.predicted { " (predicted)" } else { "" },
+            l.logit,
+            l.baseline_logit,
+            l.attributions.iter().sum::<f32>(),
+            l.convergence_delta.abs()
+        ));
+        let largest = l
+            .attributions
+            .iter()
+            .fold(0f32, |m, a| m.max(a.abs()))
+            .max(f32::MIN_POSITIVE);
+        for (w, a) in r.words.iter().zip(&l.attributions) {
+            let n = ((a.abs() / largest) * BAR).round() as usize;
+            let bar = if *a >= 0.0 { "+" } else { "-" }.repeat(n);
+            let word: String = w.text.chars().take(width).collect();
+            s.push_str(&format!("  {word:<width$} {a:+8.3} {bar}\n"));
+        }
+    }
+    s
 }

@@ -1,11 +1,12 @@
 //! A loaded model version and the post-processing of its scores: the labels that pass their
 //! thresholds and the top-k, as plain data (the service turns them into proto messages).
 use common::checkpoint::{self, Grouping, Manifest};
+use common::explain::{self, Attributions, ExplainError};
 use common::inference::{self, InferenceError};
 use common::model::{BertClassifier, Precision, ProblemType};
 use common::registry::RegistryError;
 use common::store::Store;
-use common::tokenizer::{Encoded, TextTokenizer, TokenizerError};
+use common::tokenizer::{Encoded, Explainable, TextTokenizer, TokenizerError};
 use tch::Device;
 
 pub const DEFAULT_TOP_K: usize = 3;
@@ -93,6 +94,69 @@ impl ServingModel {
     /// Scores of a batch, row-major `[items × labels]`.
     pub fn score(&self, items: &[&Encoded]) -> Result<Vec<f32>, InferenceError> {
         inference::predict_batch(&self.model, &self.tokenizer, items)
+    }
+}
+
+/// Which labels a worker explains.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum LabelPick {
+    /// These label ids, in this order.
+    Given(Vec<usize>),
+    /// The labels the model predicts for the text, highest score first and at most `max`; its
+    /// best label when none is predicted.
+    Predicted { threshold: Option<f32>, max: usize },
+}
+
+/// An explanation on its way to a worker.
+#[derive(Debug, Clone)]
+pub(crate) struct ExplainWork {
+    pub text: Explainable,
+    pub steps: usize,
+    pub labels: LabelPick,
+    /// The threshold the caller asked for, if any (also decides `ExplainedLabel::predicted`).
+    pub threshold: Option<f32>,
+}
+
+impl ServingModel {
+    /// Integrated gradients for one text (on an inference worker).
+    pub(crate) fn explain(
+        &self,
+        work: &ExplainWork,
+        max_batch_tokens: usize,
+    ) -> Result<Attributions, ExplainError> {
+        explain::integrated_gradients(
+            &self.model,
+            &work.text,
+            self.tokenizer.pad_id(),
+            work.steps,
+            max_batch_tokens,
+            |logits| {
+                Ok(match &work.labels {
+                    LabelPick::Given(ids) => ids.clone(),
+                    LabelPick::Predicted { threshold, max } => {
+                        let labelled = self.label_logits(logits, &work.text, *threshold);
+                        let predicted: Vec<usize> =
+                            labelled.labels.iter().map(|s| s.id).take(*max).collect();
+                        if predicted.is_empty() {
+                            labelled.top_k.iter().map(|s| s.id).collect()
+                        } else {
+                            predicted
+                        }
+                    }
+                })
+            },
+        )
+    }
+
+    /// The labels these logits get, as Classify decides them, with the best one as top-1.
+    fn label_logits(&self, logits: &[f32], text: &Explainable, threshold: Option<f32>) -> Labelled {
+        let scores = self.model.probabilities(logits);
+        let opts = OutputOptions {
+            top_k: 1,
+            threshold,
+            ..Default::default()
+        };
+        label(&scores, self.decision(), &[], &text.encoded, opts)
     }
 }
 

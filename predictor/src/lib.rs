@@ -2,6 +2,7 @@
 //! Layers, following text-embeddings-inference's router / core / backends split:
 //! - `engine`: the loaded model and turning scores into labelled results;
 //! - `classify`: the one protocol-neutral classify path (limits, queue room, batcher, labels);
+//! - `explain`: the same for explanations (integrated gradients on the inference workers);
 //! - `batcher`: queue room, dynamic batching on dedicated inference threads (backend);
 //! - `reload`: loading checkpoints and following an alias with atomic swaps;
 //! - front ends, siblings on `classify`: `service` (goemotions.v1 gRPC, every proto message),
@@ -17,6 +18,7 @@ pub(crate) mod classify;
 pub mod cli;
 pub mod client;
 pub(crate) mod engine;
+pub(crate) mod explain;
 pub mod idle;
 pub(crate) mod oip;
 pub(crate) mod reload;
@@ -45,6 +47,10 @@ pub struct Limits {
     pub max_message_bytes: usize,
     /// How long a `Classify` call waits for room in a full queue before RESOURCE_EXHAUSTED.
     pub queue_wait: Duration,
+    /// Labels one `Explain` request may ask for (each costs a backward pass).
+    pub max_explain_labels: usize,
+    /// Integration steps one `Explain` request may ask for (each costs about one text).
+    pub max_explain_steps: usize,
 }
 
 impl Default for Limits {
@@ -55,6 +61,8 @@ impl Default for Limits {
             max_in_flight_per_stream: 128,
             max_message_bytes: 4 * 1024 * 1024,
             queue_wait: classify::DEFAULT_QUEUE_WAIT,
+            max_explain_labels: 8,
+            max_explain_steps: 256,
         }
     }
 }

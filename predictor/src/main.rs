@@ -32,6 +32,7 @@ fn main() -> anyhow::Result<()> {
                 server::serve(model, args.options(device, threads)?).await?;
             }
             Command::Classify(args) => client::classify(args).await?,
+            Command::Explain(args) => client::explain(args).await?,
             Command::Info(args) => client::info(args).await?,
             Command::Bench(args) => client::bench(args).await?,
             Command::Batch(args) => {

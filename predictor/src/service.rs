@@ -12,9 +12,10 @@ use std::time::Instant;
 use futures::Stream;
 use proto::v1::predictor_server::Predictor;
 use proto::v1::{
-    stream_classify_response, ClassifyOptions, ClassifyRequest, ClassifyResponse,
-    GetModelInfoRequest, GroupInfo, GroupResult, Grouping, GroupingInfo, ItemError, LabelScore,
-    ModelInfo, StreamClassifyRequest, StreamClassifyResponse, TextResult,
+    stream_classify_response, ClassifyOptions, ClassifyRequest, ClassifyResponse, ExplainRequest,
+    ExplainResponse, ExplainedLabel, ExplainedWord, GetModelInfoRequest, GroupInfo, GroupResult,
+    Grouping, GroupingInfo, ItemError, LabelScore, ModelInfo, StreamClassifyRequest,
+    StreamClassifyResponse, TextResult,
 };
 use tokio::sync::{mpsc, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
@@ -23,6 +24,7 @@ use tonic::{Code, Request, Response, Status, Streaming};
 
 use crate::classify::{Asked, Classifier, ClassifyError};
 use crate::engine::{self, Labelled, OptionsError, ServingModel};
+use crate::explain::{ExplainAsked, Explained};
 use crate::telemetry::Metrics;
 
 /// The goemotions.v1 front end of the classify core.
@@ -89,6 +91,43 @@ fn asked(o: Option<&ClassifyOptions>) -> Result<Asked, ClassifyError> {
         threshold: o.threshold,
         groupings,
     })
+}
+
+/// A proto explanation.
+fn explain_response(model: &ServingModel, e: Explained) -> ExplainResponse {
+    let names = &model.manifest.labels;
+    ExplainResponse {
+        words: e
+            .words
+            .into_iter()
+            .map(|w| ExplainedWord {
+                text: w.text,
+                start: w.start as u32,
+                end: w.end as u32,
+            })
+            .collect(),
+        labels: e
+            .labels
+            .into_iter()
+            .map(|l| ExplainedLabel {
+                id: l.id as u32,
+                name: names[l.id].clone(),
+                score: l.score,
+                predicted: l.predicted,
+                attributions: l.attributions.iter().map(|&a| a as f32).collect(),
+                logit: l.logit,
+                baseline_logit: l.baseline_logit,
+                convergence_delta: l.convergence_delta as f32,
+            })
+            .collect(),
+        method: common::explain::METHOD.into(),
+        baseline: common::explain::BASELINE.into(),
+        steps: e.steps as u32,
+        truncated: e.truncated,
+        num_tokens: e.num_tokens as u32,
+        model_version: model.version().to_string(),
+        precision: model.model.precision().to_string(),
+    }
 }
 
 fn item_error(id: String, error: &ClassifyError) -> StreamClassifyResponse {
@@ -282,6 +321,27 @@ impl Predictor for PredictorService {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
+    async fn explain(
+        &self,
+        request: Request<ExplainRequest>,
+    ) -> Result<Response<ExplainResponse>, Status> {
+        let started = Instant::now();
+        let req = request.into_inner();
+        let asked = ExplainAsked {
+            text: req.text,
+            labels: req.labels,
+            steps: req.steps,
+            threshold: req.threshold,
+        };
+        let result = self
+            .core
+            .explain(&asked)
+            .await
+            .map(|(explained, model)| explain_response(&model, explained));
+        self.core.record("Explain", &result, started);
+        result.map(Response::new).map_err(Status::from)
+    }
+
     async fn get_model_info(
         &self,
         _request: Request<GetModelInfoRequest>,
@@ -330,6 +390,8 @@ impl Predictor for PredictorService {
                     .as_ref()
                     .map(|d| d.name.clone())
                     .unwrap_or_else(|| common::data::GOEMOTIONS.into()),
+                max_explain_labels: core.limits.max_explain_labels as u32,
+                max_explain_steps: core.limits.max_explain_steps as u32,
             }
         });
         core.record("GetModelInfo", &result, started);

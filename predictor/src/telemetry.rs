@@ -15,6 +15,8 @@ pub struct Metrics {
     pub batch_size: Histogram,
     pub batch_tokens: Histogram,
     pub inference_seconds: Histogram,
+    /// Time an inference worker spent on one explanation (all its points and labels).
+    pub explain_seconds: Histogram,
     /// 1 for the version being served.
     pub model_version: IntGaugeVec,
     pub reloads: IntCounterVec,
@@ -71,6 +73,14 @@ impl Metrics {
                 .buckets(prometheus::exponential_buckets(0.0005, 2.0, 14).expect("buckets")),
         )
         .expect("metric");
+        let explain_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "predictor_explain_duration_seconds",
+                "Time an inference worker spent on one explanation",
+            )
+            .buckets(prometheus::exponential_buckets(0.005, 2.0, 12).expect("buckets")),
+        )
+        .expect("metric");
         let model_version = IntGaugeVec::new(
             Opts::new("predictor_model_version", "1 for the served model version"),
             &["version"],
@@ -107,6 +117,7 @@ impl Metrics {
             Box::new(batch_size.clone()),
             Box::new(batch_tokens.clone()),
             Box::new(inference_seconds.clone()),
+            Box::new(explain_seconds.clone()),
             Box::new(model_version.clone()),
             Box::new(reloads.clone()),
             Box::new(open_streams.clone()),
@@ -124,6 +135,7 @@ impl Metrics {
             batch_size,
             batch_tokens,
             inference_seconds,
+            explain_seconds,
             model_version,
             reloads,
             open_streams,

@@ -1582,3 +1582,199 @@ async fn coarse_groups_follow_the_label_scores_and_stored_thresholds() {
         "{status:?}"
     );
 }
+
+/// Explain over gRPC, as a user calls it: words with offsets in characters into the text (word
+/// pieces merged, non-ASCII counted as Python counts it), attributions that add up to the
+/// label's logit change within 1 % at 50 steps, scores equal to Classify's, the predicted labels
+/// when none are named; "thank" is what drives gratitude; the command line's table; and every
+/// bad field refused before any work with INVALID_ARGUMENT naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explain_attributes_labels_to_words_that_add_up() {
+    use proto::v1::ExplainRequest;
+    let dir = tempfile::tempdir().unwrap();
+    let (_proc, addr, _, version) = serve_shared(
+        dir.path(),
+        &[
+            "--max-explain-steps",
+            "64",
+            "--max-explain-labels",
+            "3",
+            "--max-text-bytes",
+            "300",
+        ],
+    )
+    .await;
+    let mut c = client(&addr).await;
+    let ask = |text: &str, labels: &[&str], steps: u32| ExplainRequest {
+        text: text.into(),
+        labels: labels.iter().map(|l| l.to_string()).collect(),
+        steps,
+        threshold: None,
+    };
+    let text = "Thankfully — you’re great, thank you!!";
+    let classified = c
+        .classify(ClassifyRequest {
+            texts: vec![text.into()],
+            options: all_scores(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let scores = &classified.results[0].scores;
+    let r = c
+        .explain(ask(text, &["gratitude", "admiration"], 50))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.model_version, version);
+    assert_eq!(r.steps, 50);
+    assert_eq!(r.method, "integrated_gradients/gauss_legendre");
+    assert_eq!(r.precision, "fp32");
+    let chars: Vec<char> = text.chars().collect();
+    for w in &r.words {
+        let span: String = chars[w.start as usize..w.end as usize].iter().collect();
+        assert_eq!(w.text, span, "{w:?}");
+    }
+    let words: Vec<&str> = r.words.iter().map(|w| w.text.as_str()).collect();
+    assert_eq!(words[0], "Thankfully", "{words:?}");
+    let dash = &r.words[1];
+    assert_eq!((dash.text.as_str(), dash.start, dash.end), ("—", 11, 12));
+    assert!(
+        words.contains(&"thank") && words.contains(&"great"),
+        "{words:?}"
+    );
+    let names: Vec<&str> = r.labels.iter().map(|l| l.name.as_str()).collect();
+    assert_eq!(names, ["gratitude", "admiration"]);
+    for l in &r.labels {
+        assert_eq!(l.attributions.len(), r.words.len());
+        assert!(
+            (l.score - scores[l.id as usize]).abs() < 1e-4,
+            "{l:?} vs {scores:?}"
+        );
+        let sigmoid = 1.0 / (1.0 + (-l.logit).exp());
+        assert!((sigmoid - l.score).abs() < 1e-4);
+        let gap = l.logit - l.baseline_logit;
+        let total: f32 = l.attributions.iter().sum();
+        assert!(
+            (total - gap).abs() <= 0.01 * gap.abs() + 1e-4,
+            "{} attributions add up to {total}, the logit moved {gap}",
+            l.name
+        );
+        assert!((total - gap - l.convergence_delta).abs() < 1e-3);
+    }
+    // The obvious word wins.
+    let r = c
+        .explain(ask("thank you so much for the help", &["gratitude"], 32))
+        .await
+        .unwrap()
+        .into_inner();
+    let g = &r.labels[0];
+    let top = (0..g.attributions.len())
+        .max_by(|&a, &b| g.attributions[a].total_cmp(&g.attributions[b]))
+        .unwrap();
+    assert_eq!(
+        r.words[top].text,
+        "thank",
+        "{:?}",
+        r.words.iter().zip(&g.attributions).collect::<Vec<_>>()
+    );
+
+    // No labels named: the predicted ones (at most the limit), or the best one.
+    let r = c.explain(ask(text, &[], 8)).await.unwrap().into_inner();
+    let predicted: Vec<u32> = classified.results[0]
+        .labels
+        .iter()
+        .map(|l| l.id)
+        .take(3)
+        .collect();
+    let explained: Vec<u32> = r.labels.iter().map(|l| l.id).collect();
+    if predicted.is_empty() {
+        assert_eq!(explained, vec![classified.results[0].top_k[0].id]);
+    } else {
+        assert_eq!(explained, predicted);
+        assert!(r.labels.iter().all(|l| l.predicted));
+    }
+
+    let out = std::process::Command::new(bin("predictor"))
+        .args([
+            "explain",
+            "--addr",
+            &addr,
+            "--label",
+            "gratitude",
+            "--steps",
+            "16",
+        ])
+        .arg("thank you so much for the help")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("gratitude") && stdout.contains("thank"),
+        "{stdout}"
+    );
+
+    for (request, field) in [
+        (ask(text, &["gratitude"], 65), "steps"),
+        (ask(text, &["joy", "nope"], 8), "labels[1]"),
+        (
+            ask(text, &["joy", "love", "fear", "anger"], 8),
+            "--max-explain-labels",
+        ),
+        (ask(text, &["joy", "joy"], 8), "labels[1]"),
+        (ask("   ", &[], 8), "text"),
+        (ask(&"a".repeat(301), &[], 8), "text"),
+        (
+            ExplainRequest {
+                threshold: Some(1.5),
+                ..ask(text, &[], 8)
+            },
+            "threshold",
+        ),
+    ] {
+        let status = c.explain(request).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        assert!(status.message().contains(field), "{field}: {status:?}");
+    }
+}
+
+/// The predictor's attributions equal Captum's `IntegratedGradients` on the same checkpoint
+/// loaded in `transformers` with its own remote code (same baseline, steps and quadrature):
+/// within 1e-3 of the norm, and adding up to the logit's change within 1 % at 50 steps
+/// (scripts/captum_check.py makes the checks). Runs where `scripts/setup-ref-venv.sh` has made
+/// `.venv-ref`: `cargo test -p goemotions-tests --test predictor -- --ignored captum`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs .venv-ref (scripts/setup-ref-venv.sh: full torch + transformers + captum, 5 GB)"]
+async fn explanations_equal_captums_integrated_gradients() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_proc, addr, _, version) = serve_shared(dir.path(), &[]).await;
+    let version_dir = dir
+        .path()
+        .join(format!("models/goemotions/versions/{version}"));
+    let root = workspace_root();
+    let run = std::process::Command::new(root.join(".venv-ref/bin/python"))
+        .arg(root.join("scripts/captum_check.py"))
+        .arg(&version_dir)
+        .args(["--addr", &addr])
+        .arg("--predictor")
+        .arg(bin("predictor"))
+        .arg("--texts")
+        .arg(data_dir().join("test.tsv"))
+        .args(["--limit", "12", "--steps", "50"])
+        .env("HF_HUB_OFFLINE", "1")
+        .output()
+        .expect("run scripts/captum_check.py with .venv-ref (scripts/setup-ref-venv.sh)");
+    let out = format!(
+        "{}{}",
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr)
+    );
+    println!("{out}");
+    assert!(run.status.success(), "{out}");
+    assert!(out.contains("explanations checked against Captum"), "{out}");
+}

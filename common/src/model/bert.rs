@@ -437,10 +437,13 @@ impl BertClassifier {
     /// From then on a bf16 model also keeps its residual stream and LayerNorms in bf16, as a
     /// model cast with `.to(torch.bfloat16)` does (the CPU LayerNorm kernel accumulates in fp32);
     /// training keeps fp32 master weights and an fp32 residual stream, and must not call this.
+    /// The weights stop requiring gradients: a backward pass (attributions with respect to the
+    /// inputs) then never writes into the shared weights.
     pub fn store_weights_for_inference(&mut self) {
         if self.precision == Precision::Bf16 {
             self.vs.bfloat16();
         }
+        self.vs.freeze();
         let fused = tch::no_grad(|| self.layers.iter().map(fused_qkv).collect());
         self.fused_qkv = Some(fused);
     }
@@ -541,9 +544,29 @@ impl BertClassifier {
     /// prepared for inference (`store_weights_for_inference`); pooling, the last hidden state and
     /// the logits come out in fp32.
     pub fn forward(&self, input_ids: &Tensor, attention_mask: &Tensor, train: bool) -> ModelOutput {
+        self.forward_from_word_embeddings(&self.word_embeddings(input_ids), attention_mask, train)
+    }
+
+    /// The word-embedding rows of `input_ids` (`[batch, seq]` int64): `[batch, seq, hidden]` in
+    /// the stored weights' dtype, before position and token-type embeddings are added.
+    pub fn word_embeddings(&self, input_ids: &Tensor) -> Tensor {
+        self.embeddings.word.forward(input_ids)
+    }
+
+    /// [`forward`](Self::forward) from word embeddings `[batch, seq, hidden]` instead of ids (what
+    /// attribution methods differentiate with respect to); positions and token types are added
+    /// here as for ids.
+    pub fn forward_from_word_embeddings(
+        &self,
+        words: &Tensor,
+        attention_mask: &Tensor,
+        train: bool,
+    ) -> ModelOutput {
         let c = &self.config;
-        let (batch, seq) = input_ids.size2().expect("input_ids is [batch, seq]");
-        let device = input_ids.device();
+        let (batch, seq, _) = words
+            .size3()
+            .expect("word embeddings are [batch, seq, hidden]");
+        let device = words.device();
         let heads = c.num_attention_heads;
         let head_dim = c.hidden_size / heads;
         let hidden_p = c.hidden_dropout_prob;
@@ -560,9 +583,9 @@ impl BertClassifier {
             Kind::Float
         };
         let positions = Tensor::arange(seq, (Kind::Int64, device)).unsqueeze(0);
-        let token_types = input_ids.zeros_like();
+        let token_types = Tensor::zeros([batch, seq], (Kind::Int64, device));
         let e = &self.embeddings;
-        let embedded = e.word.forward(input_ids).to_kind(residual)
+        let embedded = words.to_kind(residual)
             + e.position.forward(&positions).to_kind(residual)
             + e.token_type.forward(&token_types).to_kind(residual);
         let mut hidden = dropout(&self.norm(&e.norm, &embedded, residual), hidden_p, train);
@@ -691,14 +714,19 @@ impl BertClassifier {
         });
         let shape = logits.size();
         let flat = Vec::<f32>::try_from(logits.flatten(0, -1)).unwrap_or_default();
-        let probs: Vec<f32> = match self.config().problem() {
-            ProblemType::MultiLabel => flat.into_iter().map(sigmoid).collect(),
-            ProblemType::SingleLabel => flat
-                .chunks(self.num_labels().max(1))
-                .flat_map(softmax)
-                .collect(),
-        };
+        let probs: Vec<f32> = flat
+            .chunks(self.num_labels().max(1))
+            .flat_map(|row| self.probabilities(row))
+            .collect();
         Tensor::from_slice(&probs).view(shape.as_slice())
+    }
+
+    /// One text's probabilities from its logits, as `predict_proba` takes them.
+    pub fn probabilities(&self, logits: &[f32]) -> Vec<f32> {
+        match self.config().problem() {
+            ProblemType::MultiLabel => logits.iter().copied().map(sigmoid).collect(),
+            ProblemType::SingleLabel => softmax(logits),
+        }
     }
 
     /// Parameter names that get no weight decay (biases and LayerNorm weights).
