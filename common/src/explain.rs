@@ -7,8 +7,9 @@
 //! `f(x) − f(x')` (completeness) up to the integration error, which the result states.
 //!
 //! The integral is Gauss–Legendre quadrature over `steps` points (Captum's default method), all
-//! points of one text as one batch (cut only to stay within a token budget); one backward pass
-//! per label, with respect to the embeddings only: the weights are never written.
+//! points of one text as one batch unless the caller cuts them (a token budget, other work
+//! waiting); one backward pass per label and batch, with respect to the embeddings only: the
+//! weights are never written.
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use tch::{Kind, Tensor};
@@ -19,6 +20,11 @@ use crate::tokenizer::Explainable;
 
 /// Integration points when the caller does not say (Captum's default).
 pub const DEFAULT_STEPS: usize = 50;
+
+/// Points per batch that keep a batch within `max_batch_tokens` for a text of `tokens` tokens.
+pub fn points_within(max_batch_tokens: usize, tokens: usize) -> usize {
+    (max_batch_tokens / tokens.max(1)).max(1)
+}
 
 /// The quadrature used, as stated in answers.
 pub const METHOD: &str = "integrated_gradients/gauss_legendre";
@@ -119,22 +125,23 @@ fn legendre(n: usize, x: f64) -> (f64, f64) {
     (p1, n * (x * p1 - p0) / (x * x - 1.0))
 }
 
-/// Integrated gradients for `text` with `steps` points, evaluated in batches of at most
-/// `max_batch_tokens` padded tokens (one batch when `steps × tokens` fits). `choose` gets every
-/// label's logit at the text and returns the labels to explain. Panics inside libtorch become
-/// errors.
+/// Integrated gradients for `text` with `steps` points. Before each batch of points,
+/// `next_batch(remaining)` says how many of the remaining points to evaluate together (clamped
+/// to 1..=remaining; all of them is one batch) — the caller's token budget, and its chance to do
+/// other work in between. `choose` gets every label's logit at the text and returns the labels
+/// to explain. Panics inside libtorch become errors.
 pub fn integrated_gradients(
     model: &BertClassifier,
     text: &Explainable,
     pad_id: i64,
     steps: usize,
-    max_batch_tokens: usize,
+    next_batch: impl FnMut(usize) -> usize,
     choose: impl FnOnce(&[f32]) -> Result<Vec<usize>, ExplainError>,
 ) -> Result<Attributions, ExplainError> {
     if steps == 0 {
         return Err(ExplainError::NoSteps);
     }
-    let run = move || explain_text(model, text, pad_id, steps, max_batch_tokens, choose);
+    let run = move || explain_text(model, text, pad_id, steps, next_batch, choose);
     match catch_unwind(AssertUnwindSafe(run)) {
         Ok(result) => result,
         Err(panic) => Err(ExplainError::Forward(panic_message(&panic))),
@@ -146,7 +153,7 @@ fn explain_text(
     text: &Explainable,
     pad_id: i64,
     steps: usize,
-    max_batch_tokens: usize,
+    mut next_batch: impl FnMut(usize) -> usize,
     choose: impl FnOnce(&[f32]) -> Result<Vec<usize>, ExplainError>,
 ) -> Result<Attributions, ExplainError> {
     let device = model.device();
@@ -194,10 +201,13 @@ fn explain_text(
 
     let (alphas, weights) = gauss_legendre(steps);
     let difference = &input - &baseline;
-    let per_batch = (max_batch_tokens / n.max(1) as usize).clamp(1, steps);
     let mut sums: Vec<Tensor> = labels.iter().map(|_| input.zeros_like()).collect();
     let mut batches = 0;
-    for (alpha, weight) in alphas.chunks(per_batch).zip(weights.chunks(per_batch)) {
+    let mut done = 0;
+    while done < steps {
+        let take = next_batch(steps - done).clamp(1, steps - done);
+        let (alpha, weight) = (&alphas[done..done + take], &weights[done..done + take]);
+        done += take;
         let k = alpha.len() as i64;
         let alpha = Tensor::from_slice(alpha)
             .to_kind(Kind::Float)
@@ -370,9 +380,14 @@ mod tests {
         let tokenizer = TextTokenizer::from_bytes(TOKENIZER.as_bytes(), 16).unwrap();
         let original = "Thankful, you é SO sad!";
         let text = tokenizer.encode_explainable(original).unwrap();
-        let a = integrated_gradients(&model, &text, tokenizer.pad_id(), 50, 8192, |_| {
-            Ok(vec![2, 0])
-        })
+        let a = integrated_gradients(
+            &model,
+            &text,
+            tokenizer.pad_id(),
+            50,
+            |r| r,
+            |_| Ok(vec![2, 0]),
+        )
         .unwrap();
         assert_eq!(a.labels.len(), 2);
         assert_eq!(a.labels[0].label, 2);
@@ -388,11 +403,23 @@ mod tests {
             assert_eq!(*explained.tokens.last().unwrap(), 0.0);
         }
         // Cut into batches of a few points: the same answer up to float summation order.
-        let cut = integrated_gradients(&model, &text, tokenizer.pad_id(), 50, 40, |_| {
-            Ok(vec![2, 0])
-        })
+        let mut asked = Vec::new();
+        let per_batch = points_within(40, text.encoded.ids.len());
+        let cut = integrated_gradients(
+            &model,
+            &text,
+            tokenizer.pad_id(),
+            50,
+            |remaining| {
+                asked.push(remaining);
+                per_batch
+            },
+            |_| Ok(vec![2, 0]),
+        )
         .unwrap();
-        assert!(cut.batches > 1);
+        assert_eq!(per_batch, 4, "{} tokens", text.encoded.ids.len());
+        assert_eq!(cut.batches, 13);
+        assert_eq!(asked[..3], [50, 46, 42]);
         for (x, y) in a.labels[0].tokens.iter().zip(&cut.labels[0].tokens) {
             assert!((x - y).abs() < 1e-5, "{x} vs {y}");
         }
@@ -412,7 +439,7 @@ mod tests {
                 ("!".into(), 22, 23, 1),
             ]
         );
-        let err = integrated_gradients(&model, &text, 0, 8, 8192, |_| Ok(vec![3])).unwrap_err();
+        let err = integrated_gradients(&model, &text, 0, 8, |r| r, |_| Ok(vec![3])).unwrap_err();
         assert!(matches!(
             err,
             ExplainError::Label {
@@ -421,7 +448,7 @@ mod tests {
             }
         ));
         assert!(matches!(
-            integrated_gradients(&model, &text, 0, 0, 8192, |_| Ok(vec![0])).unwrap_err(),
+            integrated_gradients(&model, &text, 0, 0, |r| r, |_| Ok(vec![0])).unwrap_err(),
             ExplainError::NoSteps
         ));
     }
@@ -436,7 +463,7 @@ mod tests {
             .into_iter()
             .map(|(_, t)| t.copy())
             .collect();
-        integrated_gradients(&model, &text, 0, 16, 8192, |_| Ok(vec![0, 1])).unwrap();
+        integrated_gradients(&model, &text, 0, 16, |r| r, |_| Ok(vec![0, 1])).unwrap();
         for ((name, t), b) in model.named_parameters().into_iter().zip(before) {
             assert!(!t.requires_grad(), "{name} is frozen");
             assert!(!t.grad().defined(), "{name} got a gradient");

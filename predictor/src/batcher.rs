@@ -74,12 +74,12 @@ pub(crate) trait Scorer: Send + Sync {
     fn num_labels(&self) -> usize;
     /// The padded length a text of `tokens` tokens is scored at.
     fn bucket(&self, tokens: usize) -> usize;
-    /// Attributions for one text, its integration points in batches of at most
-    /// `max_batch_tokens` tokens.
+    /// Attributions for one text; `next_batch(remaining)` says how many of the remaining
+    /// integration points to evaluate next.
     fn explain(
         &self,
         _work: &ExplainWork,
-        _max_batch_tokens: usize,
+        _next_batch: &mut dyn FnMut(usize) -> usize,
     ) -> Result<Attributions, ExplainError> {
         Err(ExplainError::Forward("this scorer cannot explain".into()))
     }
@@ -98,9 +98,9 @@ impl Scorer for ServingModel {
     fn explain(
         &self,
         work: &ExplainWork,
-        max_batch_tokens: usize,
+        next_batch: &mut dyn FnMut(usize) -> usize,
     ) -> Result<Attributions, ExplainError> {
-        ServingModel::explain(self, work, max_batch_tokens)
+        ServingModel::explain(self, work, next_batch)
     }
 }
 
@@ -494,26 +494,102 @@ fn work(
                 }
             }
             Ok(Work::Explanation(e)) => {
-                if !e.reply.is_closed() {
-                    let started = Instant::now();
-                    let own_room = e.room.0.num_permits();
-                    let alone = queue_depth(capacity, room) <= own_room;
-                    if let (true, Some(n)) = (alone, threads.explanations) {
-                        tch::set_num_threads(n);
-                    }
-                    let result = e.scorer.explain(&e.work, max_batch_tokens);
-                    if let Some(n) = threads.batches {
-                        tch::set_num_threads(n);
-                    }
-                    metrics
-                        .explain_seconds
-                        .observe(started.elapsed().as_secs_f64());
-                    let _ = e.reply.send(result);
+                let mut deferred = std::collections::VecDeque::from([e]);
+                while let Some(e) = deferred.pop_front() {
+                    explain(
+                        e,
+                        batches,
+                        &mut deferred,
+                        max_batch_tokens,
+                        threads,
+                        capacity,
+                        room,
+                        metrics,
+                    );
                 }
             }
         }
         metrics.queue_depth.set(queue_depth(capacity, room) as i64);
     }
+}
+
+/// Points evaluated together while other texts wait: a forward and backward pass of about this
+/// many texts sits between two classify batches.
+const INTERLEAVED_POINTS: usize = 8;
+
+/// Points evaluated together while nothing else waits: a text that arrives meanwhile waits for
+/// at most this many.
+const ALONE_POINTS: usize = 16;
+
+/// Computes one explanation on this worker. Before each batch of points, a classify batch that
+/// waits for a worker (none is free) is scored first — one, so that a steady stream of texts
+/// cannot starve the explanation — and while other texts are queued the points go in small
+/// batches: with one worker, texts wait for a few points, not for the whole explanation.
+/// Explanations handed over meanwhile go to `deferred`.
+#[allow(clippy::too_many_arguments)]
+fn explain(
+    e: Explanation,
+    batches: &Mutex<mpsc::Receiver<Work>>,
+    deferred: &mut std::collections::VecDeque<Explanation>,
+    max_batch_tokens: usize,
+    threads: WorkerThreads,
+    capacity: usize,
+    room: &Semaphore,
+    metrics: &Metrics,
+) {
+    if e.reply.is_closed() {
+        return;
+    }
+    let started = Instant::now();
+    let own_room = e.room.0.num_permits();
+    let others_waiting = || queue_depth(capacity, room) > own_room;
+    let set_threads = |alone: bool| {
+        let n = if alone {
+            threads.explanations
+        } else {
+            threads.batches
+        };
+        if let Some(n) = n {
+            tch::set_num_threads(n);
+        }
+    };
+    let tokens = e.work.text.encoded.ids.len();
+    let budget = common::explain::points_within(max_batch_tokens, tokens);
+    let mut next_batch = |remaining: usize| {
+        // `try_lock`: a worker waiting in `recv` holds the lock, and it takes the next batch.
+        let waiting = || batches.try_lock().ok()?.try_recv().ok();
+        let mut scored_one = false;
+        while let Some(work) = waiting() {
+            match work {
+                Work::Batch(scorer, mut batch) => {
+                    set_threads(false);
+                    drop_abandoned(&mut batch, metrics);
+                    if !batch.is_empty() {
+                        infer(scorer.as_ref(), batch, metrics);
+                    }
+                    scored_one = true;
+                }
+                Work::Explanation(next) => deferred.push_back(next),
+            }
+            if scored_one {
+                break;
+            }
+        }
+        let alone = !others_waiting();
+        set_threads(alone);
+        let points = if alone {
+            ALONE_POINTS
+        } else {
+            INTERLEAVED_POINTS
+        };
+        points.min(budget).min(remaining)
+    };
+    let result = e.scorer.explain(&e.work, &mut next_batch);
+    set_threads(false);
+    metrics
+        .explain_seconds
+        .observe(started.elapsed().as_secs_f64());
+    let _ = e.reply.send(result);
 }
 
 /// Removes the texts nobody waits for any more (their room is released with them).
@@ -805,8 +881,9 @@ mod tests {
         assert_eq!(*meeting.threads.lock().unwrap(), vec![1, 1]);
     }
 
-    /// Explanations are slow (steps × a text, plus backward passes): a text that arrives behind
-    /// a burst of them waits for at most the one being computed and one more, not the burst.
+    /// Explanations are slow (steps × a text, plus backward passes): with one worker, a text
+    /// that arrives behind a burst of them is scored between two batches of points of the one
+    /// being computed — not after it, let alone after the burst.
     #[tokio::test]
     async fn a_text_queued_behind_a_burst_of_explanations_is_not_starved() {
         use std::sync::atomic::{AtomicUsize, Ordering};
@@ -826,8 +903,18 @@ mod tests {
             fn bucket(&self, tokens: usize) -> usize {
                 common::tokenizer::length_bucket(tokens, 128)
             }
-            fn explain(&self, work: &ExplainWork, _: usize) -> Result<Attributions, ExplainError> {
-                std::thread::sleep(Duration::from_millis(60));
+            /// 2 ms per point, in the batches the worker asks for.
+            fn explain(
+                &self,
+                work: &ExplainWork,
+                next_batch: &mut dyn FnMut(usize) -> usize,
+            ) -> Result<Attributions, ExplainError> {
+                let mut remaining = work.steps;
+                while remaining > 0 {
+                    let points = next_batch(remaining).clamp(1, remaining);
+                    std::thread::sleep(Duration::from_millis(2 * points as u64));
+                    remaining -= points;
+                }
                 self.explained.fetch_add(1, Ordering::SeqCst);
                 Ok(Attributions {
                     logits: vec![0.0],
@@ -872,7 +959,7 @@ mod tests {
             .unwrap()
             .unwrap();
         assert!(
-            seen[0] <= 2.0,
+            seen[0] == 0.0,
             "the text waited for {} explanations",
             seen[0]
         );

@@ -118,18 +118,19 @@ pub(crate) struct ExplainWork {
 }
 
 impl ServingModel {
-    /// Integrated gradients for one text (on an inference worker).
+    /// Integrated gradients for one text (on an inference worker); `next_batch` says how many
+    /// of the remaining points to evaluate next.
     pub(crate) fn explain(
         &self,
         work: &ExplainWork,
-        max_batch_tokens: usize,
+        next_batch: &mut dyn FnMut(usize) -> usize,
     ) -> Result<Attributions, ExplainError> {
         explain::integrated_gradients(
             &self.model,
             &work.text,
             self.tokenizer.pad_id(),
             work.steps,
-            max_batch_tokens,
+            next_batch,
             |logits| {
                 Ok(match &work.labels {
                     LabelPick::Given(ids) => ids.clone(),
