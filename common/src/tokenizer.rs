@@ -104,10 +104,7 @@ impl TextTokenizer {
             .inner
             .encode(text, true)
             .map_err(|e| TokenizerError::Encode(e.to_string()))?;
-        Ok(Encoded {
-            ids: enc.get_ids().iter().map(|&i| i64::from(i)).collect(),
-            truncated: !enc.get_overflowing().is_empty(),
-        })
+        Ok(encoded(&enc))
     }
 
     /// Encodes a text with its tokens' words and character offsets (truncated like `encode`).
@@ -117,10 +114,7 @@ impl TextTokenizer {
             .encode_char_offsets(text, true)
             .map_err(|e| TokenizerError::Encode(e.to_string()))?;
         Ok(Explainable {
-            encoded: Encoded {
-                ids: enc.get_ids().iter().map(|&i| i64::from(i)).collect(),
-                truncated: !enc.get_overflowing().is_empty(),
-            },
+            encoded: encoded(&enc),
             special: enc
                 .get_special_tokens_mask()
                 .iter()
@@ -141,13 +135,7 @@ impl TextTokenizer {
             .inner
             .encode_batch(inputs, true)
             .map_err(|e| TokenizerError::Encode(e.to_string()))?;
-        Ok(encodings
-            .into_iter()
-            .map(|enc| Encoded {
-                ids: enc.get_ids().iter().map(|&i| i64::from(i)).collect(),
-                truncated: !enc.get_overflowing().is_empty(),
-            })
-            .collect())
+        Ok(encodings.iter().map(encoded).collect())
     }
 
     /// Pads a batch to its longest member (training: the least padding).
@@ -171,6 +159,14 @@ impl TextTokenizer {
     /// The padded length a text of `tokens` tokens is scored at.
     pub fn bucket(&self, tokens: usize) -> usize {
         length_bucket(tokens, self.max_length)
+    }
+}
+
+/// A tokenizers encoding's ids, and whether it was truncated.
+fn encoded(enc: &tokenizers::Encoding) -> Encoded {
+    Encoded {
+        ids: enc.get_ids().iter().map(|&i| i64::from(i)).collect(),
+        truncated: !enc.get_overflowing().is_empty(),
     }
 }
 

@@ -978,25 +978,20 @@ fn transformers_scores_mean_pooled_checkpoints_like_the_predictor() {
         serde_json::from_slice(&std::fs::read(version_dir.join("config.json")).unwrap()).unwrap();
     assert_eq!(config["classifier_pooling"], "mean");
     assert_eq!(config["model_type"], "goemotions_bert");
-    let root = workspace_root();
-    let run = std::process::Command::new(root.join(".venv-ref/bin/python"))
-        .arg(root.join("scripts/hf_load_checkpoint.py"))
-        .arg(&version_dir)
-        .arg("--trainer")
-        .arg(bin("trainer"))
-        .arg("--texts")
-        .arg(data_dir().join("test.tsv"))
-        .args(["--limit", "200"])
-        .env("HF_HUB_OFFLINE", "1")
-        .output()
-        .expect("run scripts/hf_load_checkpoint.py with .venv-ref (scripts/setup-ref-venv.sh)");
-    let out = format!(
-        "{}{}",
-        String::from_utf8_lossy(&run.stdout),
-        String::from_utf8_lossy(&run.stderr)
+    let trainer = bin("trainer");
+    let texts = data_dir().join("test.tsv");
+    let out = run_reference_script(
+        "hf_load_checkpoint.py",
+        &[
+            version_dir.as_os_str(),
+            "--trainer".as_ref(),
+            trainer.as_os_str(),
+            "--texts".as_ref(),
+            texts.as_os_str(),
+            "--limit".as_ref(),
+            "200".as_ref(),
+        ],
     );
-    println!("{out}");
-    assert!(run.status.success(), "{out}");
     for check in [
         "ok   AutoModelForSequenceClassification",
         "ok   pipeline",
@@ -1004,6 +999,28 @@ fn transformers_scores_mean_pooled_checkpoints_like_the_predictor() {
     ] {
         assert!(out.contains(check), "missing `{check}`:\n{out}");
     }
+}
+
+/// Runs `scripts/SCRIPT ARGS` with `.venv-ref`'s Python, offline; asserts it succeeded and
+/// returns (and prints) what it wrote.
+fn run_reference_script(script: &str, args: &[&std::ffi::OsStr]) -> String {
+    let root = workspace_root();
+    let run = std::process::Command::new(root.join(".venv-ref/bin/python"))
+        .arg(root.join("scripts").join(script))
+        .args(args)
+        .env("HF_HUB_OFFLINE", "1")
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("run scripts/{script} with .venv-ref (scripts/setup-ref-venv.sh): {e}")
+        });
+    let out = format!(
+        "{}{}",
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr)
+    );
+    println!("{out}");
+    assert!(run.status.success(), "{out}");
+    out
 }
 
 /// Runs examples/python/oip_triton.py (NVIDIA's Triton client, gRPC or `--http`) and checks what
@@ -1756,25 +1773,23 @@ async fn explanations_equal_captums_integrated_gradients() {
     let version_dir = dir
         .path()
         .join(format!("models/goemotions/versions/{version}"));
-    let root = workspace_root();
-    let run = std::process::Command::new(root.join(".venv-ref/bin/python"))
-        .arg(root.join("scripts/captum_check.py"))
-        .arg(&version_dir)
-        .args(["--addr", &addr])
-        .arg("--predictor")
-        .arg(bin("predictor"))
-        .arg("--texts")
-        .arg(data_dir().join("test.tsv"))
-        .args(["--limit", "12", "--steps", "50"])
-        .env("HF_HUB_OFFLINE", "1")
-        .output()
-        .expect("run scripts/captum_check.py with .venv-ref (scripts/setup-ref-venv.sh)");
-    let out = format!(
-        "{}{}",
-        String::from_utf8_lossy(&run.stdout),
-        String::from_utf8_lossy(&run.stderr)
+    let predictor = bin("predictor");
+    let texts = data_dir().join("test.tsv");
+    let out = run_reference_script(
+        "captum_check.py",
+        &[
+            version_dir.as_os_str(),
+            "--addr".as_ref(),
+            addr.as_ref(),
+            "--predictor".as_ref(),
+            predictor.as_os_str(),
+            "--texts".as_ref(),
+            texts.as_os_str(),
+            "--limit".as_ref(),
+            "12".as_ref(),
+            "--steps".as_ref(),
+            "50".as_ref(),
+        ],
     );
-    println!("{out}");
-    assert!(run.status.success(), "{out}");
     assert!(out.contains("explanations checked against Captum"), "{out}");
 }
