@@ -543,14 +543,17 @@ fn explain(
     let started = Instant::now();
     let own_room = e.room.0.num_permits();
     let others_waiting = || queue_depth(capacity, room) > own_room;
+    // libtorch's set_num_threads also resizes pools and clears oneDNN's cache: only on a change.
+    let current = std::cell::Cell::new(threads.batches);
     let set_threads = |alone: bool| {
         let n = if alone {
             threads.explanations
         } else {
             threads.batches
         };
-        if let Some(n) = n {
+        if let (Some(n), false) = (n, n == current.get()) {
             tch::set_num_threads(n);
+            current.set(Some(n));
         }
     };
     let tokens = e.work.text.encoded.ids.len();
