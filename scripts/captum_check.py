@@ -18,6 +18,7 @@ summed per word with the tokenizer's word ids. Checks, per text and label:
 Prints one line per text and label, then a summary; exits 1 when any check fails. Needs
 .venv-ref (scripts/setup-ref-venv.sh: torch, transformers, captum)."""
 import argparse
+import inspect
 import json
 import subprocess
 import sys
@@ -72,6 +73,9 @@ def main():
         texts = [line.split("\t")[0] for line in open(args.texts, encoding="utf-8")][: args.limit]
     torch.set_num_threads(2)
     model = AutoModelForSequenceClassification.from_pretrained(args.checkpoint, trust_remote_code=True).eval()
+    if "inputs_embeds" not in inspect.signature(model.forward).parameters:
+        sys.exit(f"{args.checkpoint}: its modeling_goemotions.py predates inputs_embeds (published before Explain); "
+                 "copy common/hf/modeling_goemotions.py into a copy of the folder (the weights are unchanged)")
     tokenizer = AutoTokenizer.from_pretrained(args.checkpoint, trust_remote_code=True)
     max_length = json.load(open(f"{args.checkpoint}/manifest.json"))["max_length"]
     failures, worst_equal, worst_complete, checked = [], 0.0, 0.0, 0
