@@ -102,9 +102,9 @@ impl ServingModel {
 pub(crate) enum LabelPick {
     /// These label ids, in this order.
     Given(Vec<usize>),
-    /// The labels the model predicts for the text, highest score first and at most `max`; its
-    /// best label when none is predicted.
-    Predicted { threshold: Option<f32>, max: usize },
+    /// The labels the model predicts for the text (at `ExplainWork::threshold` when given),
+    /// highest score first and at most `max`; its best label when none is predicted.
+    Predicted { max: usize },
 }
 
 /// An explanation on its way to a worker.
@@ -134,8 +134,8 @@ impl ServingModel {
             |logits| {
                 Ok(match &work.labels {
                     LabelPick::Given(ids) => ids.clone(),
-                    LabelPick::Predicted { threshold, max } => {
-                        let labelled = self.label_logits(logits, &work.text, *threshold);
+                    LabelPick::Predicted { max } => {
+                        let labelled = self.label_logits(logits, &work.text, work.threshold);
                         let predicted: Vec<usize> =
                             labelled.labels.iter().map(|s| s.id).take(*max).collect();
                         if predicted.is_empty() {
@@ -149,15 +149,30 @@ impl ServingModel {
         )
     }
 
-    /// The labels these logits get, as Classify decides them, with the best one as top-1.
-    fn label_logits(&self, logits: &[f32], text: &Explainable, threshold: Option<f32>) -> Labelled {
+    /// The labels these logits get, as Classify decides them, with the best one as top-1 and
+    /// every label's score.
+    pub(crate) fn label_logits(
+        &self,
+        logits: &[f32],
+        text: &Explainable,
+        threshold: Option<f32>,
+    ) -> Labelled {
         let scores = self.model.probabilities(logits);
         let opts = OutputOptions {
             top_k: 1,
+            all_scores: true,
             threshold,
             ..Default::default()
         };
         label(&scores, self.decision(), &[], &text.encoded, opts)
+    }
+}
+
+/// A caller's global threshold, if any, must lie in (0, 1).
+pub(crate) fn check_threshold(threshold: Option<f32>) -> Result<(), OptionsError> {
+    match threshold {
+        Some(t) if !(t > 0.0 && t < 1.0) => Err(OptionsError::Threshold(t)),
+        _ => Ok(()),
     }
 }
 
@@ -208,11 +223,7 @@ impl OutputOptions {
         threshold: Option<f32>,
         num_labels: usize,
     ) -> Result<Self, OptionsError> {
-        if let Some(t) = threshold {
-            if !(t > 0.0 && t < 1.0) {
-                return Err(OptionsError::Threshold(t));
-            }
-        }
+        check_threshold(threshold)?;
         let top_k = if top_k == 0 { DEFAULT_TOP_K } else { top_k };
         if top_k > num_labels {
             return Err(OptionsError::TopK {

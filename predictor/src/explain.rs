@@ -6,7 +6,7 @@ use std::sync::Arc;
 use common::explain::{self, Attributions, Word};
 
 use crate::classify::{Classifier, ClassifyError};
-use crate::engine::{self, ExplainWork, LabelPick, OptionsError, OutputOptions, ServingModel};
+use crate::engine::{self, ExplainWork, LabelPick, ServingModel};
 
 /// What a caller asked to explain, before it is checked against the served model.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -68,11 +68,7 @@ impl Classifier {
             }
             n => n,
         };
-        if let Some(t) = asked.threshold {
-            if !(t > 0.0 && t < 1.0) {
-                return Err(OptionsError::Threshold(t).into());
-            }
-        }
+        engine::check_threshold(asked.threshold)?;
         if asked.labels.len() > limits.max_explain_labels {
             return Err(ClassifyError::BadRequest(format!(
                 "{} labels asked for; the limit is {} per request (--max-explain-labels)",
@@ -101,7 +97,6 @@ impl Classifier {
             steps,
             labels: if ids.is_empty() {
                 LabelPick::Predicted {
-                    threshold: asked.threshold,
                     max: limits.max_explain_labels,
                 }
             } else {
@@ -129,13 +124,8 @@ fn explained(
     a: Attributions,
 ) -> Explained {
     let words = explain::words(&work.text, original);
-    let scores = model.model.probabilities(&a.logits);
-    let opts = OutputOptions {
-        top_k: 0,
-        threshold: work.threshold,
-        ..Default::default()
-    };
-    let predicted = engine::label(&scores, model.decision(), &[], &work.text.encoded, opts).labels;
+    let labelled = model.label_logits(&a.logits, &work.text, work.threshold);
+    let (scores, predicted) = (labelled.scores, labelled.labels);
     let labels = a
         .labels
         .iter()
