@@ -16,8 +16,9 @@
 //!   two-threaded forward pass leaves one idle in its serial stretches.
 //! - Explanations (`submit_explanation`) take the same queue room (one place per integration
 //!   point) and the same workers: the gathering thread hands out at most one explanation per
-//!   round, after that round's classify batches, so a burst of explanations delays a text by
-//!   at most one explanation per round instead of queueing it behind all of them.
+//!   round, after that round's classify batches, and a worker computes an explanation's points
+//!   in small batches with a waiting classify batch between two of them (see `explain`), so a
+//!   text waits for a batch of points, never for whole explanations.
 //! - A failing batch is retried text by text, so one bad text fails only its own request.
 //! - If any of these threads ever stops, `stopped()` resolves and new texts are refused with
 //!   `Stopped`, so the server can turn NOT_SERVING and exit instead of rejecting work forever.
