@@ -49,7 +49,7 @@ for f in config.json tokenizer.json vocab.txt tokenizer_config.json special_toke
 done
 for f in train.tsv dev.tsv test.tsv; do gzip -9 -c "$GOEMOTIONS_DATA_DIR/$f" > "$OUT/data/$f.gz"; done
 cp "$GOEMOTIONS_DATA_DIR"/{emotions.txt,ekman_mapping.json,sentiment_dict.json} "$OUT/data/"
-cp scripts/bench_train_transformers.py scripts/bench_infer_transformers.py scripts/gpu/sdpa_overhead.py "$OUT/scripts/"
+cp scripts/bench_train_transformers.py scripts/bench_infer_transformers.py scripts/gpu/sdpa_overhead.py scripts/quality_sweep.py "$OUT/scripts/"
 cp scripts/gpu/run.sh "$OUT/run.sh"
 chmod +x "$OUT/run.sh"
 git describe --always --dirty > "$OUT/COMMIT" 2>/dev/null || echo unknown > "$OUT/COMMIT"

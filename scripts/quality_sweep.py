@@ -10,22 +10,28 @@ a finished run's checkpoint on the real test split once; the result is kept and 
 Runs are resumable: results go to OUT/results.jsonl, a finished (variant, seed) is skipped.
 
   scripts/quality_sweep.py run default:1,2 distil:1,2        # variants by name, seeds after ':'
+  scripts/quality_sweep.py run --jobs 3 focal:1,2 asl:1,2    # three runs at a time (one GPU, say)
   scripts/quality_sweep.py ensemble teacher=default-s1+default-s2
   scripts/quality_sweep.py finalist distil-s1                 # test split, once
+  scripts/quality_sweep.py finalist --best 2                  # the 2 best untested runs on dev
   scripts/quality_sweep.py table
 
 Variants are named in VARIANTS below (flags for `trainer train`); a variant's flags may name
 `{ensemble:NAME}` for an ensemble's member checkpoints (one --teacher each).
 Environment: TRAINER (default target/release/trainer), SWEEP_OUT (default output/sweep),
 GOEMOTIONS_DATA_DIR (default .cache/data/goemotions), SWEEP_THREADS (default: all CPUs),
-SWEEP_PRECISION (fp32, or bf16: the training precision of every run; default fp32).
+SWEEP_PRECISION (fp32, or bf16: the training precision of every run whose variant names none;
+default fp32), SWEEP_DEADLINE (Unix time: runs still going then are stopped and not recorded,
+none starts after it), GOEMOTIONS_DEVICE (the trainer's device; the table names it).
 """
 import json
 import os
 import platform
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAINER = os.environ.get("TRAINER", os.path.join(ROOT, "target/release/trainer"))
@@ -33,17 +39,22 @@ OUT = os.path.abspath(os.environ.get("SWEEP_OUT", os.path.join(ROOT, "output/swe
 DATA = os.path.abspath(os.environ.get("GOEMOTIONS_DATA_DIR", os.path.join(ROOT, ".cache/data/goemotions")))
 PRECISION = os.environ.get("SWEEP_PRECISION", "fp32")
 THREADS = os.environ.get("SWEEP_THREADS")
+DEADLINE = float(os.environ.get("SWEEP_DEADLINE") or 0)
 RESULTS = os.path.join(OUT, "results.jsonl")
+RESULTS_LOCK = threading.Lock()
 REGISTRY = os.path.join(OUT, "registry")
 
 # name -> (what it is, extra `trainer train` flags). The default recipe's flags are the defaults.
 VARIANTS = {
     "default": ("default recipe (BCE, sqrt positive weights, 3 epochs, lr 1e-4)", []),
+    "default-bf16": ("default recipe trained in bf16", ["--precision", "bf16"]),
+    "default-fp32": ("default recipe trained in fp32", ["--precision", "fp32"]),
     "focal": ("focal loss, gamma 2", ["--loss", "focal", "--loss-gamma", "2"]),
     "asl": ("asymmetric loss, gamma- 4, clip 0.05", ["--loss", "asl", "--loss-gamma", "4", "--asl-clip", "0.05"]),
     "smooth": ("label smoothing 0.1", ["--label-smoothing", "0.1"]),
     "llrd": ("layer-wise lr decay 0.85", ["--layer-lr-decay", "0.85"]),
     "long": ("5 epochs at lr 5e-5", ["--epochs", "5", "--lr", "5e-5", "--patience", "2"]),
+    "rdrop": ("R-Drop, consistency weight 1 (two dropout passes per batch)", ["--rdrop-weight", "1"]),
     "distil": ("distilled from the 'teacher' ensemble, weight 0.5", ["{ensemble:teacher}", "--distill-weight", "0.5"]),
     "self-distil": ("distilled from one default-recipe run (the 'self' ensemble), weight 0.5", ["{ensemble:self}", "--distill-weight", "0.5"]),
     "distil-heavy": ("distilled from the 'teacher' ensemble, weight 0.8", ["{ensemble:teacher}", "--distill-weight", "0.8"]),
@@ -59,8 +70,13 @@ def load_results():
 
 def append_result(record):
     os.makedirs(OUT, exist_ok=True)
-    with open(RESULTS, "a") as f:
+    with RESULTS_LOCK, open(RESULTS, "a") as f:
         f.write(json.dumps(record) + "\n")
+
+
+def seconds_left():
+    """Seconds before SWEEP_DEADLINE (None without one)."""
+    return DEADLINE - time.time() if DEADLINE else None
 
 
 def selection_data():
@@ -118,28 +134,43 @@ def trainer_env():
     return env
 
 
-def train(variant, seed):
+def train(variant, seed, data):
     results = load_results()
     run = f"{variant}-s{seed}"
     if any(r.get("kind") == "run" and r["run"] == run for r in results):
         print(f"== {run}: done already", flush=True)
         return
+    left = seconds_left()
+    if left is not None and left < 30:
+        print(f"== {run}: not started, the deadline is near", flush=True)
+        return
     what, flags = VARIANTS[variant]
+    precision = flags[flags.index("--precision") + 1] if "--precision" in flags else PRECISION
     report_dir = os.path.join(OUT, "reports", run)
-    cmd = [TRAINER, "train", "--data-dir", selection_data(), "--registry", REGISTRY,
+    cmd = [TRAINER, "train", "--data-dir", data, "--registry", REGISTRY,
            "--model-name", run, "--alias", "latest", "--baseline", "false",
-           "--report-dir", report_dir, "--seed", str(seed), "--precision", PRECISION,
+           "--report-dir", report_dir, "--seed", str(seed),
+           *([] if "--precision" in flags else ["--precision", PRECISION]),
            *expand(flags, results)]
     print(f"== {run}: {what}\n   {' '.join(cmd)}", flush=True)
+    os.makedirs(os.path.join(OUT, "logs"), exist_ok=True)
     started = time.time()
-    subprocess.run(cmd, check=True, env=trainer_env())
+    with open(os.path.join(OUT, "logs", f"{run}.log"), "w") as log:
+        try:
+            subprocess.run(cmd, check=True, env=trainer_env(), stdout=log, stderr=subprocess.STDOUT, timeout=left)
+        except subprocess.TimeoutExpired:
+            print(f"== {run}: stopped at the deadline, not recorded", flush=True)
+            return
+        except subprocess.CalledProcessError as e:
+            print(f"== {run}: failed (exit {e.returncode}), see {log.name}", flush=True)
+            return
     seconds = time.time() - started
     with open(os.path.join(report_dir, "report.json")) as f:
         report = json.load(f)
     ft = report["fine_tuned"]
     append_result({
         "kind": "run", "run": run, "variant": variant, "seed": seed, "what": what,
-        "flags": flags, "precision": PRECISION,
+        "flags": flags, "precision": precision, "device": report.get("device"),
         # The job's "test" is the dev split here (see selection_data).
         "dev_macro_f1": ft["at_per_label"]["macro_f1"],
         "dev_micro_f1_global": ft["at_global"]["micro_f1"],
@@ -204,7 +235,24 @@ def finalist(run):
     print(f"== {run}: test macro-F1 {record['macro_f1']:.4f}, micro-F1 (global) {record['micro_f1_global']:.4f}")
 
 
+def best_runs(n):
+    """The n runs with the best dev macro-F1 whose test split is still unread (a rule fixed before
+    the results are seen, for sessions that cannot look in between)."""
+    results = load_results()
+    tested = {r["run"] for r in results if r.get("kind") == "test"}
+    runs = sorted((r for r in results if r.get("kind") == "run" and r["run"] not in tested),
+                  key=lambda r: -r["dev_macro_f1"])
+    return [r["run"] for r in runs[:n]]
+
+
 def machine():
+    if os.environ.get("GOEMOTIONS_DEVICE", "auto").startswith("cuda"):
+        try:
+            gpu = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+                                 capture_output=True, text=True, check=True).stdout.strip().splitlines()[0]
+            return f"{gpu}, {os.cpu_count()} CPUs"
+        except (OSError, subprocess.CalledProcessError, IndexError):
+            pass
     try:
         with open("/proc/cpuinfo") as f:
             info = f.read()
@@ -245,16 +293,25 @@ def main(argv):
         return 0
     command, args = argv[1], argv[2:]
     if command == "run":
+        jobs = 1
+        if args[:1] == ["--jobs"] and len(args) >= 2:
+            jobs, args = int(args[1]), args[2:]
+        runs = []
         for spec in args:
             variant, _, seeds = spec.partition(":")
             if variant not in VARIANTS:
                 sys.exit(f"quality_sweep: unknown variant {variant!r} (known: {', '.join(VARIANTS)})")
-            for seed in (seeds or "1").split(","):
-                train(variant, int(seed))
+            runs += [(variant, int(seed)) for seed in (seeds or "1").split(",")]
+        data = selection_data()
+        with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+            for done in [pool.submit(train, variant, seed, data) for variant, seed in runs]:
+                done.result()
     elif command == "ensemble":
         for spec in args:
             ensemble(spec)
     elif command == "finalist":
+        if args[:1] == ["--best"] and len(args) >= 2:
+            args = best_runs(int(args[1])) + args[2:]
         for run in args:
             finalist(run)
     elif command == "table":

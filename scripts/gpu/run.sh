@@ -10,8 +10,8 @@
 #      the dispatcher's attention (what the direct memory-efficient kernel buys);
 #   3. serves the checkpoint with the predictor on DEVICE (each precision) and on the CPU: texts/s
 #      at 8 streams and idle single-text latency, REPEATS runs each;
-#   4. with --sweep, trains up to 4 recipe variants side by side (selected on dev only), as many
-#      as the deadline leaves time for;
+#   4. with --sweep, the quality sweep (scripts/quality_sweep.py) of SWEEP_PLAN: recipe variants
+#      with several seeds, selected on dev only, several at a time, stopped at the deadline;
 #   5. with --phases ...,profile (CUDA): where the trainer's step time goes on the device — the
 #      phase split with every launch synchronous and per-kernel GPU time (Nsight Compute) over
 #      about one training step of the trainer and of transformers; with sdpa, the per-call cost of
@@ -23,18 +23,23 @@
 #   run.sh RESULTS_DIR [--device cuda|cpu] [--small] [--sweep] [--bench-steps N] [--repeats N]
 #                      [--deadline-secs N] [--phases train,bench,predictor,sweep,sdpa,nsys,profile]
 #                      [--batchings bucketed,plain] [--precisions fp32,bf16]
+#                      [--predictor-seconds N] [--predictor-on cuda,cpu]
 # Environment: PYTHON (a Python with torch; default python3), TORCH_LIB (libtorch lib/ folder,
-# instead of asking Python).
+# instead of asking Python), SWEEP_PLAN (quality_sweep.py steps separated by ';', e.g.
+# "run --jobs 3 default:1,2; ensemble teacher=default-s1+default-s2; run distil:1,2"), SWEEP_OUT
+# (its results folder: keep it across calls to resume), SWEEP_PRECISION, SWEEP_THREADS.
 # --small: tiny limits (the test runs the bundle this way on CPU so it never rots).
 # --deadline-secs: optional work (the sweep, the TF32 pair) is skipped or cut to end by then.
 # --precisions: the bench and predictor pairs to run (default fp32,bf16 on CUDA, fp32 on CPU).
+# --predictor-seconds: length of each predictor throughput run (default 20); --predictor-on: the
+# devices the predictor is measured on (default the device, and the CPU too when that is a GPU).
 # --phases: which phases run (default train,bench,predictor, plus sweep with --sweep); the
 # predictor needs a trained checkpoint from this results folder.
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 RES="${1:?usage: run.sh RESULTS_DIR [--device cuda|cpu] [--small] [--sweep] [--bench-steps N] [--repeats N] [--deadline-secs N]}"
 shift
-DEVICE=cuda; SMALL=0; SWEEP=0; STEPS=300; REPEATS=3; DEADLINE=0; PHASES=train,bench,predictor; BATCHINGS=bucketed,plain; PRECISIONS=
+DEVICE=cuda; SMALL=0; SWEEP=0; PREDICTOR_SECONDS=; PREDICTOR_ON=; STEPS=300; REPEATS=3; DEADLINE=0; PHASES=train,bench,predictor; BATCHINGS=bucketed,plain; PRECISIONS=
 T0=$(date +%s)
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -47,6 +52,8 @@ while [ $# -gt 0 ]; do
     --phases) PHASES="$2"; shift 2 ;;
     --batchings) BATCHINGS="$2"; shift 2 ;;
     --precisions) PRECISIONS="$2"; shift 2 ;;
+    --predictor-seconds) PREDICTOR_SECONDS="$2"; shift 2 ;;
+    --predictor-on) PREDICTOR_ON="$2"; shift 2 ;;
     *) echo "run.sh: unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -98,6 +105,8 @@ if [ "$SMALL" = 1 ]; then
   EPOCHS=(--epochs 1)
   STEPS=3; REPEATS=1; BENCH_SECONDS=5; IDLE=20
 fi
+[ -n "$PREDICTOR_SECONDS" ] && BENCH_SECONDS="$PREDICTOR_SECONDS"
+[ -n "$PREDICTOR_ON" ] || { PREDICTOR_ON="$DEVICE"; [ "$DEVICE" != cpu ] && PREDICTOR_ON="$DEVICE,cpu"; }
 "$T" --version > "$RES/logs/versions.txt"
 "$PY" -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda, "available", torch.cuda.is_available())' >> "$RES/logs/versions.txt" 2>&1 || true
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$RES/logs/gpu.txt" 2>&1 || true
@@ -118,9 +127,6 @@ fi
 
 # Seconds left before the deadline (a large number without one).
 left() { if [ "$DEADLINE" -gt 0 ]; then echo $(( DEADLINE - ($(date +%s) - T0) )); else echo 1000000; fi; }
-# The default recipe's wall time sizes the sweep (TRAIN_WALL_HINT when training did not run here).
-TRAIN_WALL=${TRAIN_WALL_HINT:-300}
-[ -f "$RES/logs/train.wall" ] && TRAIN_WALL=$(awk '{printf "%d", $2 - $1 + 1}' "$RES/logs/train.wall")
 
 if phase bench; then
 echo "== 2. training throughput, trainer vs transformers (${REPEATS} x ${STEPS} steps)" >&2
@@ -158,11 +164,10 @@ fi
 fi
 
 if phase predictor; then
-echo "== 3. predictor on $DEVICE and on cpu" >&2
+echo "== 3. predictor on $PREDICTOR_ON" >&2
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 : > "$RES/logs/bench-predictor.txt"
-for where in "$DEVICE" cpu; do
-  [ "$where" = cpu ] && [ "$DEVICE" = cpu ] && [ -s "$RES/logs/bench-predictor.txt" ] && break
+for where in ${PREDICTOR_ON//,/ }; do
   precisions=$PRECISIONS; [ "$where" = cpu ] && precisions=fp32
   for precision in ${precisions//,/ }; do
     p1=$(port); p2=$(port)
@@ -252,27 +257,26 @@ PYEOF
 fi
 
 if phase sweep; then
-  variants=("lr-2e-4:--lr 2e-4" "pos-weight-none:--pos-weight none" "epochs-4:--epochs 4" "seed-7:--seed 7")
-  budget=()
+  # scripts/quality_sweep.py, step by step (';' between steps): runs selected on dev only, a
+  # results.jsonl that survives a rerun (SWEEP_OUT, default RESULTS_DIR/sweep; a finished run is
+  # never trained again), stopped at the deadline.
+  plan="${SWEEP_PLAN:-run --jobs 2 default:1,2 focal:1,2 asl:1,2 smooth:1,2 llrd:1,2 long:1,2}"
   if [ "$SMALL" = 1 ]; then
-    variants=("${variants[@]:0:2}"); budget=(--max-steps 5)
-  elif [ "$(left)" -lt $(( TRAIN_WALL * 5 / 2 + 30 )) ]; then
-    # Side by side they share the device; fewer variants when the deadline is near.
-    if [ "$(left)" -ge $(( TRAIN_WALL * 3 / 2 + 30 )) ]; then variants=("${variants[@]:0:2}"); else variants=(); fi
+    plan="${SWEEP_PLAN:-run --jobs 2 default:1 focal:1}"
+    export GOEMOTIONS_TRAIN_LIMIT=200 GOEMOTIONS_DEV_LIMIT=100 GOEMOTIONS_TEST_LIMIT=100 GOEMOTIONS_MAX_STEPS=5
   fi
-  echo "== 4. recipe sweep (selected on dev): ${#variants[@]} variant(s), $(left)s left" >&2
-  sweep_threads=$(( THREADS / 4 )); [ "$sweep_threads" -lt 1 ] && sweep_threads=1
-  limit=$(( $(left) - 20 )); [ "$limit" -gt 100000 ] && limit=100000
-  pids=()
-  for v in "${variants[@]}"; do
-    name="${v%%:*}"; read -r -a extra <<< "${v#*:}"
-    timeout "$limit" "$T" train --device "$DEVICE" --threads "$sweep_threads" --registry "$WORK/registry" \
-      --model-name "sweep-$name" --alias - --baseline false --report-dir "$RES/sweep/$name" \
-      "${LIMITS[@]}" "${budget[@]}" "${extra[@]}" \
-      > "$RES/logs/sweep-$name.out" 2> "$RES/logs/sweep-$name.log" &
-    pids+=($!)
+  export TRAINER="$T" SWEEP_OUT="${SWEEP_OUT:-$RES/sweep}" GOEMOTIONS_DEVICE="$DEVICE"
+  export SWEEP_PRECISION="${SWEEP_PRECISION:-fp32}" SWEEP_THREADS="${SWEEP_THREADS:-$(( THREADS / 2 > 0 ? THREADS / 2 : 1 ))}"
+  [ "$DEADLINE" -gt 0 ] && export SWEEP_DEADLINE=$(( T0 + DEADLINE - 10 ))
+  echo "== 4. quality sweep, $(left)s left: $plan" >&2
+  IFS=';' read -r -a steps <<< "$plan"
+  for step in "${steps[@]}"; do
+    read -r -a words <<< "$step"
+    [ "${#words[@]}" -gt 0 ] || continue
+    "$PY" "$HERE/scripts/quality_sweep.py" "${words[@]}" >> "$RES/logs/sweep.log" 2>&1 \
+      || echo "sweep step failed: $step (logs/sweep.log)" >&2
   done
-  for pid in "${pids[@]}"; do wait "$pid" || echo "a sweep variant failed or ran out of time" >&2; done
+  "$PY" "$HERE/scripts/quality_sweep.py" table > "$RES/sweep-table.md" 2>> "$RES/logs/sweep.log" || true
 fi
 
 python3 - "$RES" "$WORK" "$DEVICE" "$HERE" <<'PYEOF'
@@ -333,13 +337,13 @@ for (where, precision), lines in pred.items():
         "idle_p50_ms": stat(r"idle single-text p50 ([0-9.]+) ms"),
         "idle_p99_ms": stat(r"idle single-text p50 [0-9.]+ ms p99 ([0-9.]+) ms"),
         "peak_rss": (re.search(r"peak RSS: (\S+ \S+)", lines[-1]) or [None, None])[1]})
-for path in sorted(glob.glob(f"{res}/sweep/*/report.json")):
-    r = json.load(open(path))
-    manifest = glob.glob(f"{work}/registry/models/sweep-{os.path.basename(os.path.dirname(path))}/versions/*/manifest.json")
-    dev = json.load(open(manifest[0]))["metrics"].get("dev.macro_f1.per_label") if manifest else None
-    summary["sweep"].append({"variant": os.path.basename(os.path.dirname(path)), "dev_macro_f1": dev,
-                             "test_macro_f1": r["fine_tuned"]["at_per_label"]["macro_f1"],
-                             "train_seconds": r["fine_tuned"]["train_seconds"]})
+sweep_out = os.environ.get("SWEEP_OUT", f"{res}/sweep")
+for line in read(f"{sweep_out}/results.jsonl").splitlines():
+    r = json.loads(line)
+    if r.get("kind") == "run":
+        summary["sweep"].append({k: r.get(k) for k in ("run", "variant", "seed", "precision", "dev_macro_f1",
+                                                       "dev_micro_f1_global", "wall_seconds")})
+summary["sweep_table"] = read(f"{res}/sweep-table.md")
 json.dump(summary, open(f"{res}/summary.json", "w"), indent=2)
 t = summary["training"]
 fmt = lambda s: f"{s['median']:.1f} ({s['min']:.1f}–{s['max']:.1f})" if s else "–"
@@ -370,11 +374,9 @@ out += ["", "## Predictor (8 streams over the test split, then idle single-text 
         "| device | precision | texts/s | idle p50 (ms) | idle p99 (ms) | peak RSS | runs |", "|---|---|---:|---:|---:|---|---:|"]
 for r in summary["predictor"]:
     out.append(f"| {r['device']} | {r['precision']} | {fmt(r['texts_per_second_8_streams'])} | {fmt(r['idle_p50_ms'])} | {fmt(r['idle_p99_ms'])} | {r['peak_rss']} | {r['runs']} |")
-if summary["sweep"]:
-    out += ["", "## Recipe sweep (variants side by side on one device; select on dev, test shown for information)", "",
-            "| variant | dev macro-F1 | test macro-F1 | train seconds |", "|---|---:|---:|---:|"]
-    for r in summary["sweep"]:
-        out.append(f"| {r['variant']} | {r['dev_macro_f1']} | {r['test_macro_f1']:.4f} | {r['train_seconds']:.0f} |")
+if summary["sweep_table"]:
+    out += ["", "## Quality sweep (scripts/quality_sweep.py: selected on dev; test only for finalists)", "",
+            summary["sweep_table"].rstrip()]
 if summary["profile"]:
     out += ["", "## Profile", "", "```", summary["profile"].rstrip(), "```"]
 open(f"{res}/summary.md", "w").write("\n".join(out) + "\n")

@@ -1,6 +1,7 @@
 //! The GPU bundle never rots: built from this checkout (debug binaries) and run end to end on
 //! CPU with small limits — training, both throughput benchmarks, the predictor benchmark and a
-//! two-variant sweep — its summary holds every figure.
+//! two-run quality sweep (scripts/quality_sweep.py, two runs at a time) — its summary holds every
+//! figure.
 use std::process::Command;
 
 use goemotions_tests::workspace_root;
@@ -64,10 +65,19 @@ fn gpu_bundle_runs_end_to_end_on_cpu() {
         "{summary}"
     );
     assert!(predictor["idle_p99_ms"]["median"].as_f64().unwrap() > 0.0);
-    assert_eq!(summary["sweep"].as_array().unwrap().len(), 2, "{summary}");
+    let mut runs: Vec<&str> = summary["sweep"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["run"].as_str().unwrap_or_default())
+        .collect();
+    runs.sort();
+    assert_eq!(runs, ["default-s1", "focal-s1"], "{summary}");
     let md = std::fs::read_to_string(results.join("summary.md")).unwrap();
     assert!(
-        md.contains("## Training throughput") && md.contains("## Predictor"),
+        md.contains("## Training throughput")
+            && md.contains("## Predictor")
+            && md.contains("## Quality sweep"),
         "{md}"
     );
 }
