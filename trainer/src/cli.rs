@@ -200,6 +200,11 @@ pub struct HyperArgs {
     /// never (still fitted and reported). Thresholds are tuned after it.
     #[arg(long, env = "GOEMOTIONS_CALIBRATION", value_enum, default_value_t = TrainConfig::default().calibration)]
     pub calibration: CalibrationChoice,
+    /// R-Drop consistency weight in [0, 10]: each batch runs forward twice with independent
+    /// dropout; the loss is the mean of both passes' losses plus this weight times the symmetric
+    /// KL divergence between their predictions. 0 (default) is off; costs a second pass.
+    #[arg(long, env = "GOEMOTIONS_RDROP_WEIGHT", default_value_t = TrainConfig::default().rdrop_weight)]
+    pub rdrop_weight: f64,
 }
 
 impl HyperArgs {
@@ -231,6 +236,7 @@ impl HyperArgs {
             distill_weight: Some(self.distill_weight),
             layer_lr_decay: Some(self.layer_lr_decay),
             calibration: Some(self.calibration),
+            rdrop_weight: Some(self.rdrop_weight),
         }
     }
 

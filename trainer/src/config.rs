@@ -219,6 +219,10 @@ pub struct TrainConfig {
     /// Per-label temperature scaling of the published scores (multi-label models).
     #[serde(default)]
     pub calibration: CalibrationChoice,
+    /// R-Drop: weight of the symmetric KL divergence between two dropout passes of each batch;
+    /// 0 turns it off (one pass).
+    #[serde(default)]
+    pub rdrop_weight: f64,
 }
 
 fn default_layer_lr_decay() -> f64 {
@@ -265,6 +269,7 @@ impl Default for TrainConfig {
             distill_weight: 0.5,
             layer_lr_decay: 1.0,
             calibration: CalibrationChoice::Auto,
+            rdrop_weight: 0.0,
         }
     }
 }
@@ -323,6 +328,7 @@ pub struct Overrides {
     pub distill_weight: Option<f64>,
     pub layer_lr_decay: Option<f64>,
     pub calibration: Option<CalibrationChoice>,
+    pub rdrop_weight: Option<f64>,
 }
 
 impl Overrides {
@@ -355,6 +361,7 @@ impl Overrides {
             distill_weight: self.distill_weight.unwrap_or(d.distill_weight),
             layer_lr_decay: self.layer_lr_decay.unwrap_or(d.layer_lr_decay),
             calibration: self.calibration.unwrap_or(d.calibration),
+            rdrop_weight: self.rdrop_weight.unwrap_or(d.rdrop_weight),
         }
     }
 }
@@ -411,6 +418,7 @@ impl TryFrom<&proto::v1::Hyperparameters> for Overrides {
             distill_weight: h.distill_weight.map(f64::from),
             layer_lr_decay: h.layer_lr_decay.map(f64::from),
             calibration: parse("calibration", &h.calibration)?,
+            rdrop_weight: h.rdrop_weight.map(f64::from),
         })
     }
 }

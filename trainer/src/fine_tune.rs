@@ -234,7 +234,8 @@ where
 }
 
 /// Forward (in the model's precision) and the fp32 loss of one batch under `objective`, against
-/// the labels and, when distilling, the teacher's `soft` scores.
+/// the labels and, when distilling, the teacher's `soft` scores. With R-Drop the batch runs
+/// twice in one forward (the texts stacked on themselves, so each copy draws its own dropout).
 pub(crate) fn batch_loss(
     model: &BertClassifier,
     batch: &Batch,
@@ -242,6 +243,19 @@ pub(crate) fn batch_loss(
     soft: Option<&Tensor>,
     objective: &Objective,
 ) -> Tensor {
+    if objective.rdrop_weight() > 0.0 {
+        let twice = |t: &Tensor| Tensor::cat(&[t, t], 0);
+        let logits = model
+            .forward(
+                &twice(&batch.input_ids),
+                &twice(&batch.attention_mask),
+                true,
+            )
+            .logits
+            .to_kind(Kind::Float);
+        let passes = logits.chunk(2, 0);
+        return objective.paired_loss(&passes[0], &passes[1], targets, soft);
+    }
     let logits = model
         .forward(&batch.input_ids, &batch.attention_mask, true)
         .logits

@@ -1,6 +1,7 @@
 //! The training objective of one batch: per-label BCE, focal or asymmetric loss with the
-//! positive weights (multi-label) or cross-entropy (single-label), label smoothing, and
-//! distillation towards a teacher's soft targets. Everything is computed in fp32 on the logits.
+//! positive weights (multi-label) or cross-entropy (single-label), label smoothing,
+//! distillation towards a teacher's soft targets, and R-Drop's consistency between two dropout
+//! passes. Everything is computed in fp32 on the logits.
 use common::model::ProblemType;
 use tch::{Kind, Reduction, Tensor};
 
@@ -19,6 +20,7 @@ pub(crate) struct Objective {
     smoothing: f64,
     pos_weight: Option<Tensor>,
     distill_weight: f64,
+    rdrop_weight: f64,
 }
 
 impl Objective {
@@ -50,6 +52,7 @@ impl Objective {
                 None
             },
             distill_weight: cfg.distill_weight,
+            rdrop_weight: cfg.rdrop_weight,
         })
     }
 
@@ -63,6 +66,46 @@ impl Objective {
             smoothing: 0.0,
             pos_weight: None,
             distill_weight: 0.0,
+            rdrop_weight: 0.0,
+        }
+    }
+
+    /// R-Drop's weight: above 0, a batch runs forward twice (`paired_loss`).
+    pub(crate) fn rdrop_weight(&self) -> f64 {
+        self.rdrop_weight
+    }
+
+    /// R-Drop's loss for two dropout passes `a` and `b` over the same batch: the mean of their
+    /// losses plus the weight times the symmetric KL divergence between their predictions.
+    pub(crate) fn paired_loss(
+        &self,
+        a: &Tensor,
+        b: &Tensor,
+        targets: &Tensor,
+        soft: Option<&Tensor>,
+    ) -> Tensor {
+        (self.loss(a, targets, soft) + self.loss(b, targets, soft)) * 0.5
+            + self.symmetric_kl(a, b) * self.rdrop_weight
+    }
+
+    /// Half the symmetric KL divergence between the predictions of logits `a` and `b`, averaged
+    /// over texts (and labels, per-label Bernoulli for a multi-label model, where
+    /// KL(p‖q) + KL(q‖p) = (p − q)·(logit p − logit q)).
+    fn symmetric_kl(&self, a: &Tensor, b: &Tensor) -> Tensor {
+        match self.problem {
+            ProblemType::MultiLabel => {
+                ((a.sigmoid() - b.sigmoid()) * (a - b)).mean(Kind::Float) * 0.5
+            }
+            ProblemType::SingleLabel => {
+                let (la, lb) = (
+                    a.log_softmax(-1, Kind::Float),
+                    b.log_softmax(-1, Kind::Float),
+                );
+                ((la.exp() - lb.exp()) * (&la - &lb))
+                    .sum_dim_intlist(-1, false, Kind::Float)
+                    .mean(Kind::Float)
+                    * 0.5
+            }
         }
     }
 
@@ -231,6 +274,48 @@ mod tests {
         ));
         assert!((loss(1.0) - teacher).abs() < 1e-6);
         assert!((loss(0.25) - (0.75 * hard + 0.25 * teacher)).abs() < 1e-6);
+    }
+
+    #[test]
+    fn r_drop_adds_the_divergence_of_the_two_passes() {
+        let (z, y, w) = batch();
+        let c = TrainConfig {
+            rdrop_weight: 2.0,
+            ..TrainConfig::default()
+        };
+        let o = objective(&c, &w);
+        let plain = value(&o.loss(&z, &y, None));
+        // Two identical passes: nothing to add.
+        assert!((value(&o.paired_loss(&z, &z, &y, None)) - plain).abs() < 1e-6);
+        // Otherwise the mean of both losses plus 2 × half the symmetric Bernoulli KL, summed
+        // here term by term from its definition.
+        let other = &z + Tensor::from_slice(&[0.5f32, -0.3, 1.0, 0.2, -2.0, 0.0]).view([2, 3]);
+        let (p, q) = (
+            Vec::<f32>::try_from(z.sigmoid().flatten(0, -1)).unwrap(),
+            Vec::<f32>::try_from(other.sigmoid().flatten(0, -1)).unwrap(),
+        );
+        let kl = |p: f32, q: f32| {
+            let (p, q) = (p as f64, q as f64);
+            p * (p / q).ln() + (1.0 - p) * ((1.0 - p) / (1.0 - q)).ln()
+        };
+        let symmetric: f64 = p
+            .iter()
+            .zip(&q)
+            .map(|(&p, &q)| kl(p, q) + kl(q, p))
+            .sum::<f64>()
+            / p.len() as f64;
+        let expected = (plain + value(&o.loss(&other, &y, None))) / 2.0 + 2.0 * symmetric / 2.0;
+        let got = value(&o.paired_loss(&z, &other, &y, None));
+        assert!((got - expected).abs() < 1e-5, "{got} vs {expected}");
+        // Single-label: the same with softmax distributions.
+        let s = Objective::new(&c, ProblemType::SingleLabel, None).unwrap();
+        let one_hot = Tensor::from_slice(&[1f32, 0., 0., 0., 0., 1.]).view([2, 3]);
+        assert!(
+            (value(&s.paired_loss(&z, &z, &one_hot, None)) - value(&s.loss(&z, &one_hot, None)))
+                .abs()
+                < 1e-6
+        );
+        assert!(value(&s.paired_loss(&z, &other, &one_hot, None)) > 0.0);
     }
 
     #[test]

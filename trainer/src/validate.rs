@@ -124,6 +124,12 @@ pub fn check_config(cfg: &TrainConfig) -> Result<(), ValidationError> {
         cfg.layer_lr_decay > 0.0 && cfg.layer_lr_decay <= 1.0,
         "(0, 1]",
     )?;
+    finite_in(
+        "rdrop_weight",
+        cfg.rdrop_weight,
+        (0.0..=10.0).contains(&cfg.rdrop_weight),
+        "[0, 10]",
+    )?;
     if let Some(i) = cfg.teachers.iter().position(|t| t.trim().is_empty()) {
         return Err(invalid(&format!("{}[{i}]", h("teachers")), "is empty"));
     }
@@ -397,6 +403,13 @@ mod tests {
                     ..ok.clone()
                 },
                 "layer_lr_decay",
+            ),
+            (
+                TrainConfig {
+                    rdrop_weight: f64::INFINITY,
+                    ..ok.clone()
+                },
+                "rdrop_weight",
             ),
             (
                 TrainConfig {
