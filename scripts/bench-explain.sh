@@ -4,7 +4,8 @@
 # text, one label, STEPS points, sequential calls), Classify alone (4 clients of one-text unary
 # calls), and both at once (the same Classify load plus one client of sequential Explain calls);
 # then the reference, Captum's IntegratedGradients on the same checkpoint in transformers (same
-# text, label, steps in one batch, threads). Runs are repeated REPEATS times, interleaved; prints
+# text, label, steps in one batch, threads) and the floor on those kernels (a bare forward and backward
+# of the same points in one batch). Runs are repeated REPEATS times, interleaved; prints
 # each run, then median and spread (min–max). Loopback only, SECONDS per phase.
 #   scripts/bench-explain.sh [CHECKPOINT=output/registry/models/goemotions/aliases/latest] [REPEATS=3] [THREADS=2] [STEPS=32] [SECONDS=20]
 set -euo pipefail
@@ -66,5 +67,6 @@ def ratio(a, b):
         print(f"{a} / {b}: {statistics.median(x) / statistics.median(y):.2f}×"
               + (" (ranges overlap: within noise)" if overlap else ""))
 ratio("captum p50 (ms)", "explain_alone p50 (ms)")
+ratio("floor p50 (ms)", "explain_alone p50 (ms)")
 ratio("classify_mixed p99 (ms)", "classify_alone p99 (ms)")
 PY

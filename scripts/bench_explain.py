@@ -8,7 +8,9 @@ predictor and repeats the runs). Two modes:
           3. mixed: the same Classify load plus --explainers threads of sequential Explain
              calls → Classify p50 / p99 beside (2), and Explain p50 / p99 under load.
   captum  the reference: Captum's IntegratedGradients on the same checkpoint in transformers, same
-          text, label, steps (one batch) and threads → p50 / p99.
+          text, label, steps (one batch) and threads → p50 / p99; and the floor under any
+          implementation on these kernels: one bare forward and backward of the same --steps
+          points in one batch, in transformers (no Captum) → p50 / p99.
 
 Prints one JSON object."""
 import argparse
@@ -106,15 +108,25 @@ def captum_mode(args):
             x, b = embed(ids), embed(baseline_ids)
         ig.attribute(x, baselines=b, target=label, n_steps=args.steps, method="gausslegendre")
 
-    for _ in range(3):
-        once()
-    lat = []
-    end = time.perf_counter() + args.seconds
-    while time.perf_counter() < end:
-        t = time.perf_counter()
-        once()
-        lat.append(time.perf_counter() - t)
-    print(json.dumps({"num_tokens": ids.shape[1], "captum": percentiles(lat)}))
+    def bare():
+        with torch.no_grad():
+            x, b = embed(ids), embed(baseline_ids)
+        alphas = torch.linspace(0, 1, args.steps).view(-1, 1, 1)
+        points = (b + alphas * (x - b)).requires_grad_(True)
+        torch.autograd.grad(forward(points)[:, label].sum(), points)
+
+    def timed(call):
+        for _ in range(3):
+            call()
+        lat = []
+        end = time.perf_counter() + args.seconds / 2
+        while time.perf_counter() < end:
+            t = time.perf_counter()
+            call()
+            lat.append(time.perf_counter() - t)
+        return percentiles(lat)
+
+    print(json.dumps({"num_tokens": ids.shape[1], "captum": timed(once), "floor": timed(bare)}))
 
 
 def main():

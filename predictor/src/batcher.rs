@@ -17,8 +17,9 @@
 //! - Explanations (`submit_explanation`) take the same queue room (one place per integration
 //!   point) and the same workers: the gathering thread hands out at most one explanation per
 //!   round, after that round's classify batches, and a worker computes an explanation's points
-//!   in small batches with a waiting classify batch between two of them (see `explain`), so a
-//!   text waits for a batch of points, never for whole explanations.
+//!   in batches (up to 32 while nothing else waits, 8 while texts wait) with a waiting classify
+//!   batch between two of them (see `explain`), so a text waits for a batch of points, never for
+//!   whole explanations.
 //! - A failing batch is retried text by text, so one bad text fails only its own request.
 //! - If any of these threads ever stops, `stopped()` resolves and new texts are refused with
 //!   `Stopped`, so the server can turn NOT_SERVING and exit instead of rejecting work forever.
@@ -518,9 +519,10 @@ fn work(
 /// many texts sits between two classify batches.
 const INTERLEAVED_POINTS: usize = 8;
 
-/// Points evaluated together while nothing else waits: a text that arrives meanwhile waits for
-/// at most this many.
-const ALONE_POINTS: usize = 16;
+/// Points evaluated together while nothing else waits: one batch for the usual 32 steps (larger
+/// products keep two threads busier); a text that arrives meanwhile waits for at most this many
+/// on a worker's own threads (another worker takes it when free).
+const ALONE_POINTS: usize = 32;
 
 /// Computes one explanation on this worker. Before each batch of points, a classify batch that
 /// waits for a worker (none is free) is scored first — one, so that a steady stream of texts
@@ -588,6 +590,8 @@ fn explain(
         };
         points.min(budget).min(remaining)
     };
+    // The text's and the baseline's logits come first, before any batch of points is asked for.
+    set_threads(!others_waiting());
     let result = e.scorer.explain(&e.work, &mut next_batch);
     set_threads(false);
     metrics
