@@ -42,6 +42,8 @@ pub enum ExplainError {
     NoSteps,
     #[error("label id {label} is out of range: the model has {labels} labels")]
     Label { label: usize, labels: usize },
+    #[error("stopped after {done} of {steps} points: nobody waits for the answer any more")]
+    Abandoned { done: usize, steps: usize },
 }
 
 /// One label's attributions, per token of the encoded text (special tokens included, at 0).
@@ -127,15 +129,15 @@ fn legendre(n: usize, x: f64) -> (f64, f64) {
 
 /// Integrated gradients for `text` with `steps` points. Before each batch of points,
 /// `next_batch(remaining)` says how many of the remaining points to evaluate together (clamped
-/// to 1..=remaining; all of them is one batch) — the caller's token budget, and its chance to do
-/// other work in between. `choose` gets every label's logit at the text and returns the labels
+/// to 1..=remaining; all of them is one batch), or `None` to stop (`Abandoned`) — the caller's
+/// token budget, and its chance to do other work in between. `choose` gets every label's logit at the text and returns the labels
 /// to explain. Panics inside libtorch become errors.
 pub fn integrated_gradients(
     model: &BertClassifier,
     text: &Explainable,
     pad_id: i64,
     steps: usize,
-    next_batch: impl FnMut(usize) -> usize,
+    next_batch: impl FnMut(usize) -> Option<usize>,
     choose: impl FnOnce(&[f32]) -> Result<Vec<usize>, ExplainError>,
 ) -> Result<Attributions, ExplainError> {
     if steps == 0 {
@@ -153,7 +155,7 @@ fn explain_text(
     text: &Explainable,
     pad_id: i64,
     steps: usize,
-    mut next_batch: impl FnMut(usize) -> usize,
+    mut next_batch: impl FnMut(usize) -> Option<usize>,
     choose: impl FnOnce(&[f32]) -> Result<Vec<usize>, ExplainError>,
 ) -> Result<Attributions, ExplainError> {
     let device = model.device();
@@ -205,7 +207,9 @@ fn explain_text(
     let mut batches = 0;
     let mut done = 0;
     while done < steps {
-        let take = next_batch(steps - done).clamp(1, steps - done);
+        let take = next_batch(steps - done)
+            .ok_or(ExplainError::Abandoned { done, steps })?
+            .clamp(1, steps - done);
         let (alpha, weight) = (&alphas[done..done + take], &weights[done..done + take]);
         done += take;
         let k = alpha.len() as i64;
@@ -380,14 +384,9 @@ mod tests {
         let tokenizer = TextTokenizer::from_bytes(TOKENIZER.as_bytes(), 16).unwrap();
         let original = "Thankful, you é SO sad!";
         let text = tokenizer.encode_explainable(original).unwrap();
-        let a = integrated_gradients(
-            &model,
-            &text,
-            tokenizer.pad_id(),
-            50,
-            |r| r,
-            |_| Ok(vec![2, 0]),
-        )
+        let a = integrated_gradients(&model, &text, tokenizer.pad_id(), 50, Some, |_| {
+            Ok(vec![2, 0])
+        })
         .unwrap();
         assert_eq!(a.labels.len(), 2);
         assert_eq!(a.labels[0].label, 2);
@@ -412,7 +411,7 @@ mod tests {
             50,
             |remaining| {
                 asked.push(remaining);
-                per_batch
+                Some(per_batch)
             },
             |_| Ok(vec![2, 0]),
         )
@@ -439,7 +438,7 @@ mod tests {
                 ("!".into(), 22, 23, 1),
             ]
         );
-        let err = integrated_gradients(&model, &text, 0, 8, |r| r, |_| Ok(vec![3])).unwrap_err();
+        let err = integrated_gradients(&model, &text, 0, 8, Some, |_| Ok(vec![3])).unwrap_err();
         assert!(matches!(
             err,
             ExplainError::Label {
@@ -448,7 +447,7 @@ mod tests {
             }
         ));
         assert!(matches!(
-            integrated_gradients(&model, &text, 0, 0, |r| r, |_| Ok(vec![0])).unwrap_err(),
+            integrated_gradients(&model, &text, 0, 0, Some, |_| Ok(vec![0])).unwrap_err(),
             ExplainError::NoSteps
         ));
     }
@@ -463,7 +462,7 @@ mod tests {
             .into_iter()
             .map(|(_, t)| t.copy())
             .collect();
-        integrated_gradients(&model, &text, 0, 16, |r| r, |_| Ok(vec![0, 1])).unwrap();
+        integrated_gradients(&model, &text, 0, 16, Some, |_| Ok(vec![0, 1])).unwrap();
         for ((name, t), b) in model.named_parameters().into_iter().zip(before) {
             assert!(!t.requires_grad(), "{name} is frozen");
             assert!(!t.grad().defined(), "{name} got a gradient");

@@ -77,11 +77,11 @@ pub(crate) trait Scorer: Send + Sync {
     /// The padded length a text of `tokens` tokens is scored at.
     fn bucket(&self, tokens: usize) -> usize;
     /// Attributions for one text; `next_batch(remaining)` says how many of the remaining
-    /// integration points to evaluate next.
+    /// integration points to evaluate next, or `None`: stop, nobody waits for the answer.
     fn explain(
         &self,
         _work: &ExplainWork,
-        _next_batch: &mut dyn FnMut(usize) -> usize,
+        _next_batch: &mut dyn FnMut(usize) -> Option<usize>,
     ) -> Result<Attributions, ExplainError> {
         Err(ExplainError::Forward("this scorer cannot explain".into()))
     }
@@ -100,7 +100,7 @@ impl Scorer for ServingModel {
     fn explain(
         &self,
         work: &ExplainWork,
-        next_batch: &mut dyn FnMut(usize) -> usize,
+        next_batch: &mut dyn FnMut(usize) -> Option<usize>,
     ) -> Result<Attributions, ExplainError> {
         ServingModel::explain(self, work, next_batch)
     }
@@ -562,6 +562,9 @@ fn explain(
     let tokens = e.work.text.encoded.ids.len();
     let budget = common::explain::points_within(max_batch_tokens, tokens);
     let mut next_batch = |remaining: usize| {
+        if e.reply.is_closed() {
+            return None;
+        }
         // `try_lock`: a worker waiting in `recv` holds the lock, and it takes the next batch.
         let waiting = || batches.try_lock().ok()?.try_recv().ok();
         let mut scored_one = false;
@@ -588,12 +591,16 @@ fn explain(
         } else {
             INTERLEAVED_POINTS
         };
-        points.min(budget).min(remaining)
+        Some(points.min(budget).min(remaining))
     };
     // The text's and the baseline's logits come first, before any batch of points is asked for.
     set_threads(!others_waiting());
     let result = e.scorer.explain(&e.work, &mut next_batch);
     set_threads(false);
+    if let Err(ExplainError::Abandoned { done, steps }) = result {
+        tracing::debug!(done, steps, "explanation abandoned by its caller");
+        return;
+    }
     metrics
         .explain_seconds
         .observe(started.elapsed().as_secs_f64());
@@ -889,6 +896,91 @@ mod tests {
         assert_eq!(*meeting.threads.lock().unwrap(), vec![1, 1]);
     }
 
+    /// The explanation of a 4-token text's label 0 in `steps` points.
+    fn explain_work(steps: usize) -> ExplainWork {
+        ExplainWork {
+            text: common::tokenizer::Explainable {
+                encoded: text(4),
+                special: vec![true, false, false, true],
+                word_ids: vec![None, Some(0), Some(1), None],
+                offsets: vec![(0, 0), (0, 1), (2, 3), (0, 0)],
+            },
+            steps,
+            labels: crate::engine::LabelPick::Given(vec![0]),
+            threshold: None,
+        }
+    }
+
+    /// A caller that goes away (a cancelled RPC drops its receiver) frees the worker: the
+    /// explanation stops before its next batch of points instead of computing all of them.
+    #[tokio::test]
+    async fn an_explanation_nobody_waits_for_stops_at_its_next_batch_of_points() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        struct Counting {
+            points: Arc<AtomicUsize>,
+        }
+        impl Scorer for Counting {
+            fn score(&self, items: &[&Encoded]) -> Result<Vec<f32>, InferenceError> {
+                Ok(vec![0.0; items.len()])
+            }
+            fn num_labels(&self) -> usize {
+                1
+            }
+            fn bucket(&self, tokens: usize) -> usize {
+                common::tokenizer::length_bucket(tokens, 128)
+            }
+            /// 5 ms per point, in the batches the worker asks for, until told to stop.
+            fn explain(
+                &self,
+                work: &ExplainWork,
+                next_batch: &mut dyn FnMut(usize) -> Option<usize>,
+            ) -> Result<Attributions, ExplainError> {
+                let steps = work.steps;
+                let mut done = 0;
+                while done < steps {
+                    let Some(points) = next_batch(steps - done) else {
+                        return Err(ExplainError::Abandoned { done, steps });
+                    };
+                    let points = points.clamp(1, steps - done);
+                    std::thread::sleep(Duration::from_millis(5 * points as u64));
+                    self.points.fetch_add(points, Ordering::SeqCst);
+                    done += points;
+                }
+                Ok(Attributions {
+                    logits: vec![0.0],
+                    baseline_logits: vec![0.0],
+                    labels: vec![],
+                    steps,
+                    batches: 1,
+                })
+            }
+        }
+        let points = Arc::new(AtomicUsize::new(0));
+        let scorer: Arc<dyn Scorer> = Arc::new(Counting {
+            points: points.clone(),
+        });
+        let batcher = Batcher::start(BatcherConfig::default(), Metrics::new());
+        let room = batcher.reserve(258, None).await.unwrap();
+        let answer = batcher
+            .submit_explanation(room, scorer.clone(), explain_work(256))
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        drop(answer);
+        // All 256 points take 1.3 s; the batch under way when the caller left ends by 0.2 s.
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let computed = points.load(Ordering::SeqCst);
+        assert!(
+            (1..=64).contains(&computed),
+            "{computed} of 256 points computed, the caller left after the first batch began"
+        );
+        // Its room went with it: the whole queue is free again.
+        let all = BatcherConfig::default().queue_capacity;
+        assert!(batcher
+            .reserve(all, Some(Duration::from_millis(100)))
+            .await
+            .is_ok());
+    }
+
     /// Explanations are slow (steps × a text, plus backward passes): with one worker, a text
     /// that arrives behind a burst of them is scored between two batches of points of the one
     /// being computed — not after it, let alone after the burst.
@@ -915,11 +1007,11 @@ mod tests {
             fn explain(
                 &self,
                 work: &ExplainWork,
-                next_batch: &mut dyn FnMut(usize) -> usize,
+                next_batch: &mut dyn FnMut(usize) -> Option<usize>,
             ) -> Result<Attributions, ExplainError> {
                 let mut remaining = work.steps;
                 while remaining > 0 {
-                    let points = next_batch(remaining).clamp(1, remaining);
+                    let points = next_batch(remaining).unwrap_or(0).clamp(1, remaining);
                     std::thread::sleep(Duration::from_millis(2 * points as u64));
                     remaining -= points;
                 }
@@ -938,17 +1030,7 @@ mod tests {
         });
         let scorer: Arc<dyn Scorer> = slow.clone();
         let batcher = Batcher::start(BatcherConfig::default(), Metrics::new());
-        let work = ExplainWork {
-            text: common::tokenizer::Explainable {
-                encoded: text(4),
-                special: vec![true, false, false, true],
-                word_ids: vec![None, Some(0), Some(1), None],
-                offsets: vec![(0, 0), (0, 1), (2, 3), (0, 0)],
-            },
-            steps: 32,
-            labels: crate::engine::LabelPick::Given(vec![0]),
-            threshold: None,
-        };
+        let work = explain_work(32);
         let mut explanations = Vec::new();
         for _ in 0..6 {
             let room = batcher.reserve(34, None).await.unwrap();

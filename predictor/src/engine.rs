@@ -123,7 +123,7 @@ impl ServingModel {
     pub(crate) fn explain(
         &self,
         work: &ExplainWork,
-        next_batch: &mut dyn FnMut(usize) -> usize,
+        next_batch: &mut dyn FnMut(usize) -> Option<usize>,
     ) -> Result<Attributions, ExplainError> {
         explain::integrated_gradients(
             &self.model,
