@@ -448,10 +448,13 @@ mod tests {
             loss: Some("asl".into()),
             label_smoothing: Some(0.1),
             teachers: vec!["s3://b/r/models/t/aliases/latest".into()],
+            rdrop_weight: Some(1.5),
             ..Default::default()
         };
         let cfg = Overrides::try_from(&wire).unwrap().apply(&defaults);
         assert_eq!(cfg.loss, LossKind::Asl);
+        assert!((cfg.rdrop_weight - 1.5).abs() < 1e-6);
+        assert_eq!(defaults.rdrop_weight, 0.0);
         assert!((cfg.label_smoothing - 0.1).abs() < 1e-6);
         assert_eq!(cfg.teachers, ["s3://b/r/models/t/aliases/latest"]);
         assert_eq!(cfg.distill_weight, defaults.distill_weight);
