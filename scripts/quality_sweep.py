@@ -266,19 +266,19 @@ def machine():
 def table():
     results = load_results()
     tests = {r["run"]: r for r in results if r.get("kind") == "test"}
-    print("| run | variant | seed | precision | dev macro-F1 | dev micro-F1 (global) | epochs (dev macro-F1) | test macro-F1 | test micro-F1 (global) | wall |")
-    print("|---|---|---:|---|---:|---:|---|---:|---:|---:|")
+    print("| run | variant | seed | device | precision | dev macro-F1 | dev micro-F1 (global) | epochs (dev macro-F1) | test macro-F1 | test micro-F1 (global) | wall |")
+    print("|---|---|---:|---|---|---:|---:|---|---:|---:|---:|")
     for r in results:
         if r.get("kind") == "run":
             t = tests.get(r["run"])
             test = f"{t['macro_f1']:.4f} | {t['micro_f1_global']:.4f}" if t else "— | —"
             epochs = " / ".join(f"{x:.3f}" for x in r["epochs"])
-            print(f"| {r['run']} | {r['what']} | {r['seed']} | {r['precision']} | {r['dev_macro_f1']:.4f} | "
+            print(f"| {r['run']} | {r['what']} | {r['seed']} | {r.get('device') or '—'} | {r['precision']} | {r['dev_macro_f1']:.4f} | "
                   f"{r['dev_micro_f1_global']:.4f} | {epochs} | {test} | {r['wall_seconds'] / 60:.1f} min |")
         elif r.get("kind") == "ensemble":
             t = tests.get(r["name"])
             test = f"{t['macro_f1']:.4f} | {t['micro_f1_global']:.4f}" if t else "— | —"
-            print(f"| {r['name']} | ensemble of {' + '.join(r['members'])} (not servable at MiniLM speed) | — | — | "
+            print(f"| {r['name']} | ensemble of {' + '.join(r['members'])} (not servable at MiniLM speed) | — | — | — | "
                   f"{r['dev_macro_f1']:.4f} | {r['dev_micro_f1_global']:.4f} | — | {test} | {r['wall_seconds'] / 60:.1f} min |")
     finalists = sorted(tests)
     print(f"\nFinalists read on test: {len(finalists)} ({', '.join(finalists) or 'none'}).")
