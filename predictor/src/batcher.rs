@@ -221,7 +221,15 @@ impl Batcher {
                     if let Some(n) = own.batches {
                         tch::set_num_threads(n);
                     }
-                    work(&batch_rx, capacity, max_batch_tokens, own, &room, &metrics)
+                    Worker {
+                        batches: &batch_rx,
+                        capacity,
+                        max_batch_tokens,
+                        threads: own,
+                        room: &room,
+                        metrics: &metrics,
+                    }
+                    .run()
                 }),
             ));
         }
@@ -473,45 +481,47 @@ struct WorkerThreads {
     explanations: Option<i32>,
 }
 
-/// A worker: scores the batches it is handed until the gathering thread is gone.
-fn work(
-    batches: &Mutex<mpsc::Receiver<Work>>,
+/// An inference worker and what it shares with the others.
+#[derive(Clone, Copy)]
+struct Worker<'a> {
+    /// Where batches and explanations come from (the gathering thread).
+    batches: &'a Mutex<mpsc::Receiver<Work>>,
+    /// The queue's room in texts, and what is left of it: how many texts wait.
     capacity: usize,
+    room: &'a Semaphore,
     max_batch_tokens: usize,
     threads: WorkerThreads,
-    room: &Semaphore,
-    metrics: &Metrics,
-) {
-    loop {
-        let next = match batches.lock() {
-            Ok(receiver) => receiver.recv(),
-            Err(poisoned) => poisoned.into_inner().recv(),
-        };
-        match next {
-            Err(_) => return,
-            Ok(Work::Batch(scorer, mut batch)) => {
-                drop_abandoned(&mut batch, metrics);
-                if !batch.is_empty() {
-                    infer(scorer.as_ref(), batch, metrics);
+    metrics: &'a Metrics,
+}
+
+impl Worker<'_> {
+    /// Scores the batches it is handed until the gathering thread is gone.
+    fn run(&self) {
+        let (batches, metrics) = (self.batches, self.metrics);
+        loop {
+            let next = match batches.lock() {
+                Ok(receiver) => receiver.recv(),
+                Err(poisoned) => poisoned.into_inner().recv(),
+            };
+            match next {
+                Err(_) => return,
+                Ok(Work::Batch(scorer, mut batch)) => {
+                    drop_abandoned(&mut batch, metrics);
+                    if !batch.is_empty() {
+                        infer(scorer.as_ref(), batch, metrics);
+                    }
+                }
+                Ok(Work::Explanation(e)) => {
+                    let mut deferred = std::collections::VecDeque::from([e]);
+                    while let Some(e) = deferred.pop_front() {
+                        self.explain(e, &mut deferred);
+                    }
                 }
             }
-            Ok(Work::Explanation(e)) => {
-                let mut deferred = std::collections::VecDeque::from([e]);
-                while let Some(e) = deferred.pop_front() {
-                    explain(
-                        e,
-                        batches,
-                        &mut deferred,
-                        max_batch_tokens,
-                        threads,
-                        capacity,
-                        room,
-                        metrics,
-                    );
-                }
-            }
+            metrics
+                .queue_depth
+                .set(queue_depth(self.capacity, self.room) as i64);
         }
-        metrics.queue_depth.set(queue_depth(capacity, room) as i64);
     }
 }
 
@@ -524,87 +534,87 @@ const INTERLEAVED_POINTS: usize = 8;
 /// on a worker's own threads (another worker takes it when free).
 const ALONE_POINTS: usize = 32;
 
-/// Computes one explanation on this worker. Before each batch of points, a classify batch that
-/// waits for a worker (none is free) is scored first — one, so that a steady stream of texts
-/// cannot starve the explanation — and while other texts are queued the points go in small
-/// batches: with one worker, texts wait for a few points, not for the whole explanation.
-/// Explanations handed over meanwhile go to `deferred`.
-#[allow(clippy::too_many_arguments)]
-fn explain(
-    e: Explanation,
-    batches: &Mutex<mpsc::Receiver<Work>>,
-    deferred: &mut std::collections::VecDeque<Explanation>,
-    max_batch_tokens: usize,
-    threads: WorkerThreads,
-    capacity: usize,
-    room: &Semaphore,
-    metrics: &Metrics,
-) {
-    if e.reply.is_closed() {
-        return;
-    }
-    let started = Instant::now();
-    let own_room = e.room.0.num_permits();
-    let others_waiting = || queue_depth(capacity, room) > own_room;
-    // libtorch's set_num_threads also resizes pools and clears oneDNN's cache: only on a change.
-    let current = std::cell::Cell::new(threads.batches);
-    let set_threads = |alone: bool| {
-        let n = if alone {
-            threads.explanations
-        } else {
-            threads.batches
-        };
-        if let (Some(n), false) = (n, n == current.get()) {
-            tch::set_num_threads(n);
-            current.set(Some(n));
-        }
-    };
-    let tokens = e.work.text.encoded.ids.len();
-    let budget = common::explain::points_within(max_batch_tokens, tokens);
-    let mut next_batch = |remaining: usize| {
+impl Worker<'_> {
+    /// Computes one explanation on this worker. Before each batch of points, a classify batch that
+    /// waits for a worker (none is free) is scored first — one, so that a steady stream of texts
+    /// cannot starve the explanation — and while other texts are queued the points go in small
+    /// batches: with one worker, texts wait for a few points, not for the whole explanation.
+    /// Explanations handed over meanwhile go to `deferred`.
+    fn explain(&self, e: Explanation, deferred: &mut std::collections::VecDeque<Explanation>) {
+        let Worker {
+            batches,
+            capacity,
+            room,
+            max_batch_tokens,
+            threads,
+            metrics,
+        } = *self;
         if e.reply.is_closed() {
-            return None;
+            return;
         }
-        // `try_lock`: a worker waiting in `recv` holds the lock, and it takes the next batch.
-        let waiting = || batches.try_lock().ok()?.try_recv().ok();
-        let mut scored_one = false;
-        while let Some(work) = waiting() {
-            match work {
-                Work::Batch(scorer, mut batch) => {
-                    set_threads(false);
-                    drop_abandoned(&mut batch, metrics);
-                    if !batch.is_empty() {
-                        infer(scorer.as_ref(), batch, metrics);
-                    }
-                    scored_one = true;
-                }
-                Work::Explanation(next) => deferred.push_back(next),
+        let started = Instant::now();
+        let own_room = e.room.0.num_permits();
+        let others_waiting = || queue_depth(capacity, room) > own_room;
+        // libtorch's set_num_threads also resizes pools and clears oneDNN's cache: only on a change.
+        let current = std::cell::Cell::new(threads.batches);
+        let set_threads = |alone: bool| {
+            let n = if alone {
+                threads.explanations
+            } else {
+                threads.batches
+            };
+            if let (Some(n), false) = (n, n == current.get()) {
+                tch::set_num_threads(n);
+                current.set(Some(n));
             }
-            if scored_one {
-                break;
-            }
-        }
-        let alone = !others_waiting();
-        set_threads(alone);
-        let points = if alone {
-            ALONE_POINTS
-        } else {
-            INTERLEAVED_POINTS
         };
-        Some(points.min(budget).min(remaining))
-    };
-    // The text's and the baseline's logits come first, before any batch of points is asked for.
-    set_threads(!others_waiting());
-    let result = e.scorer.explain(&e.work, &mut next_batch);
-    set_threads(false);
-    if let Err(ExplainError::Abandoned { done, steps }) = result {
-        tracing::debug!(done, steps, "explanation abandoned by its caller");
-        return;
+        let tokens = e.work.text.encoded.ids.len();
+        let budget = common::explain::points_within(max_batch_tokens, tokens);
+        let mut next_batch = |remaining: usize| {
+            if e.reply.is_closed() {
+                return None;
+            }
+            // `try_lock`: a worker waiting in `recv` holds the lock, and it takes the next batch.
+            let waiting = || batches.try_lock().ok()?.try_recv().ok();
+            let mut scored_one = false;
+            while let Some(work) = waiting() {
+                match work {
+                    Work::Batch(scorer, mut batch) => {
+                        set_threads(false);
+                        drop_abandoned(&mut batch, metrics);
+                        if !batch.is_empty() {
+                            infer(scorer.as_ref(), batch, metrics);
+                        }
+                        scored_one = true;
+                    }
+                    Work::Explanation(next) => deferred.push_back(next),
+                }
+                if scored_one {
+                    break;
+                }
+            }
+            let alone = !others_waiting();
+            set_threads(alone);
+            let points = if alone {
+                ALONE_POINTS
+            } else {
+                INTERLEAVED_POINTS
+            };
+            Some(points.min(budget).min(remaining))
+        };
+        // The text's and the baseline's logits come first, before any batch of points is asked for.
+        set_threads(!others_waiting());
+        let result = e.scorer.explain(&e.work, &mut next_batch);
+        set_threads(false);
+        if let Err(ExplainError::Abandoned { done, steps }) = result {
+            tracing::debug!(done, steps, "explanation abandoned by its caller");
+            return;
+        }
+        metrics
+            .explain_seconds
+            .observe(started.elapsed().as_secs_f64());
+        let _ = e.reply.send(result);
     }
-    metrics
-        .explain_seconds
-        .observe(started.elapsed().as_secs_f64());
-    let _ = e.reply.send(result);
 }
 
 /// Removes the texts nobody waits for any more (their room is released with them).
