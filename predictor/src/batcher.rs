@@ -700,6 +700,7 @@ fn isolate(scorer: &dyn Scorer, batch: Vec<Job>, error: InferenceError, metrics:
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
     #[test]
     fn batches_hold_one_bucket_within_size_and_padded_token_budgets() {
@@ -906,6 +907,64 @@ mod tests {
         assert_eq!(*meeting.threads.lock().unwrap(), vec![1, 1]);
     }
 
+    /// A scorer whose explanations take `per_point` per integration point, in the batches the
+    /// worker asks for, until told to stop; a text's score is how many explanations finished.
+    struct SlowExplainer {
+        per_point: Duration,
+        explained: AtomicUsize,
+        points: AtomicUsize,
+    }
+
+    impl SlowExplainer {
+        fn new(per_point: Duration) -> Self {
+            Self {
+                per_point,
+                explained: AtomicUsize::new(0),
+                points: AtomicUsize::new(0),
+            }
+        }
+    }
+
+    impl Scorer for SlowExplainer {
+        fn score(&self, items: &[&Encoded]) -> Result<Vec<f32>, InferenceError> {
+            Ok(vec![
+                self.explained.load(Ordering::SeqCst) as f32;
+                items.len()
+            ])
+        }
+        fn num_labels(&self) -> usize {
+            1
+        }
+        fn bucket(&self, tokens: usize) -> usize {
+            common::tokenizer::length_bucket(tokens, 128)
+        }
+        fn explain(
+            &self,
+            work: &ExplainWork,
+            next_batch: &mut dyn FnMut(usize) -> Option<usize>,
+        ) -> Result<Attributions, ExplainError> {
+            let steps = work.steps;
+            let mut done = 0;
+            while done < steps {
+                let Some(points) = next_batch(steps - done) else {
+                    return Err(ExplainError::Abandoned { done, steps });
+                };
+                let points = points.clamp(1, steps - done);
+                std::thread::sleep(self.per_point * points as u32);
+                self.points.fetch_add(points, Ordering::SeqCst);
+                done += points;
+            }
+            self.explained.fetch_add(1, Ordering::SeqCst);
+            Ok(Attributions {
+                logits: vec![0.0],
+                baseline_logits: vec![0.0],
+                labels: vec![],
+                steps,
+                batches: 1,
+            })
+        }
+    }
+
     /// The explanation of a 4-token text's label 0 in `steps` points.
     fn explain_work(steps: usize) -> ExplainWork {
         ExplainWork {
@@ -925,50 +984,8 @@ mod tests {
     /// explanation stops before its next batch of points instead of computing all of them.
     #[tokio::test]
     async fn an_explanation_nobody_waits_for_stops_at_its_next_batch_of_points() {
-        use std::sync::atomic::{AtomicUsize, Ordering};
-        struct Counting {
-            points: Arc<AtomicUsize>,
-        }
-        impl Scorer for Counting {
-            fn score(&self, items: &[&Encoded]) -> Result<Vec<f32>, InferenceError> {
-                Ok(vec![0.0; items.len()])
-            }
-            fn num_labels(&self) -> usize {
-                1
-            }
-            fn bucket(&self, tokens: usize) -> usize {
-                common::tokenizer::length_bucket(tokens, 128)
-            }
-            /// 5 ms per point, in the batches the worker asks for, until told to stop.
-            fn explain(
-                &self,
-                work: &ExplainWork,
-                next_batch: &mut dyn FnMut(usize) -> Option<usize>,
-            ) -> Result<Attributions, ExplainError> {
-                let steps = work.steps;
-                let mut done = 0;
-                while done < steps {
-                    let Some(points) = next_batch(steps - done) else {
-                        return Err(ExplainError::Abandoned { done, steps });
-                    };
-                    let points = points.clamp(1, steps - done);
-                    std::thread::sleep(Duration::from_millis(5 * points as u64));
-                    self.points.fetch_add(points, Ordering::SeqCst);
-                    done += points;
-                }
-                Ok(Attributions {
-                    logits: vec![0.0],
-                    baseline_logits: vec![0.0],
-                    labels: vec![],
-                    steps,
-                    batches: 1,
-                })
-            }
-        }
-        let points = Arc::new(AtomicUsize::new(0));
-        let scorer: Arc<dyn Scorer> = Arc::new(Counting {
-            points: points.clone(),
-        });
+        let slow = Arc::new(SlowExplainer::new(Duration::from_millis(5)));
+        let scorer: Arc<dyn Scorer> = slow.clone();
         let batcher = Batcher::start(BatcherConfig::default(), Metrics::new());
         let room = batcher.reserve(258, None).await.unwrap();
         let answer = batcher
@@ -978,7 +995,7 @@ mod tests {
         drop(answer);
         // All 256 points take 1.3 s; the batch under way when the caller left ends by 0.2 s.
         tokio::time::sleep(Duration::from_millis(600)).await;
-        let computed = points.load(Ordering::SeqCst);
+        let computed = slow.points.load(Ordering::SeqCst);
         assert!(
             (1..=64).contains(&computed),
             "{computed} of 256 points computed, the caller left after the first batch began"
@@ -996,48 +1013,7 @@ mod tests {
     /// being computed — not after it, let alone after the burst.
     #[tokio::test]
     async fn a_text_queued_behind_a_burst_of_explanations_is_not_starved() {
-        use std::sync::atomic::{AtomicUsize, Ordering};
-        struct Slow {
-            explained: AtomicUsize,
-        }
-        impl Scorer for Slow {
-            fn score(&self, items: &[&Encoded]) -> Result<Vec<f32>, InferenceError> {
-                Ok(vec![
-                    self.explained.load(Ordering::SeqCst) as f32;
-                    items.len()
-                ])
-            }
-            fn num_labels(&self) -> usize {
-                1
-            }
-            fn bucket(&self, tokens: usize) -> usize {
-                common::tokenizer::length_bucket(tokens, 128)
-            }
-            /// 2 ms per point, in the batches the worker asks for.
-            fn explain(
-                &self,
-                work: &ExplainWork,
-                next_batch: &mut dyn FnMut(usize) -> Option<usize>,
-            ) -> Result<Attributions, ExplainError> {
-                let mut remaining = work.steps;
-                while remaining > 0 {
-                    let points = next_batch(remaining).unwrap_or(0).clamp(1, remaining);
-                    std::thread::sleep(Duration::from_millis(2 * points as u64));
-                    remaining -= points;
-                }
-                self.explained.fetch_add(1, Ordering::SeqCst);
-                Ok(Attributions {
-                    logits: vec![0.0],
-                    baseline_logits: vec![0.0],
-                    labels: vec![],
-                    steps: work.steps,
-                    batches: 1,
-                })
-            }
-        }
-        let slow = Arc::new(Slow {
-            explained: AtomicUsize::new(0),
-        });
+        let slow = Arc::new(SlowExplainer::new(Duration::from_millis(2)));
         let scorer: Arc<dyn Scorer> = slow.clone();
         let batcher = Batcher::start(BatcherConfig::default(), Metrics::new());
         let work = explain_work(32);
