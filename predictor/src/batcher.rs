@@ -481,6 +481,15 @@ struct WorkerThreads {
     explanations: Option<i32>,
 }
 
+/// Points evaluated together while other texts wait: a forward and backward pass of about this
+/// many texts sits between two classify batches.
+const INTERLEAVED_POINTS: usize = 8;
+
+/// Points evaluated together while nothing else waits: one batch for the usual 32 steps (larger
+/// products keep two threads busier); a text that arrives meanwhile waits for at most this many
+/// on a worker's own threads (another worker takes it when free).
+const ALONE_POINTS: usize = 32;
+
 /// An inference worker and what it shares with the others.
 #[derive(Clone, Copy)]
 struct Worker<'a> {
@@ -523,18 +532,7 @@ impl Worker<'_> {
                 .set(queue_depth(self.capacity, self.room) as i64);
         }
     }
-}
 
-/// Points evaluated together while other texts wait: a forward and backward pass of about this
-/// many texts sits between two classify batches.
-const INTERLEAVED_POINTS: usize = 8;
-
-/// Points evaluated together while nothing else waits: one batch for the usual 32 steps (larger
-/// products keep two threads busier); a text that arrives meanwhile waits for at most this many
-/// on a worker's own threads (another worker takes it when free).
-const ALONE_POINTS: usize = 32;
-
-impl Worker<'_> {
     /// Computes one explanation on this worker. Before each batch of points, a classify batch that
     /// waits for a worker (none is free) is scored first — one, so that a steady stream of texts
     /// cannot starve the explanation — and while other texts are queued the points go in small
