@@ -110,6 +110,27 @@ pub fn cpu_bf16_supported() -> bool {
     }
 }
 
+/// Whether this CPU has AMX tiles with bf16 (Intel Sapphire Rapids and later) that the kernel
+/// lets programs use, as /proc/cpuinfo reports them (Linux hides the flags when it cannot
+/// save the tile state); oneDNN's bf16 matmuls run on the tile unit there.
+pub fn cpu_amx_bf16_supported() -> bool {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .map(|info| cpu_flags_include(&info, &["amx_tile", "amx_bf16"]))
+        .unwrap_or(false)
+}
+
+/// Whether the first `flags` line of a /proc/cpuinfo text lists every one of `wanted`.
+fn cpu_flags_include(cpuinfo: &str, wanted: &[&str]) -> bool {
+    let Some(flags) = cpuinfo.lines().find_map(|l| {
+        l.strip_prefix("flags")
+            .and_then(|rest| rest.trim_start().strip_prefix(':'))
+    }) else {
+        return false;
+    };
+    let flags: Vec<&str> = flags.split_whitespace().collect();
+    wanted.iter().all(|w| flags.contains(w))
+}
+
 /// CPUs this process may use: the smaller of its CPU quota (cgroup `cpu.max`) and its affinity
 /// mask, as the standard library reads them. libtorch's own default (every core of the machine)
 /// oversubscribes a pod limited to a few cores.
@@ -174,5 +195,21 @@ pub fn describe(device: Device) -> String {
             None => format!("cuda:{i} ({} device(s) visible)", tch::Cuda::device_count()),
         },
         other => format!("{other:?}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cpu_flags_include;
+
+    #[test]
+    fn amx_is_read_from_the_kernels_cpu_flags() {
+        let sapphire = "processor\t: 0\nflags\t\t: fpu avx512f avx512_bf16 amx_bf16 amx_tile amx_int8\nbugs\t\t: spectre_v1\n";
+        let cooper = "processor\t: 0\nflags\t\t: fpu avx512f avx512_bf16 avx512_vnni\n";
+        let wanted = ["amx_tile", "amx_bf16"];
+        assert!(cpu_flags_include(sapphire, &wanted));
+        assert!(!cpu_flags_include(cooper, &wanted));
+        assert!(!cpu_flags_include("flags\t: amx_bf16x amx_tile\n", &wanted));
+        assert!(!cpu_flags_include("", &wanted));
     }
 }

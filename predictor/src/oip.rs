@@ -4,6 +4,7 @@
 //! tensor mapping lives here (see `proto/inference/grpc_predict_v2.proto`); `rest` uses it for
 //! the same protocol over HTTP.
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Instant;
 
 use proto::inference::grpc_inference_service_server::GrpcInferenceService;
@@ -20,6 +21,7 @@ use tonic::{Request, Response, Status};
 
 use crate::classify::{Asked, Classifier, ClassifyError};
 use crate::engine::{Labelled, ServingModel};
+use crate::explain::{ExplainAsked, Explained};
 
 /// The input tensor: UTF-8 texts.
 pub(crate) const INPUT: &str = "text";
@@ -369,6 +371,21 @@ impl InferenceService {
     /// Server readiness, model readiness and metadata, shared with REST.
     pub(crate) fn ready(&self) -> bool {
         self.core.ready()
+    }
+
+    /// An explanation by the model `name` (and `version`, when given): the HTTP port's explain
+    /// route, beside the protocol's own ones.
+    pub(crate) async fn explain(
+        &self,
+        name: &str,
+        version: &str,
+        asked: &ExplainAsked,
+    ) -> Result<(Explained, Arc<ServingModel>), ClassifyError> {
+        check_model(&*self.core.current()?, name, version)?;
+        let (explained, model) = self.core.explain(asked).await?;
+        // A reload may have swapped the model while the explanation waited.
+        check_model(&model, name, version)?;
+        Ok((explained, model))
     }
 
     pub(crate) fn model_ready(&self, name: &str, version: &str) -> bool {

@@ -4,8 +4,10 @@
 //! Routes: `GET /v2/health/live`, `GET /v2/health/ready`, `GET /v2` (and `/v2/`),
 //! `GET /v2/models/{name}[/versions/{v}]`, `GET /v2/models/{name}[/versions/{v}]/ready`,
 //! `POST /v2/models/{name}[/versions/{v}]/infer`, with the binary tensor data extension
-//! (`Inference-Header-Content-Length`, `binary_data_size`, `binary_data`, `binary_data_output`).
-//! Every error is `{"error": "..."}`: 400 (bad input), 401, 404 (unknown model or route), 405,
+//! (`Inference-Header-Content-Length`, `binary_data_size`, `binary_data`, `binary_data_output`);
+//! and, outside the protocol (at the explain path of TorchServe's KServe v2 API),
+//! `POST /v2/models/{name}[/versions/{v}]/explain`: goemotions.v1 Explain with a JSON body of the
+//! same fields. Every error is `{"error": "..."}`: 400 (bad input), 401, 404 (unknown model or route), 405,
 //! 408 (body too slow), 413 (body over the message limit), 429 (queue full), 503 (no model,
 //! draining, too many connections) or 500.
 //!
@@ -35,6 +37,8 @@ use tokio::sync::{watch, Notify, Semaphore};
 use tonic::Code;
 
 use crate::classify::ClassifyError;
+use crate::engine::ServingModel;
+use crate::explain::{ExplainAsked, Explained};
 use crate::oip::{
     classify_options, join_raw_bytes, split_raw_bytes, text_count, wanted_outputs, Inference,
     InferenceService, INPUT, LABELS, SCORES,
@@ -139,6 +143,11 @@ pub(crate) fn router(
             "/v2/models/{name}/versions/{version}/infer",
             post(infer_version),
         )
+        .route("/v2/models/{name}/explain", post(explain))
+        .route(
+            "/v2/models/{name}/versions/{version}/explain",
+            post(explain_version),
+        )
         // Only on matched routes: an unknown path is a 404, not a 401.
         .route_layer(middleware::from_fn(move |req: Request, next: Next| {
             let token = token.clone();
@@ -191,14 +200,14 @@ async fn not_found(method: Method, uri: axum::http::Uri) -> Response {
     error(
         StatusCode::NOT_FOUND,
         format!(
-            "no route for {method} {}; the API is /v2/health/{{live,ready}}, /v2, /v2/models/{{name}}[/versions/{{version}}][/ready|/infer]",
+            "no route for {method} {}; the API is /v2/health/{{live,ready}}, /v2, /v2/models/{{name}}[/versions/{{version}}][/ready|/infer|/explain]",
             uri.path()
         ),
     )
 }
 
 async fn method_not_allowed(method: Method, uri: axum::http::Uri) -> Response {
-    let allow = if uri.path().ends_with("/infer") {
+    let allow = if uri.path().ends_with("/infer") || uri.path().ends_with("/explain") {
         "POST"
     } else {
         "GET"
@@ -462,6 +471,129 @@ async fn infer_call(
         Ok(out) => respond(out, binary_outputs),
         Err(e) => failed(e),
     }
+}
+
+async fn explain(
+    State(s): State<Rest>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    explain_call(&s, name, String::new(), &headers, body).await
+}
+
+async fn explain_version(
+    State(s): State<Rest>,
+    Path((name, version)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    explain_call(&s, name, version, &headers, body).await
+}
+
+async fn explain_call(
+    s: &Rest,
+    name: String,
+    version: String,
+    headers: &HeaderMap,
+    body: Body,
+) -> Response {
+    let started = Instant::now();
+    let bytes = match read_body(headers, body, s.limits).await {
+        Ok(b) => b,
+        Err(response) => return response,
+    };
+    let result = async {
+        let asked = explain_asked(&bytes)?;
+        s.inference.explain(&name, &version, &asked).await
+    }
+    .await;
+    s.inference.record("RestExplain", &result, started);
+    match result {
+        Ok((explained, model)) => Json(explained_json(&model, explained)).into_response(),
+        Err(e) => failed(e),
+    }
+}
+
+/// An explain body: goemotions.v1 ExplainRequest's fields as JSON — `text` (required), `labels`
+/// (names), `steps`, `threshold` — each checked by name.
+fn explain_asked(body: &[u8]) -> Result<ExplainAsked, ClassifyError> {
+    let v: Value = serde_json::from_slice(body)
+        .map_err(|e| bad(format!("the request body is not valid JSON: {e}")))?;
+    let Value::Object(fields) = v else {
+        return Err(bad(
+            "the request body must be a JSON object such as {\"text\": \"...\"}",
+        ));
+    };
+    let mut asked = ExplainAsked::default();
+    let mut text = None;
+    for (key, value) in fields {
+        match key.as_str() {
+            "text" => match value {
+                Value::String(t) => text = Some(t),
+                _ => return Err(bad("text must be a string")),
+            },
+            "labels" => {
+                let Value::Array(items) = value else {
+                    return Err(bad("labels must be an array of label names"));
+                };
+                for (i, item) in items.into_iter().enumerate() {
+                    match item {
+                        Value::String(l) => asked.labels.push(l),
+                        _ => {
+                            return Err(bad(format!("labels[{i}] must be a label name (a string)")))
+                        }
+                    }
+                }
+            }
+            "steps" => {
+                asked.steps = value
+                    .as_u64()
+                    .and_then(|n| u32::try_from(n).ok())
+                    .ok_or_else(|| bad("steps must be a whole number (0: the default)"))?;
+            }
+            "threshold" => {
+                asked.threshold = match value {
+                    Value::Null => None,
+                    Value::Number(n) => n.as_f64().map(|t| t as f32),
+                    _ => return Err(bad("threshold must be a number")),
+                };
+            }
+            other => {
+                return Err(bad(format!(
+                    "unknown field {other:?}; an explain body has text, labels, steps and threshold"
+                )))
+            }
+        }
+    }
+    asked.text = text.ok_or_else(|| bad("text is missing: the text to explain"))?;
+    Ok(asked)
+}
+
+/// An explanation as JSON, with goemotions.v1 ExplainResponse's field names.
+fn explained_json(model: &ServingModel, e: Explained) -> Value {
+    let names = &model.manifest.labels;
+    json!({
+        "model_name": model.manifest.model_name,
+        "model_version": model.version(),
+        "precision": model.model.precision().to_string(),
+        "method": common::explain::METHOD,
+        "baseline": common::explain::BASELINE,
+        "steps": e.steps,
+        "truncated": e.truncated,
+        "num_tokens": e.num_tokens,
+        "words": e.words.iter().map(|w| json!({"text": w.text, "start": w.start, "end": w.end})).collect::<Vec<_>>(),
+        "labels": e.labels.iter().map(|l| json!({
+            "id": l.id,
+            "name": names[l.id],
+            "score": l.score,
+            "predicted": l.predicted,
+            "attributions": l.attributions,
+            "logit": l.logit,
+            "baseline_logit": l.baseline_logit,
+            "convergence_delta": l.convergence_delta,
+        })).collect::<Vec<_>>(),
+    })
 }
 
 /// The response: JSON outputs, or — for outputs asked for as binary — a JSON header followed by

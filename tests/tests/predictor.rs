@@ -1603,15 +1603,19 @@ async fn coarse_groups_follow_the_label_scores_and_stored_thresholds() {
 /// Explain over gRPC, as a user calls it: words with offsets in characters into the text (word
 /// pieces merged, non-ASCII counted as Python counts it), attributions that add up to the
 /// label's logit change within 1 % at 50 steps, scores equal to Classify's, the predicted labels
-/// when none are named; "thank" is what drives gratitude; the command line's table; and every
-/// bad field refused before any work with INVALID_ARGUMENT naming it.
+/// when none are named; "thank" is what drives gratitude; the command line's table; every bad
+/// field refused before any work with INVALID_ARGUMENT naming it; and the same over HTTP with
+/// curl (`POST /v2/models/{name}/explain`): the gRPC answer, bad fields a 400 naming them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn explain_attributes_labels_to_words_that_add_up() {
     use proto::v1::ExplainRequest;
     let dir = tempfile::tempdir().unwrap();
+    let http = format!("127.0.0.1:{}", free_port());
     let (_proc, addr, _, version) = serve_shared(
         dir.path(),
         &[
+            "--http-listen",
+            &http,
             "--max-explain-steps",
             "64",
             "--max-explain-labels",
@@ -1758,6 +1762,70 @@ async fn explain_attributes_labels_to_words_that_add_up() {
         assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
         assert!(status.message().contains(field), "{field}: {status:?}");
     }
+
+    // The same over HTTP with curl: equal to the gRPC answer, bad fields named with a 400.
+    let grpc = c
+        .explain(ask("thank you so much for the help", &["gratitude"], 32))
+        .await
+        .unwrap()
+        .into_inner();
+    let url = format!("http://{http}/v2/models/goemotions/explain");
+    let (body, code) = curl(&[
+        "-X",
+        "POST",
+        "-d",
+        r#"{"text": "thank you so much for the help", "labels": ["gratitude"], "steps": 32}"#,
+        &url,
+    ]);
+    assert_eq!(code, "200", "{body}");
+    let rest: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(rest["model_version"], version.as_str());
+    assert_eq!(rest["steps"], 32);
+    let words: Vec<&str> = rest["words"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["text"].as_str().unwrap())
+        .collect();
+    let grpc_words: Vec<&str> = grpc.words.iter().map(|w| w.text.as_str()).collect();
+    assert_eq!(words, grpc_words);
+    let label = &rest["labels"][0];
+    assert_eq!(label["name"], "gratitude");
+    let attributions: Vec<f32> = label["attributions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_f64().unwrap() as f32)
+        .collect();
+    assert_close(&attributions, &grpc.labels[0].attributions, "REST vs gRPC");
+    for (body, field, status) in [
+        (r#"{"text": "hi", "steps": "many"}"#, "steps", "400"),
+        (r#"{"text": "hi", "label": ["joy"]}"#, "\"label\"", "400"),
+        (
+            r#"{"text": "hi", "labels": ["joy", 3]}"#,
+            "labels[1]",
+            "400",
+        ),
+        (r#"{"text": "hi", "labels": ["nope"]}"#, "labels[0]", "400"),
+        (r#"{"labels": ["joy"]}"#, "text", "400"),
+        (r#"["hi"]"#, "JSON object", "400"),
+    ] {
+        let (reply, code) = curl(&["-X", "POST", "-d", body, &url]);
+        assert_eq!(code, status, "{body}: {reply}");
+        let reply: serde_json::Value = serde_json::from_str(&reply).unwrap();
+        let message = reply["error"].as_str().unwrap();
+        assert!(message.contains(field), "{body}: {message}");
+    }
+    let (reply, code) = curl(&[
+        "-X",
+        "POST",
+        "-d",
+        r#"{"text": "hi"}"#,
+        &format!("http://{http}/v2/models/other/explain"),
+    ]);
+    assert_eq!(code, "404", "{reply}");
+    let (_, code) = curl(&[&url]);
+    assert_eq!(code, "405");
 }
 
 /// The predictor's attributions equal Captum's `IntegratedGradients` on the same checkpoint

@@ -120,7 +120,7 @@ pub fn throughput(
     device: Device,
     opts: BenchOptions,
 ) -> Result<Throughput, TrainError> {
-    let precision = cfg.precision.resolve(device)?;
+    let precision = cfg.precision.resolve_for_training(device)?;
     let (mut model, tokenizer) = fine_tune::build_model(
         base,
         &data.labels,

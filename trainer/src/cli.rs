@@ -138,9 +138,10 @@ pub struct HyperArgs {
     /// Sequence pooling for the head: mean (masked mean of token states) or cls (BERT pooler).
     #[arg(long, env = "GOEMOTIONS_POOLING", value_enum, default_value_t = Pooling::Mean)]
     pub pooling: Pooling,
-    /// Numeric precision: auto (fp32 on every device today: faster than bf16 for MiniLM-sized
-    /// encoders on an H100), fp32, or bf16 (bf16 matmuls with fp32 master weights, LayerNorm and
-    /// loss).
+    /// Numeric precision: auto (bf16 on CPUs with AMX, where it trains faster at the same F1;
+    /// fp32 elsewhere: on CUDA and on other CPUs fp32 is the faster — README "Precision"), fp32,
+    /// or bf16 (bf16 matmuls with fp32 master weights, LayerNorm and loss). Dev and test are
+    /// scored in fp32.
     #[arg(long, env = "GOEMOTIONS_PRECISION", value_enum, default_value_t = PrecisionChoice::Auto)]
     pub precision: PrecisionChoice,
     /// Override the checkpoint's dropout probability, in [0, 1).
@@ -320,7 +321,7 @@ impl TrainCmd {
 /// How a checkpoint scores a split.
 #[derive(Args, Debug, Clone)]
 pub struct ScoringArgs {
-    /// Inference precision: auto (fp32 today), fp32 or bf16.
+    /// Inference precision: auto (fp32), fp32 or bf16.
     #[arg(long, env = "GOEMOTIONS_PRECISION", value_enum, default_value_t = PrecisionChoice::Auto)]
     pub precision: PrecisionChoice,
     /// Inference batch size.
@@ -486,7 +487,7 @@ pub struct ScoreCmd {
     pub checkpoint: String,
     #[command(flatten)]
     pub device: DeviceArgs,
-    /// Inference precision: auto, fp32 or bf16.
+    /// Inference precision: auto (fp32), fp32 or bf16.
     #[arg(long, env = "GOEMOTIONS_PRECISION", value_enum, default_value_t = PrecisionChoice::Auto)]
     pub precision: PrecisionChoice,
     /// Texts to score.

@@ -391,6 +391,6 @@ pub async fn finish_publishing(
 pub fn precision(spec: &JobSpec) -> Result<Precision, JobError> {
     spec.train
         .precision
-        .resolve(spec.device)
+        .resolve_for_training(spec.device)
         .map_err(JobError::from)
 }

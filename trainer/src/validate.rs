@@ -253,7 +253,7 @@ pub async fn check_job(spec: &JobSpec) -> Result<Precision, ValidationError> {
     let precision = spec
         .train
         .precision
-        .resolve(spec.device)
+        .resolve_for_training(spec.device)
         .map_err(|e| invalid("hyperparameters.precision", e.to_string()))?;
     Registry::open(&spec.registry).map_err(|e| invalid("registry", e.to_string()))?;
     check_data_dir(&spec.data_dir)?;
