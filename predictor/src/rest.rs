@@ -129,24 +129,18 @@ pub(crate) fn router(
         .route("/v2", get(server_metadata))
         .route("/v2/", get(server_metadata))
         .route("/v2/models/{name}", get(model_metadata))
-        .route(
-            "/v2/models/{name}/versions/{version}",
-            get(model_metadata_version),
-        )
+        .route("/v2/models/{name}/versions/{version}", get(model_metadata))
         .route("/v2/models/{name}/ready", get(model_ready))
         .route(
             "/v2/models/{name}/versions/{version}/ready",
-            get(model_ready_version),
+            get(model_ready),
         )
         .route("/v2/models/{name}/infer", post(infer))
-        .route(
-            "/v2/models/{name}/versions/{version}/infer",
-            post(infer_version),
-        )
+        .route("/v2/models/{name}/versions/{version}/infer", post(infer))
         .route("/v2/models/{name}/explain", post(explain))
         .route(
             "/v2/models/{name}/versions/{version}/explain",
-            post(explain_version),
+            post(explain),
         )
         // Only on matched routes: an unknown path is a 404, not a 401.
         .route_layer(middleware::from_fn(move |req: Request, next: Next| {
@@ -335,15 +329,16 @@ async fn server_metadata() -> Response {
     Json(json!({"name": m.name, "version": m.version, "extensions": m.extensions})).into_response()
 }
 
-async fn model_metadata(State(s): State<Rest>, Path(name): Path<String>) -> Response {
-    metadata(&s, &name, "")
+/// A model route's path: the name, and the version when the route names one.
+#[derive(serde::Deserialize)]
+struct ModelPath {
+    name: String,
+    #[serde(default)]
+    version: String,
 }
 
-async fn model_metadata_version(
-    State(s): State<Rest>,
-    Path((name, version)): Path<(String, String)>,
-) -> Response {
-    metadata(&s, &name, &version)
+async fn model_metadata(State(s): State<Rest>, Path(p): Path<ModelPath>) -> Response {
+    metadata(&s, &p.name, &p.version)
 }
 
 fn metadata(s: &Rest, name: &str, version: &str) -> Response {
@@ -367,33 +362,17 @@ fn metadata(s: &Rest, name: &str, version: &str) -> Response {
     }
 }
 
-async fn model_ready(State(s): State<Rest>, Path(name): Path<String>) -> Response {
-    readiness(s.inference.model_ready(&name, ""))
-}
-
-async fn model_ready_version(
-    State(s): State<Rest>,
-    Path((name, version)): Path<(String, String)>,
-) -> Response {
-    readiness(s.inference.model_ready(&name, &version))
+async fn model_ready(State(s): State<Rest>, Path(p): Path<ModelPath>) -> Response {
+    readiness(s.inference.model_ready(&p.name, &p.version))
 }
 
 async fn infer(
     State(s): State<Rest>,
-    Path(name): Path<String>,
+    Path(p): Path<ModelPath>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    infer_call(&s, name, String::new(), &headers, body).await
-}
-
-async fn infer_version(
-    State(s): State<Rest>,
-    Path((name, version)): Path<(String, String)>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    infer_call(&s, name, version, &headers, body).await
+    infer_call(&s, p.name, p.version, &headers, body).await
 }
 
 /// Reads a request body within the size limit and the body timeout.
@@ -475,20 +454,11 @@ async fn infer_call(
 
 async fn explain(
     State(s): State<Rest>,
-    Path(name): Path<String>,
+    Path(p): Path<ModelPath>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    explain_call(&s, name, String::new(), &headers, body).await
-}
-
-async fn explain_version(
-    State(s): State<Rest>,
-    Path((name, version)): Path<(String, String)>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    explain_call(&s, name, version, &headers, body).await
+    explain_call(&s, p.name, p.version, &headers, body).await
 }
 
 async fn explain_call(

@@ -1605,7 +1605,8 @@ async fn coarse_groups_follow_the_label_scores_and_stored_thresholds() {
 /// label's logit change within 1 % at 50 steps, scores equal to Classify's, the predicted labels
 /// when none are named; "thank" is what drives gratitude; the command line's table; every bad
 /// field refused before any work with INVALID_ARGUMENT naming it; and the same over HTTP with
-/// curl (`POST /v2/models/{name}/explain`): the gRPC answer, bad fields a 400 naming them.
+/// curl (`POST /v2/models/{name}[/versions/{v}]/explain`): the gRPC answer, bad fields a 400
+/// naming them, another model or version a 404.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn explain_attributes_labels_to_words_that_add_up() {
     use proto::v1::ExplainRequest;
@@ -1826,6 +1827,34 @@ async fn explain_attributes_labels_to_words_that_add_up() {
     assert_eq!(code, "404", "{reply}");
     let (_, code) = curl(&[&url]);
     assert_eq!(code, "405");
+    // The versioned routes answer for the served version only.
+    let versioned = format!("http://{http}/v2/models/goemotions/versions/{version}");
+    let (reply, code) = curl(&[
+        "-X",
+        "POST",
+        "-d",
+        r#"{"text": "hi"}"#,
+        &format!("{versioned}/explain"),
+    ]);
+    assert_eq!(code, "200", "{reply}");
+    let (reply, code) = curl(&[&format!("{versioned}/ready")]);
+    assert_eq!(
+        (code.as_str(), reply.as_str()),
+        ("200", r#"{"ready":true}"#)
+    );
+    let (reply, code) = curl(&[&versioned]);
+    assert_eq!(code, "200", "{reply}");
+    let other = format!("http://{http}/v2/models/goemotions/versions/v0");
+    let (reply, code) = curl(&[
+        "-X",
+        "POST",
+        "-d",
+        r#"{"text": "hi"}"#,
+        &format!("{other}/explain"),
+    ]);
+    assert_eq!(code, "404", "{reply}");
+    let (_, code) = curl(&[&format!("{other}/ready")]);
+    assert_eq!(code, "400");
 }
 
 /// The predictor's attributions equal Captum's `IntegratedGradients` on the same checkpoint
