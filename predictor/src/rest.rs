@@ -366,15 +366,6 @@ async fn model_ready(State(s): State<Rest>, Path(p): Path<ModelPath>) -> Respons
     readiness(s.inference.model_ready(&p.name, &p.version))
 }
 
-async fn infer(
-    State(s): State<Rest>,
-    Path(p): Path<ModelPath>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    infer_call(&s, p.name, p.version, &headers, body).await
-}
-
 /// Reads a request body within the size limit and the body timeout.
 async fn read_body(
     headers: &HeaderMap,
@@ -426,21 +417,20 @@ async fn read_body(
     }
 }
 
-async fn infer_call(
-    s: &Rest,
-    name: String,
-    version: String,
-    headers: &HeaderMap,
+async fn infer(
+    State(s): State<Rest>,
+    Path(ModelPath { name, version }): Path<ModelPath>,
+    headers: HeaderMap,
     body: Body,
 ) -> Response {
     let started = Instant::now();
-    let bytes = match read_body(headers, body, s.limits).await {
+    let bytes = match read_body(&headers, body, s.limits).await {
         Ok(b) => b,
         Err(response) => return response,
     };
     let mut binary_outputs = (false, false);
     let result = async {
-        let (request, binary) = parse_request(name, version, headers, &bytes)?;
+        let (request, binary) = parse_request(name, version, &headers, &bytes)?;
         binary_outputs = binary;
         s.inference.run(request, "RestModelInfer").await
     }
@@ -454,22 +444,12 @@ async fn infer_call(
 
 async fn explain(
     State(s): State<Rest>,
-    Path(p): Path<ModelPath>,
+    Path(ModelPath { name, version }): Path<ModelPath>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    explain_call(&s, p.name, p.version, &headers, body).await
-}
-
-async fn explain_call(
-    s: &Rest,
-    name: String,
-    version: String,
-    headers: &HeaderMap,
-    body: Body,
-) -> Response {
     let started = Instant::now();
-    let bytes = match read_body(headers, body, s.limits).await {
+    let bytes = match read_body(&headers, body, s.limits).await {
         Ok(b) => b,
         Err(response) => return response,
     };

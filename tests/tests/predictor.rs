@@ -1771,13 +1771,11 @@ async fn explain_attributes_labels_to_words_that_add_up() {
         .unwrap()
         .into_inner();
     let url = format!("http://{http}/v2/models/goemotions/explain");
-    let (body, code) = curl(&[
-        "-X",
-        "POST",
-        "-d",
+    let post = |body: &str, url: &str| curl(&["-X", "POST", "-d", body, url]);
+    let (body, code) = post(
         r#"{"text": "thank you so much for the help", "labels": ["gratitude"], "steps": 32}"#,
         &url,
-    ]);
+    );
     assert_eq!(code, "200", "{body}");
     let rest: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(rest["model_version"], version.as_str());
@@ -1811,31 +1809,22 @@ async fn explain_attributes_labels_to_words_that_add_up() {
         (r#"{"labels": ["joy"]}"#, "text", "400"),
         (r#"["hi"]"#, "JSON object", "400"),
     ] {
-        let (reply, code) = curl(&["-X", "POST", "-d", body, &url]);
+        let (reply, code) = post(body, &url);
         assert_eq!(code, status, "{body}: {reply}");
         let reply: serde_json::Value = serde_json::from_str(&reply).unwrap();
         let message = reply["error"].as_str().unwrap();
         assert!(message.contains(field), "{body}: {message}");
     }
-    let (reply, code) = curl(&[
-        "-X",
-        "POST",
-        "-d",
+    let (reply, code) = post(
         r#"{"text": "hi"}"#,
         &format!("http://{http}/v2/models/other/explain"),
-    ]);
+    );
     assert_eq!(code, "404", "{reply}");
     let (_, code) = curl(&[&url]);
     assert_eq!(code, "405");
     // The versioned routes answer for the served version only.
     let versioned = format!("http://{http}/v2/models/goemotions/versions/{version}");
-    let (reply, code) = curl(&[
-        "-X",
-        "POST",
-        "-d",
-        r#"{"text": "hi"}"#,
-        &format!("{versioned}/explain"),
-    ]);
+    let (reply, code) = post(r#"{"text": "hi"}"#, &format!("{versioned}/explain"));
     assert_eq!(code, "200", "{reply}");
     let (reply, code) = curl(&[&format!("{versioned}/ready")]);
     assert_eq!(
@@ -1845,13 +1834,7 @@ async fn explain_attributes_labels_to_words_that_add_up() {
     let (reply, code) = curl(&[&versioned]);
     assert_eq!(code, "200", "{reply}");
     let other = format!("http://{http}/v2/models/goemotions/versions/v0");
-    let (reply, code) = curl(&[
-        "-X",
-        "POST",
-        "-d",
-        r#"{"text": "hi"}"#,
-        &format!("{other}/explain"),
-    ]);
+    let (reply, code) = post(r#"{"text": "hi"}"#, &format!("{other}/explain"));
     assert_eq!(code, "404", "{reply}");
     let (_, code) = curl(&[&format!("{other}/ready")]);
     assert_eq!(code, "400");
