@@ -7,9 +7,9 @@
 //! (`Inference-Header-Content-Length`, `binary_data_size`, `binary_data`, `binary_data_output`);
 //! and, outside the protocol (at the explain path of TorchServe's KServe v2 API),
 //! `POST /v2/models/{name}[/versions/{v}]/explain`: goemotions.v1 Explain with a JSON body of the
-//! same fields. Every error is `{"error": "..."}`: 400 (bad input), 401, 404 (unknown model or route), 405,
-//! 408 (body too slow), 413 (body over the message limit), 429 (queue full), 503 (no model,
-//! draining, too many connections) or 500.
+//! same fields. Every error is `{"error": "..."}`: 400 (bad input), 401, 404 (unknown model or
+//! route), 405, 408 (body too slow), 413 (body over the message limit), 429 (queue full), 503 (no
+//! model, draining, too many connections) or 500.
 //!
 //! The port bounds what a client can hold: request headers must arrive within the header
 //! timeout (also the longest a kept-alive connection may sit idle), a body within the body
