@@ -44,13 +44,14 @@ pub(crate) struct Explained {
 }
 
 impl Classifier {
-    /// One explanation, start to finish, by the model served when the call started: every
+    /// One explanation, start to finish, by `model`, the snapshot of the served version the
+    /// caller checked (a hot reload meanwhile does not change which version answers): every
     /// field checked before any work, then the integration points on an inference worker.
     pub(crate) async fn explain(
         &self,
+        model: Arc<ServingModel>,
         asked: &ExplainAsked,
     ) -> Result<(Explained, Arc<ServingModel>), ClassifyError> {
-        let model = self.current()?;
         let limits = &self.limits;
         self.check_text(&asked.text, || "text".into())?;
         if asked.text.trim().is_empty() {

@@ -381,11 +381,9 @@ impl InferenceService {
         version: &str,
         asked: &ExplainAsked,
     ) -> Result<(Explained, Arc<ServingModel>), ClassifyError> {
-        check_model(&*self.core.current()?, name, version)?;
-        let (explained, model) = self.core.explain(asked).await?;
-        // A reload may have swapped the model while the explanation waited.
+        let model = self.core.current()?;
         check_model(&model, name, version)?;
-        Ok((explained, model))
+        self.core.explain(model, asked).await
     }
 
     pub(crate) fn model_ready(&self, name: &str, version: &str) -> bool {

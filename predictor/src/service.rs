@@ -333,11 +333,12 @@ impl Predictor for PredictorService {
             steps: req.steps,
             threshold: req.threshold,
         };
-        let result = self
-            .core
-            .explain(&asked)
-            .await
-            .map(|(explained, model)| explain_response(&model, explained));
+        let result = async {
+            let model = self.core.current()?;
+            self.core.explain(model, &asked).await
+        }
+        .await
+        .map(|(explained, model)| explain_response(&model, explained));
         self.core.record("Explain", &result, started);
         result.map(Response::new).map_err(Status::from)
     }
