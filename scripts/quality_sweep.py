@@ -54,6 +54,8 @@ VARIANTS = {
     "smooth": ("label smoothing 0.1", ["--label-smoothing", "0.1"]),
     "llrd": ("layer-wise lr decay 0.85", ["--layer-lr-decay", "0.85"]),
     "long": ("5 epochs at lr 5e-5", ["--epochs", "5", "--lr", "5e-5", "--patience", "2"]),
+    "asl-llrd": ("asymmetric loss (as asl) with layer-wise lr decay 0.85", ["--loss", "asl", "--loss-gamma", "4", "--asl-clip", "0.05", "--layer-lr-decay", "0.85"]),
+    "asl-smooth": ("asymmetric loss (as asl) with label smoothing 0.1", ["--loss", "asl", "--loss-gamma", "4", "--asl-clip", "0.05", "--label-smoothing", "0.1"]),
     "rdrop": ("R-Drop, consistency weight 1 (two dropout passes per batch)", ["--rdrop-weight", "1"]),
     "distil": ("distilled from the 'teacher' ensemble, weight 0.5", ["{ensemble:teacher}", "--distill-weight", "0.5"]),
     "self-distil": ("distilled from one default-recipe run (the 'self' ensemble), weight 0.5", ["{ensemble:self}", "--distill-weight", "0.5"]),

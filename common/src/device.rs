@@ -110,25 +110,36 @@ pub fn cpu_bf16_supported() -> bool {
     }
 }
 
-/// Whether this CPU has AMX tiles with bf16 (Intel Sapphire Rapids and later) that the kernel
-/// lets programs use, as /proc/cpuinfo reports them (Linux hides the flags when it cannot
-/// save the tile state); oneDNN's bf16 matmuls run on the tile unit there.
-pub fn cpu_amx_bf16_supported() -> bool {
+/// Whether training in bf16 is faster than in fp32 on this CPU, by the kernel's /proc/cpuinfo
+/// (see [`bf16_training_pays`]).
+pub fn cpu_trains_faster_in_bf16() -> bool {
     std::fs::read_to_string("/proc/cpuinfo")
-        .map(|info| cpu_flags_include(&info, &["amx_tile", "amx_bf16"]))
+        .map(|info| bf16_training_pays(&info))
         .unwrap_or(false)
 }
 
-/// Whether the first `flags` line of a /proc/cpuinfo text lists every one of `wanted`.
-fn cpu_flags_include(cpuinfo: &str, wanted: &[&str]) -> bool {
-    let Some(flags) = cpuinfo.lines().find_map(|l| {
-        l.strip_prefix("flags")
-            .and_then(|rest| rest.trim_start().strip_prefix(':'))
-    }) else {
-        return false;
-    };
-    let flags: Vec<&str> = flags.split_whitespace().collect();
-    wanted.iter().all(|w| flags.contains(w))
+/// The CPUs where MiniLM trained faster in bf16 than in fp32 with libtorch's oneDNN, as
+/// measured (`scripts/bench-train-precision.sh`): Intel CPUs with AMX tiles the kernel lets
+/// programs use (`amx_tile` and `amx_bf16`; Linux hides them when it cannot save the tile
+/// state) and AMD CPUs with AVX512-BF16 (Zen 4 and later, whose 512-bit fp32 units are half
+/// width). An Intel CPU with AVX512-BF16 but no usable AMX trained slower in bf16.
+pub(crate) fn bf16_training_pays(cpuinfo: &str) -> bool {
+    let flags: Vec<&str> = cpuinfo_field(cpuinfo, "flags")
+        .map(|f| f.split_whitespace().collect())
+        .unwrap_or_default();
+    let has = |flag: &str| flags.contains(&flag);
+    let amx = has("amx_tile") && has("amx_bf16");
+    let amd_bf16 =
+        cpuinfo_field(cpuinfo, "vendor_id") == Some("AuthenticAMD") && has("avx512_bf16");
+    amx || amd_bf16
+}
+
+/// The value of the first `name : value` line of a /proc/cpuinfo text.
+fn cpuinfo_field<'a>(cpuinfo: &'a str, name: &str) -> Option<&'a str> {
+    cpuinfo.lines().find_map(|l| {
+        let (key, value) = l.split_once(':')?;
+        (key.trim() == name).then(|| value.trim())
+    })
 }
 
 /// CPUs this process may use: the smaller of its CPU quota (cgroup `cpu.max`) and its affinity
@@ -200,16 +211,21 @@ pub fn describe(device: Device) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::cpu_flags_include;
+    use super::bf16_training_pays;
 
     #[test]
-    fn amx_is_read_from_the_kernels_cpu_flags() {
-        let sapphire = "processor\t: 0\nflags\t\t: fpu avx512f avx512_bf16 amx_bf16 amx_tile amx_int8\nbugs\t\t: spectre_v1\n";
-        let cooper = "processor\t: 0\nflags\t\t: fpu avx512f avx512_bf16 avx512_vnni\n";
-        let wanted = ["amx_tile", "amx_bf16"];
-        assert!(cpu_flags_include(sapphire, &wanted));
-        assert!(!cpu_flags_include(cooper, &wanted));
-        assert!(!cpu_flags_include("flags\t: amx_bf16x amx_tile\n", &wanted));
-        assert!(!cpu_flags_include("", &wanted));
+    fn bf16_training_is_chosen_by_the_kernels_cpu_vendor_and_flags() {
+        let sapphire = "processor\t: 0\nvendor_id\t: GenuineIntel\nflags\t\t: fpu avx512f avx512_bf16 amx_bf16 amx_tile amx_int8\nbugs\t\t: spectre_v1\n";
+        let xeon_without_amx = "processor\t: 0\nvendor_id\t: GenuineIntel\nflags\t\t: fpu avx512f avx512_bf16 avx512_vnni\n";
+        let zen4 = "processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nflags\t\t: fpu avx512f avx512_bf16 avx512_vnni\n";
+        let zen3 = "processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nflags\t\t: fpu avx2 fma\n";
+        assert!(bf16_training_pays(sapphire));
+        assert!(bf16_training_pays(zen4));
+        assert!(!bf16_training_pays(xeon_without_amx));
+        assert!(!bf16_training_pays(zen3));
+        assert!(!bf16_training_pays(
+            "vendor_id\t: GenuineIntel\nflags\t: amx_bf16x amx_tile\n"
+        ));
+        assert!(!bf16_training_pays(""));
     }
 }

@@ -138,10 +138,10 @@ pub struct HyperArgs {
     /// Sequence pooling for the head: mean (masked mean of token states) or cls (BERT pooler).
     #[arg(long, env = "GOEMOTIONS_POOLING", value_enum, default_value_t = Pooling::Mean)]
     pub pooling: Pooling,
-    /// Numeric precision: auto (bf16 on CPUs with AMX, where it trains faster at the same F1;
-    /// fp32 elsewhere: on CUDA and on other CPUs fp32 is the faster — README "Precision"), fp32,
-    /// or bf16 (bf16 matmuls with fp32 master weights, LayerNorm and loss). Dev and test are
-    /// scored in fp32.
+    /// Numeric precision: auto (bf16 on Intel CPUs with AMX and AMD CPUs with AVX512-BF16, where
+    /// it trains faster at the same F1; fp32 elsewhere: on CUDA and on other CPUs fp32 is the
+    /// faster — README "Precision"), fp32, or bf16 (bf16 matmuls with fp32 master weights,
+    /// LayerNorm and loss). Dev and test are scored in fp32.
     #[arg(long, env = "GOEMOTIONS_PRECISION", value_enum, default_value_t = PrecisionChoice::Auto)]
     pub precision: PrecisionChoice,
     /// Override the checkpoint's dropout probability, in [0, 1).

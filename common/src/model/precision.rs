@@ -48,10 +48,11 @@ impl std::fmt::Display for Precision {
 }
 
 /// What a user asks for: a precision, or `auto`, the measured choice for the work and device.
-/// Training: bf16 on CPUs with AMX (bf16 tiles), where the trainer ran 1.35× faster than in fp32
-/// and the full recipe's test macro-F1 stayed within 0.005 of fp32's over two seeds each
-/// (README "Precision"); fp32 elsewhere — on CPUs with AVX512-BF16 but no AMX bf16 training
-/// measured 0.75× of fp32, on CUDA MiniLM-sized encoders are host-bound and bf16's casts cost
+/// Training: bf16 on Intel CPUs with AMX (bf16 tiles) and AMD CPUs with AVX512-BF16, where the
+/// trainer ran 1.35× and 1.48× faster than in fp32 and the full recipe's test macro-F1 stayed
+/// within 0.005 of fp32's over two seeds each (README "Precision"; see
+/// [`crate::device::cpu_trains_faster_in_bf16`]); fp32 elsewhere — on an Intel CPU with
+/// AVX512-BF16 but no AMX bf16 training measured 0.75× of fp32, on CUDA MiniLM-sized encoders are host-bound and bf16's casts cost
 /// more launches than its matmuls save (3522 vs 2020 samples/s on an H100; docs/gpu/). Serving:
 /// fp32 everywhere — only fp32 gives a text the same scores whatever it is batched with (bf16
 /// moved scores by up to 6.8e-3 with batch-mates and changed about 1 text's labels in 1,000), so
@@ -74,9 +75,10 @@ impl PrecisionChoice {
         self.resolve_with(device, Precision::Fp32)
     }
 
-    /// The precision to train in on `device`: `auto` is bf16 on a CPU with AMX, fp32 elsewhere.
+    /// The precision to train in on `device`: `auto` is bf16 on a CPU where bf16 trains
+    /// faster (AMX, or AMD with AVX512-BF16), fp32 elsewhere.
     pub fn resolve_for_training(self, device: Device) -> Result<Precision, PrecisionError> {
-        let auto = if device == Device::Cpu && crate::device::cpu_amx_bf16_supported() {
+        let auto = if device == Device::Cpu && crate::device::cpu_trains_faster_in_bf16() {
             Precision::Bf16
         } else {
             Precision::Fp32
@@ -136,8 +138,8 @@ mod tests {
     }
 
     #[test]
-    fn auto_trains_in_bf16_exactly_where_the_cpu_has_amx() {
-        let expected = if crate::device::cpu_amx_bf16_supported() {
+    fn auto_trains_in_bf16_exactly_where_the_cpu_trains_faster_in_it() {
+        let expected = if crate::device::cpu_trains_faster_in_bf16() {
             Precision::Bf16
         } else {
             Precision::Fp32
