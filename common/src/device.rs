@@ -138,7 +138,11 @@ pub(crate) fn bf16_training_pays(cpuinfo: &str) -> bool {
 fn cpuinfo_field<'a>(cpuinfo: &'a str, name: &str) -> Option<&'a str> {
     cpuinfo.lines().find_map(|l| {
         let (key, value) = l.split_once(':')?;
-        (key.trim() == name).then(|| value.trim())
+        if key.trim() == name {
+            Some(value.trim())
+        } else {
+            None
+        }
     })
 }
 
