@@ -121,8 +121,8 @@ pub fn cpu_trains_faster_in_bf16() -> bool {
 /// The CPUs where MiniLM trained faster in bf16 than in fp32 with libtorch's oneDNN, as
 /// measured (`scripts/bench-train-precision.sh`): Intel CPUs with AMX tiles the kernel lets
 /// programs use (`amx_tile` and `amx_bf16`; Linux hides them when it cannot save the tile
-/// state) and AMD CPUs with AVX512-BF16 (Zen 4 and later, whose 512-bit fp32 units are half
-/// width). An Intel CPU with AVX512-BF16 but no usable AMX trained slower in bf16.
+/// state) and AMD CPUs with AVX512-BF16 (Zen 4 and later). An Intel CPU with AVX512-BF16 but
+/// no usable AMX trained slower in bf16.
 pub(crate) fn bf16_training_pays(cpuinfo: &str) -> bool {
     let flags: Vec<&str> = cpuinfo_field(cpuinfo, "flags")
         .map(|f| f.split_whitespace().collect())
