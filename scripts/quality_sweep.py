@@ -45,17 +45,18 @@ RESULTS_LOCK = threading.Lock()
 REGISTRY = os.path.join(OUT, "registry")
 
 # name -> (what it is, extra `trainer train` flags). The default recipe's flags are the defaults.
+ASL = ["--loss", "asl", "--loss-gamma", "4", "--asl-clip", "0.05"]
 VARIANTS = {
     "default": ("default recipe (BCE, sqrt positive weights, 3 epochs, lr 1e-4)", []),
     "default-bf16": ("default recipe trained in bf16", ["--precision", "bf16"]),
     "default-fp32": ("default recipe trained in fp32", ["--precision", "fp32"]),
     "focal": ("focal loss, gamma 2", ["--loss", "focal", "--loss-gamma", "2"]),
-    "asl": ("asymmetric loss, gamma- 4, clip 0.05", ["--loss", "asl", "--loss-gamma", "4", "--asl-clip", "0.05"]),
+    "asl": ("asymmetric loss, gamma- 4, clip 0.05", ASL),
     "smooth": ("label smoothing 0.1", ["--label-smoothing", "0.1"]),
     "llrd": ("layer-wise lr decay 0.85", ["--layer-lr-decay", "0.85"]),
     "long": ("5 epochs at lr 5e-5", ["--epochs", "5", "--lr", "5e-5", "--patience", "2"]),
-    "asl-llrd": ("asymmetric loss (as asl) with layer-wise lr decay 0.85", ["--loss", "asl", "--loss-gamma", "4", "--asl-clip", "0.05", "--layer-lr-decay", "0.85"]),
-    "asl-smooth": ("asymmetric loss (as asl) with label smoothing 0.1", ["--loss", "asl", "--loss-gamma", "4", "--asl-clip", "0.05", "--label-smoothing", "0.1"]),
+    "asl-llrd": ("asymmetric loss (as asl) with layer-wise lr decay 0.85", ASL + ["--layer-lr-decay", "0.85"]),
+    "asl-smooth": ("asymmetric loss (as asl) with label smoothing 0.1", ASL + ["--label-smoothing", "0.1"]),
     "rdrop": ("R-Drop, consistency weight 1 (two dropout passes per batch)", ["--rdrop-weight", "1"]),
     "distil": ("distilled from the 'teacher' ensemble, weight 0.5", ["{ensemble:teacher}", "--distill-weight", "0.5"]),
     "self-distil": ("distilled from one default-recipe run (the 'self' ensemble), weight 0.5", ["{ensemble:self}", "--distill-weight", "0.5"]),

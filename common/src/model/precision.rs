@@ -52,8 +52,9 @@ impl std::fmt::Display for Precision {
 /// trainer ran 1.35× and 1.48× faster than in fp32 and the full recipe's test macro-F1 stayed
 /// within 0.005 of fp32's over two seeds each (README "Precision"; see
 /// [`crate::device::cpu_trains_faster_in_bf16`]); fp32 elsewhere — on an Intel CPU with
-/// AVX512-BF16 but no AMX bf16 training measured 0.75× of fp32, on CUDA MiniLM-sized encoders are host-bound and bf16's casts cost
-/// more launches than its matmuls save (3522 vs 2020 samples/s on an H100; docs/gpu/). Serving:
+/// AVX512-BF16 but no AMX bf16 training measured 0.75× of fp32, on CUDA MiniLM-sized encoders
+/// are host-bound and bf16's casts cost more launches than its matmuls save (3522 vs 2020
+/// samples/s on an H100; docs/gpu/). Serving:
 /// fp32 everywhere — only fp32 gives a text the same scores whatever it is batched with (bf16
 /// moved scores by up to 6.8e-3 with batch-mates and changed about 1 text's labels in 1,000), so
 /// bf16 serving is an explicit choice.
