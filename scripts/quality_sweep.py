@@ -46,6 +46,7 @@ REGISTRY = os.path.join(OUT, "registry")
 
 # name -> (what it is, extra `trainer train` flags). The default recipe's flags are the defaults.
 ASL = ["--loss", "asl", "--loss-gamma", "4", "--asl-clip", "0.05"]
+LONG = ["--epochs", "5", "--lr", "5e-5", "--patience", "2"]
 VARIANTS = {
     "default": ("default recipe (BCE, sqrt positive weights, 3 epochs, lr 1e-4)", []),
     "default-bf16": ("default recipe trained in bf16", ["--precision", "bf16"]),
@@ -54,9 +55,10 @@ VARIANTS = {
     "asl": ("asymmetric loss, gamma- 4, clip 0.05", ASL),
     "smooth": ("label smoothing 0.1", ["--label-smoothing", "0.1"]),
     "llrd": ("layer-wise lr decay 0.85", ["--layer-lr-decay", "0.85"]),
-    "long": ("5 epochs at lr 5e-5", ["--epochs", "5", "--lr", "5e-5", "--patience", "2"]),
+    "long": ("5 epochs at lr 5e-5", LONG),
     "asl-llrd": ("asymmetric loss (as asl) with layer-wise lr decay 0.85", ASL + ["--layer-lr-decay", "0.85"]),
     "asl-smooth": ("asymmetric loss (as asl) with label smoothing 0.1", ASL + ["--label-smoothing", "0.1"]),
+    "asl-long": ("asymmetric loss (as asl), 5 epochs at lr 5e-5 (as long)", ASL + LONG),
     "rdrop": ("R-Drop, consistency weight 1 (two dropout passes per batch)", ["--rdrop-weight", "1"]),
     "distil": ("distilled from the 'teacher' ensemble, weight 0.5", ["{ensemble:teacher}", "--distill-weight", "0.5"]),
     "self-distil": ("distilled from one default-recipe run (the 'self' ensemble), weight 0.5", ["{ensemble:self}", "--distill-weight", "0.5"]),

@@ -1,0 +1,209 @@
+#!/usr/bin/env python3
+"""How the decision thresholds are chosen, measured on dev only (issue 25).
+
+For each run of a quality sweep (a checkpoint in the sweep's registry), scores the dev split
+through `trainer score` (fp32, as served; cached) and prints dev macro-F1 under several ways
+of choosing per-label thresholds:
+
+  grid      the trainer's rule: each label's F1-maximising threshold on the 0.01 grid, the
+            global (micro-F1) threshold for labels with < 20 dev positives, a threshold that
+            predicts the label for most texts, or no gain over the global one
+  exact     as grid, but every distinct dev score is a candidate (no grid)
+  nofloor   as grid, without the 20-positive floor
+  shrink-K  each label's own threshold moved towards the global one in logit space, weight
+            support / (support + K) on its own; no floor
+
+Each rule is measured on the full dev split (in-sample: what the trainer reports) and
+cross-fitted: dev in 5 random folds, each fold predicted with thresholds tuned on the other
+four, macro-F1 of the pooled predictions, over several random fold splits — the honest
+estimate of what a rule gives on unseen texts (at 4/5 of the dev support).
+
+It also measures per-label temperature scaling (sigmoid(logit / T), T per label fitted on dev
+log-loss, as `--calibration`): dev macro-F1 with thresholds re-tuned on the scaled scores (what
+the trainer does) against the unscaled thresholds mapped through each label's temperature
+(a per-label monotone map, so each label's predictions are unchanged).
+
+  .venv-ref/bin/python scripts/threshold_study.py asl-s1 asl-s2  # runs of output/sweep; needs numpy
+Environment: TRAINER, SWEEP_OUT, GOEMOTIONS_DATA_DIR as for quality_sweep.py; STUDY_SPLITS
+(random 5-fold splits, default 3).
+"""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TRAINER = os.environ.get("TRAINER", os.path.join(ROOT, "target/release/trainer"))
+OUT = os.path.abspath(os.environ.get("SWEEP_OUT", os.path.join(ROOT, "output/sweep")))
+DATA = os.path.abspath(os.environ.get("GOEMOTIONS_DATA_DIR", os.path.join(ROOT, ".cache/data/goemotions")))
+SPLITS = int(os.environ.get("STUDY_SPLITS", "3"))
+FOLDS = 5
+GRID = np.arange(1, 100, dtype=np.float64) / 100.0
+MIN_SUPPORT = 20  # common::metrics::MIN_THRESHOLD_SUPPORT
+RULES = ["grid", "exact", "nofloor", "shrink-10", "shrink-30"]
+
+
+def dev_split():
+    names = [l.strip() for l in open(os.path.join(DATA, "emotions.txt"), encoding="utf-8") if l.strip()]
+    texts, rows = [], []
+    with open(os.path.join(DATA, "dev.tsv"), encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            fields = line.rstrip("\n").split("\t")
+            if len(fields) < 2:
+                sys.exit(f"threshold_study: {DATA}/dev.tsv line {n}: expected text<TAB>labels")
+            texts.append(fields[0])
+            rows.append([int(j) for j in fields[1].split(",")])
+    y = np.zeros((len(texts), len(names)), dtype=bool)
+    for i, labels in enumerate(rows):
+        y[i, labels] = True
+    return texts, y
+
+
+def dev_scores(run, texts):
+    """The run's fp32 dev scores, from `trainer score` (cached under SWEEP_OUT/dev-scores)."""
+    cache = os.path.join(OUT, "dev-scores", f"{run}.json")
+    if not os.path.exists(cache):
+        checkpoint = os.path.join(OUT, "registry", "models", run, "aliases", "latest")
+        if not os.path.exists(checkpoint + ".json"):
+            sys.exit(f"threshold_study: no checkpoint for run {run!r} at {checkpoint}")
+        out = subprocess.run([TRAINER, "score", "--precision", "fp32", "--checkpoint", checkpoint] + texts,
+                             capture_output=True, text=True)
+        if out.returncode != 0:
+            sys.exit(f"threshold_study: trainer score failed for {run}: {out.stderr[-2000:]}")
+        os.makedirs(os.path.dirname(cache), exist_ok=True)
+        with open(cache, "w") as f:
+            f.write(out.stdout)
+    with open(cache) as f:
+        return np.array(json.load(f)["scores"], dtype=np.float64)
+
+
+def f1_at(s, y, thresholds):
+    """F1 of one label (scores s, targets y) at each threshold of a 1-D tensor."""
+    predicted = s[None, :] >= thresholds[:, None]
+    tp = (predicted & y).sum(1)
+    fp = (predicted & ~y).sum(1)
+    fn = y.sum() - tp
+    denominator = 2 * tp + fp + fn
+    return np.where(denominator > 0, 2 * tp / np.maximum(denominator, 1), 0.0)
+
+
+def best(s, y, candidates):
+    """The candidate with the highest F1, lowest on ties."""
+    f = f1_at(s, y, candidates)
+    return candidates[int(np.argmax(f))]
+
+
+def logit(p):
+    p = np.clip(p, 1e-7, 1 - 1e-7)
+    return np.log(p / (1 - p))
+
+
+def tune(scores, y, rule):
+    """Per-label thresholds under a rule (see the module doc)."""
+    n, labels = scores.shape
+    global_t = best(scores.ravel(), y.ravel(), GRID)
+    thresholds = []
+    for j in range(labels):
+        s, t_j = scores[:, j], y[:, j]
+        support = int(t_j.sum())
+        if support == 0:
+            thresholds.append(global_t)
+            continue
+        own = best(s, t_j, np.unique(s) if rule == "exact" else GRID)
+        rate = float((s >= own).mean())
+        predicts_nearly_all = rate >= 0.5 and rate >= 3 * support / n
+        if rule.startswith("shrink-"):
+            if predicts_nearly_all:
+                thresholds.append(global_t)
+                continue
+            w = support / (support + float(rule.split("-")[1]))
+            thresholds.append(sigmoid(w * logit(own) + (1 - w) * logit(global_t)))
+            continue
+        no_gain = float(f1_at(s, t_j, own[None])[0]) <= float(f1_at(s, t_j, global_t[None])[0])
+        floor = support < MIN_SUPPORT and rule != "nofloor"
+        thresholds.append(global_t if (floor or predicts_nearly_all or no_gain) else own)
+    return np.array(thresholds)
+
+
+def macro_f1_of(predicted, y):
+    tp = (predicted & y).sum(0)
+    denominator = 2 * tp + (predicted & ~y).sum(0) + (~predicted & y).sum(0)
+    return float(np.mean(np.where(denominator > 0, 2 * tp / np.maximum(denominator, 1), 0.0)))
+
+
+def macro_f1(scores, y, thresholds):
+    return sum(float(f1_at(scores[:, j], y[:, j], thresholds[j][None])[0]) for j in range(y.shape[1])) / y.shape[1]
+
+
+def sigmoid(z):
+    return 1 / (1 + np.exp(-z))
+
+
+def fit_temperatures(scores, y):
+    """One temperature per label minimising dev log-loss (a log-spaced search)."""
+    z = logit(scores)
+    temperatures = np.exp(np.linspace(-3.0, 3.0, 241))
+    fitted = []
+    for j in range(y.shape[1]):
+        p = np.clip(sigmoid(z[:, j][None, :] / temperatures[:, None]), 1e-7, 1 - 1e-7)
+        yj = y[:, j][None, :]
+        loss = -np.where(yj, np.log(p), np.log(1 - p)).mean(1)
+        fitted.append(temperatures[int(np.argmin(loss))])
+    return np.array(fitted)
+
+
+def log_loss(scores, y):
+    p = np.clip(scores, 1e-7, 1 - 1e-7)
+    return float(-np.where(y, np.log(p), np.log(1 - p)).mean())
+
+
+def study(run, texts, y):
+    scores = dev_scores(run, texts)
+    print(f"\n## {run}\n")
+    generator = np.random.default_rng(0)
+    crossed = {rule: [] for rule in RULES}
+    for _ in range(SPLITS):
+        folds = np.array_split(generator.permutation(len(texts)), FOLDS)
+        for rule in RULES:
+            predicted = np.zeros_like(y)
+            for k, held_out in enumerate(folds):
+                tuned_on = np.concatenate([f for i, f in enumerate(folds) if i != k])
+                predicted[held_out] = scores[held_out] >= tune(scores[tuned_on], y[tuned_on], rule)
+            crossed[rule].append(macro_f1_of(predicted, y))
+    print("| rule | dev macro-F1, full dev (in-sample) | cross-fitted, mean (min–max) | − grid, same folds: mean (splits above grid) |")
+    print("|---|---:|---:|---:|")
+    for rule in RULES:
+        c = crossed[rule]
+        in_sample = macro_f1(scores, y, tune(scores, y, rule))
+        gain = [x - g for x, g in zip(c, crossed["grid"])]
+        above = sum(d > 0 for d in gain)
+        print(f"| {rule} | {in_sample:.4f} | {sum(c) / len(c):.4f} ({min(c):.4f}–{max(c):.4f}) "
+              f"| {sum(gain) / len(gain):+.4f} ({above}/{len(gain)}) |")
+
+    temperatures = fit_temperatures(scores, y)
+    scaled = sigmoid(logit(scores) / temperatures)
+    unscaled_thresholds = tune(scores, y, "grid")
+    mapped = sigmoid(logit(unscaled_thresholds) / temperatures)
+    print(f"\nTemperature scaling (median T {float(np.median(temperatures)):.2f}): dev log-loss "
+          f"{log_loss(scores, y):.4f} → {log_loss(scaled, y):.4f} (in-sample T); dev macro-F1 unscaled "
+          f"{macro_f1(scores, y, unscaled_thresholds):.4f}, scaled with thresholds re-tuned (as the trainer) "
+          f"{macro_f1(scaled, y, tune(scaled, y, 'grid')):.4f}, scaled with the unscaled thresholds mapped "
+          f"through T {macro_f1(scaled, y, mapped):.4f}; "
+          f"{int((unscaled_thresholds == best(scores.ravel(), y.ravel(), GRID)).sum())} labels on the global threshold")
+
+
+def main():
+    runs = sys.argv[1:]
+    if not runs or runs[0] in ("-h", "--help"):
+        print(__doc__)
+        sys.exit(0 if runs else 2)
+    texts, y = dev_split()
+    print(f"# Threshold rules on dev ({len(texts)} texts, {y.shape[1]} labels; {SPLITS} random {FOLDS}-fold splits)")
+    for run in runs:
+        study(run, texts, y)
+
+
+if __name__ == "__main__":
+    main()
