@@ -34,10 +34,8 @@ import sys
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TRAINER = os.environ.get("TRAINER", os.path.join(ROOT, "target/release/trainer"))
-OUT = os.path.abspath(os.environ.get("SWEEP_OUT", os.path.join(ROOT, "output/sweep")))
-DATA = os.path.abspath(os.environ.get("GOEMOTIONS_DATA_DIR", os.path.join(ROOT, ".cache/data/goemotions")))
+from quality_sweep import DATA, OUT, TRAINER, run_uri
+
 SPLITS = int(os.environ.get("STUDY_SPLITS", "3"))
 FOLDS = 5
 GRID = np.arange(1, 100, dtype=np.float64) / 100.0
@@ -65,7 +63,7 @@ def dev_scores(run, texts):
     """The run's fp32 dev scores, from `trainer score` (cached under SWEEP_OUT/dev-scores)."""
     cache = os.path.join(OUT, "dev-scores", f"{run}.json")
     if not os.path.exists(cache):
-        checkpoint = os.path.join(OUT, "registry", "models", run, "aliases", "latest")
+        checkpoint = run_uri(run)
         if not os.path.exists(checkpoint + ".json"):
             sys.exit(f"threshold_study: no checkpoint for run {run!r} at {checkpoint}")
         out = subprocess.run([TRAINER, "score", "--precision", "fp32", "--checkpoint", checkpoint] + texts,
@@ -79,14 +77,17 @@ def dev_scores(run, texts):
         return np.array(json.load(f)["scores"], dtype=np.float64)
 
 
-def f1_at(s, y, thresholds):
-    """F1 of one label (scores s, targets y) at each threshold of a 1-D tensor."""
-    predicted = s[None, :] >= thresholds[:, None]
-    tp = (predicted & y).sum(1)
-    fp = (predicted & ~y).sum(1)
-    fn = y.sum() - tp
-    denominator = 2 * tp + fp + fn
+def f1(predicted, y, axis):
+    """F1 of boolean predictions against targets, reduced along `axis` (0 where nothing is
+    predicted or true)."""
+    tp = (predicted & y).sum(axis)
+    denominator = 2 * tp + (predicted & ~y).sum(axis) + (~predicted & y).sum(axis)
     return np.where(denominator > 0, 2 * tp / np.maximum(denominator, 1), 0.0)
+
+
+def f1_at(s, y, thresholds):
+    """F1 of one label (scores s, targets y) at each threshold of a 1-D array."""
+    return f1(s[None, :] >= thresholds[:, None], y[None, :], 1)
 
 
 def best(s, y, candidates):
@@ -101,7 +102,7 @@ def logit(p):
 
 
 def tune(scores, y, rule):
-    """Per-label thresholds under a rule (see the module doc)."""
+    """Per-label thresholds under a rule (see the module doc), and the global threshold."""
     n, labels = scores.shape
     global_t = best(scores.ravel(), y.ravel(), GRID)
     thresholds = []
@@ -124,17 +125,15 @@ def tune(scores, y, rule):
         no_gain = float(f1_at(s, t_j, own[None])[0]) <= float(f1_at(s, t_j, global_t[None])[0])
         floor = support < MIN_SUPPORT and rule != "nofloor"
         thresholds.append(global_t if (floor or predicts_nearly_all or no_gain) else own)
-    return np.array(thresholds)
+    return np.array(thresholds), global_t
 
 
 def macro_f1_of(predicted, y):
-    tp = (predicted & y).sum(0)
-    denominator = 2 * tp + (predicted & ~y).sum(0) + (~predicted & y).sum(0)
-    return float(np.mean(np.where(denominator > 0, 2 * tp / np.maximum(denominator, 1), 0.0)))
+    return float(np.mean(f1(predicted, y, 0)))
 
 
 def macro_f1(scores, y, thresholds):
-    return sum(float(f1_at(scores[:, j], y[:, j], thresholds[j][None])[0]) for j in range(y.shape[1])) / y.shape[1]
+    return macro_f1_of(scores >= thresholds, y)
 
 
 def sigmoid(z):
@@ -170,13 +169,13 @@ def study(run, texts, y):
             predicted = np.zeros_like(y)
             for k, held_out in enumerate(folds):
                 tuned_on = np.concatenate([f for i, f in enumerate(folds) if i != k])
-                predicted[held_out] = scores[held_out] >= tune(scores[tuned_on], y[tuned_on], rule)
+                predicted[held_out] = scores[held_out] >= tune(scores[tuned_on], y[tuned_on], rule)[0]
             crossed[rule].append(macro_f1_of(predicted, y))
     print("| rule | dev macro-F1, full dev (in-sample) | cross-fitted, mean (min–max) | − grid, same folds: mean (splits above grid) |")
     print("|---|---:|---:|---:|")
     for rule in RULES:
         c = crossed[rule]
-        in_sample = macro_f1(scores, y, tune(scores, y, rule))
+        in_sample = macro_f1(scores, y, tune(scores, y, rule)[0])
         gain = [x - g for x, g in zip(c, crossed["grid"])]
         above = sum(d > 0 for d in gain)
         print(f"| {rule} | {in_sample:.4f} | {sum(c) / len(c):.4f} ({min(c):.4f}–{max(c):.4f}) "
@@ -184,14 +183,14 @@ def study(run, texts, y):
 
     temperatures = fit_temperatures(scores, y)
     scaled = sigmoid(logit(scores) / temperatures)
-    unscaled_thresholds = tune(scores, y, "grid")
+    unscaled_thresholds, global_t = tune(scores, y, "grid")
     mapped = sigmoid(logit(unscaled_thresholds) / temperatures)
     print(f"\nTemperature scaling (median T {float(np.median(temperatures)):.2f}): dev log-loss "
           f"{log_loss(scores, y):.4f} → {log_loss(scaled, y):.4f} (in-sample T); dev macro-F1 unscaled "
           f"{macro_f1(scores, y, unscaled_thresholds):.4f}, scaled with thresholds re-tuned (as the trainer) "
-          f"{macro_f1(scaled, y, tune(scaled, y, 'grid')):.4f}, scaled with the unscaled thresholds mapped "
+          f"{macro_f1(scaled, y, tune(scaled, y, 'grid')[0]):.4f}, scaled with the unscaled thresholds mapped "
           f"through T {macro_f1(scaled, y, mapped):.4f}; "
-          f"{int((unscaled_thresholds == best(scores.ravel(), y.ravel(), GRID)).sum())} labels on the global threshold")
+          f"{int((unscaled_thresholds == global_t).sum())} labels on the global threshold")
 
 
 def main():
