@@ -63,6 +63,8 @@ VARIANTS = {
     "distil": ("distilled from the 'teacher' ensemble, weight 0.5", ["{ensemble:teacher}", "--distill-weight", "0.5"]),
     "self-distil": ("distilled from one default-recipe run (the 'self' ensemble), weight 0.5", ["{ensemble:self}", "--distill-weight", "0.5"]),
     "distil-heavy": ("distilled from the 'teacher' ensemble, weight 0.8", ["{ensemble:teacher}", "--distill-weight", "0.8"]),
+    "asl-distil": ("asymmetric loss (as asl), distilled from the 'asl' ensemble, weight 0.5",
+                   ASL + ["{ensemble:asl}", "--distill-weight", "0.5"]),
 }
 
 

@@ -5,13 +5,15 @@ For each run of a quality sweep (a checkpoint in the sweep's registry), scores t
 through `trainer score` (fp32, as served; cached) and prints dev macro-F1 under several ways
 of choosing per-label thresholds:
 
-  grid      the trainer's rule: each label's F1-maximising threshold on the 0.01 grid, the
-            global (micro-F1) threshold for labels with < 20 dev positives, a threshold that
-            predicts the label for most texts, or no gain over the global one
+  grid      the trainer's rule until the seventh sweep round: each label's F1-maximising
+            threshold on the 0.01 grid, the global (micro-F1) threshold for labels with < 20 dev
+            positives, a threshold that predicts the label for most texts, or no gain over the
+            global one
   exact     as grid, but every distinct dev score is a candidate (no grid)
   nofloor   as grid, without the 20-positive floor
   shrink-K  each label's own threshold moved towards the global one in logit space, weight
-            support / (support + K) on its own; no floor
+            support / (support + K) on its own; no floor (shrink-10 is the trainer's rule now,
+            common::metrics::tune_thresholds)
 
 Each rule is measured on the full dev split (in-sample: what the trainer reports) and
 cross-fitted: dev in 5 random folds, each fold predicted with thresholds tuned on the other
@@ -20,10 +22,17 @@ estimate of what a rule gives on unseen texts (at 4/5 of the dev support).
 
 It also measures per-label temperature scaling (sigmoid(logit / T), T per label fitted on dev
 log-loss, as `--calibration`): dev macro-F1 with thresholds re-tuned on the scaled scores (what
-the trainer does) against the unscaled thresholds mapped through each label's temperature
+the trainer did until the seventh round) against the unscaled thresholds mapped through each label's temperature
 (a per-label monotone map, so each label's predictions are unchanged).
 
+Scores are studied uncalibrated: where a checkpoint has temperatures folded into its head, its
+scores are mapped back (sigmoid(logit · T)), as the trainer tunes thresholds before calibration.
+
+`--test` also scores the test split and prints, for each rule tuned on the full dev split, the
+test macro-F1: it reads the test split, so use it only on runs already read on test as finalists.
+
   .venv-ref/bin/python scripts/threshold_study.py asl-s1 asl-s2  # runs of output/sweep; needs numpy
+  .venv-ref/bin/python scripts/threshold_study.py --test asl-s1  # + test macro-F1 per rule
 Environment: TRAINER, SWEEP_OUT, GOEMOTIONS_DATA_DIR as for quality_sweep.py; STUDY_SPLITS
 (random 5-fold splits, default 3).
 """
@@ -39,18 +48,18 @@ from quality_sweep import DATA, OUT, TRAINER, run_uri
 SPLITS = int(os.environ.get("STUDY_SPLITS", "3"))
 FOLDS = 5
 GRID = np.arange(1, 100, dtype=np.float64) / 100.0
-MIN_SUPPORT = 20  # common::metrics::MIN_THRESHOLD_SUPPORT
+MIN_SUPPORT = 20  # the 20-positive floor of the trainer's earlier rule
 RULES = ["grid", "exact", "nofloor", "shrink-10", "shrink-30"]
 
 
-def dev_split():
+def read_split(name):
     names = [l.strip() for l in open(os.path.join(DATA, "emotions.txt"), encoding="utf-8") if l.strip()]
     texts, rows = [], []
-    with open(os.path.join(DATA, "dev.tsv"), encoding="utf-8") as f:
+    with open(os.path.join(DATA, f"{name}.tsv"), encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
             fields = line.rstrip("\n").split("\t")
             if len(fields) < 2:
-                sys.exit(f"threshold_study: {DATA}/dev.tsv line {n}: expected text<TAB>labels")
+                sys.exit(f"threshold_study: {DATA}/{name}.tsv line {n}: expected text<TAB>labels")
             texts.append(fields[0])
             rows.append([int(j) for j in fields[1].split(",")])
     y = np.zeros((len(texts), len(names)), dtype=bool)
@@ -59,14 +68,15 @@ def dev_split():
     return texts, y
 
 
-def dev_scores(run, texts):
-    """The run's fp32 dev scores, from `trainer score` (cached under SWEEP_OUT/dev-scores)."""
-    cache = os.path.join(OUT, "dev-scores", f"{run}.json")
+def run_scores(run, split, texts):
+    """The run's fp32 scores of a split, from `trainer score` (cached under
+    SWEEP_OUT/<split>-scores), uncalibrated."""
+    cache = os.path.join(OUT, f"{split}-scores", f"{run}.json")
     if not os.path.exists(cache):
         checkpoint = run_uri(run)
         if not os.path.exists(checkpoint + ".json"):
             sys.exit(f"threshold_study: no checkpoint for run {run!r} at {checkpoint}")
-        out = subprocess.run([TRAINER, "score", "--precision", "fp32", "--checkpoint", checkpoint] + texts,
+        out = subprocess.run([TRAINER, "score", "--precision", "fp32", "--checkpoint", checkpoint, "--"] + texts,
                              capture_output=True, text=True)
         if out.returncode != 0:
             sys.exit(f"threshold_study: trainer score failed for {run}: {out.stderr[-2000:]}")
@@ -74,7 +84,18 @@ def dev_scores(run, texts):
         with open(cache, "w") as f:
             f.write(out.stdout)
     with open(cache) as f:
-        return np.array(json.load(f)["scores"], dtype=np.float64)
+        scored = json.load(f)
+    scores = np.array(scored["scores"], dtype=np.float64)
+    calibration = manifest(run, scored["version"]).get("calibration") or {}
+    if calibration.get("applied"):
+        scores = sigmoid(logit(scores) * np.array(calibration["temperatures"]))
+    return scores
+
+
+def manifest(run, version):
+    path = os.path.join(OUT, "registry", "models", run, "versions", version, "manifest.json")
+    with open(path) as f:
+        return json.load(f)
 
 
 def f1(predicted, y, axis):
@@ -158,8 +179,8 @@ def log_loss(scores, y):
     return float(-np.where(y, np.log(p), np.log(1 - p)).mean())
 
 
-def study(run, texts, y):
-    scores = dev_scores(run, texts)
+def study(run, texts, y, test):
+    scores = run_scores(run, "dev", texts)
     print(f"\n## {run}\n")
     generator = np.random.default_rng(0)
     crossed = {rule: [] for rule in RULES}
@@ -187,21 +208,32 @@ def study(run, texts, y):
     mapped = sigmoid(logit(unscaled_thresholds) / temperatures)
     print(f"\nTemperature scaling (median T {float(np.median(temperatures)):.2f}): dev log-loss "
           f"{log_loss(scores, y):.4f} → {log_loss(scaled, y):.4f} (in-sample T); dev macro-F1 unscaled "
-          f"{macro_f1(scores, y, unscaled_thresholds):.4f}, scaled with thresholds re-tuned (as the trainer) "
+          f"{macro_f1(scores, y, unscaled_thresholds):.4f}, scaled with thresholds re-tuned (as the trainer did until the seventh round) "
           f"{macro_f1(scaled, y, tune(scaled, y, 'grid')[0]):.4f}, scaled with the unscaled thresholds mapped "
           f"through T {macro_f1(scaled, y, mapped):.4f}; "
           f"{int((unscaled_thresholds == global_t).sum())} labels on the global threshold")
 
+    if test:
+        test_texts, test_y = test
+        test_scores = run_scores(run, "test", test_texts)
+        print("\nTest split, each rule tuned on the full dev split: macro-F1 " + ", ".join(
+            f"{rule} {macro_f1(test_scores, test_y, tune(scores, y, rule)[0]):.4f}" for rule in RULES)
+            + f"; micro-F1 at the global threshold {global_t:.2f} (uncalibrated) "
+            f"{float(f1(test_scores >= global_t, test_y, None)):.4f}")
+
 
 def main():
-    runs = sys.argv[1:]
+    args = sys.argv[1:]
+    with_test = "--test" in args
+    runs = [a for a in args if a != "--test"]
     if not runs or runs[0] in ("-h", "--help"):
         print(__doc__)
         sys.exit(0 if runs else 2)
-    texts, y = dev_split()
+    texts, y = read_split("dev")
+    test = read_split("test") if with_test else None
     print(f"# Threshold rules on dev ({len(texts)} texts, {y.shape[1]} labels; {SPLITS} random {FOLDS}-fold splits)")
     for run in runs:
-        study(run, texts, y)
+        study(run, texts, y, test)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@
 //! scikit-learn's default `zero_division`).
 use serde::{Deserialize, Serialize};
 
+use crate::calibration;
 #[cfg(test)]
 use crate::labels::LabelGrouping;
 use crate::labels::{LabelGroup, LabelSet};
@@ -15,6 +16,9 @@ use crate::labels::{LabelGroup, LabelSet};
 pub fn threshold_grid() -> impl Iterator<Item = f32> {
     (1..100).map(|i| i as f32 / 100.0)
 }
+
+/// The range `threshold_grid` spans: scores whose thresholds fall outside it cannot be tuned.
+pub const THRESHOLD_GRID_RANGE: std::ops::RangeInclusive<f32> = 0.01..=0.99;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 struct Counts {
@@ -285,35 +289,30 @@ pub fn tune_per_label(scores: &[f32], targets: &[u8], num_labels: usize) -> Vec<
         .collect()
 }
 
-/// Fewest dev positives a label needs for a threshold of its own; below, dev F1 is noise.
-pub const MIN_THRESHOLD_SUPPORT: u64 = 20;
+/// Dev positives at which a label's own threshold and the global one weigh equally when they are
+/// blended (see `tune_thresholds`): a label with `s` dev positives keeps the weight s / (s + 10)
+/// on its own threshold. Chosen on dev only, cross-fitted (`scripts/threshold_study.py`).
+pub const THRESHOLD_SHRINK_POSITIVES: f64 = 10.0;
 
-/// Why a label uses the global threshold instead of its own.
+/// Why a label uses the global threshold instead of one of its own.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "reason")]
 pub enum Fallback {
-    /// Fewer than `MIN_THRESHOLD_SUPPORT` dev positives.
-    TinySupport { support: u64 },
+    /// No positives in the tuning data: nothing to tune on.
+    NoPositives,
     /// Its own threshold would predict the label for (nearly) every dev text.
     PredictsNearlyAll { threshold: f32, rate: f64 },
-    /// Its own threshold scores no better on dev than the global one.
-    NoGain { threshold: f32 },
 }
 
 impl std::fmt::Display for Fallback {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Fallback::TinySupport { support } => {
-                write!(f, "{support} dev positives (< {MIN_THRESHOLD_SUPPORT})")
-            }
+            Fallback::NoPositives => write!(f, "no dev positives"),
             Fallback::PredictsNearlyAll { threshold, rate } => write!(
                 f,
                 "its own threshold {threshold:.2} predicts it for {:.0} % of dev texts",
                 rate * 100.0
             ),
-            Fallback::NoGain { threshold } => {
-                write!(f, "its own threshold {threshold:.2} gains nothing on dev")
-            }
         }
     }
 }
@@ -321,12 +320,12 @@ impl std::fmt::Display for Fallback {
 /// Decision thresholds tuned on dev.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Thresholds {
-    /// One per label, in label-id order: the label's own F1-maximising threshold, or `global`
-    /// where `fallbacks` says why not.
+    /// One per label, in label-id order: the label's own F1-maximising threshold blended with
+    /// `global`, or `global` itself where `fallbacks` says why.
     pub per_label: Vec<f32>,
     /// The one threshold maximising micro-F1 over all labels.
     pub global: f32,
-    /// For each label, why it uses the global threshold (`None`: its own).
+    /// For each label, why it uses the global threshold (`None`: its own, blended).
     pub fallbacks: Vec<Option<Fallback>>,
 }
 
@@ -339,12 +338,37 @@ impl Thresholds {
             fallbacks: vec![],
         }
     }
+
+    /// The thresholds for scores scaled per label as sigmoid(logit / T): each label's threshold
+    /// goes through its own temperature, so every decision stays what it was on the unscaled
+    /// scores; `global` becomes the micro-F1 optimum on the `scaled` scores.
+    pub fn through_temperatures(
+        &self,
+        temperatures: &[f64],
+        scaled: &[f32],
+        targets: &[u8],
+    ) -> Self {
+        Self {
+            per_label: self
+                .per_label
+                .iter()
+                .zip(temperatures)
+                .map(|(&t, &temperature)| calibration::scaled(calibration::logit(t), temperature))
+                .collect(),
+            global: tune_global(scaled, targets),
+            fallbacks: self.fallbacks.clone(),
+        }
+    }
 }
 
-/// Tunes the global threshold and each label's own, then falls back to the global one for labels
-/// whose own threshold cannot be trusted: tiny dev support, a threshold that predicts the label
-/// for at least half of the dev texts and 3× more often than it occurs (an under-trained label
-/// whose scores are all tiny gets 0.01 and is then predicted for every text), or no F1 gain.
+/// Tunes the global threshold (micro-F1) and each label's own (its F1), then blends the two in
+/// logit space, weight s / (s + `THRESHOLD_SHRINK_POSITIVES`) on the label's own for a label with
+/// s dev positives. A threshold fitted to a few dozen positives chases their noise: blended, a
+/// rare label's threshold stays near the global one and a frequent label keeps nearly its own
+/// (cross-fitted on dev this beat both a hard minimum support and no blending). A label keeps
+/// the global threshold outright when it has no positives, or when its own threshold would
+/// predict it for at least half of the dev texts and 3× more often than it occurs (an
+/// under-trained label whose scores are all tiny gets 0.01 and is then predicted for every text).
 pub fn tune_thresholds(scores: &[f32], targets: &[u8], num_labels: usize) -> Thresholds {
     let global = tune_global(scores, targets);
     let own = tune_per_label(scores, targets, num_labels);
@@ -364,16 +388,17 @@ pub fn tune_thresholds(scores: &[f32], targets: &[u8], num_labels: usize) -> Thr
         let predicted = column().filter(|&(s, _)| s >= t).count();
         let rate = ratio(predicted as u64, n as u64);
         let prevalence = ratio(support, n as u64);
-        let fallback = if support < MIN_THRESHOLD_SUPPORT {
-            Some(Fallback::TinySupport { support })
+        let fallback = if support == 0 {
+            Some(Fallback::NoPositives)
         } else if rate >= 0.5 && rate >= 3.0 * prevalence {
             Some(Fallback::PredictsNearlyAll { threshold: t, rate })
-        } else if counts_at(column(), t).f1() <= counts_at(column(), global).f1() {
-            Some(Fallback::NoGain { threshold: t })
         } else {
             None
         };
-        per_label.push(if fallback.is_some() { global } else { t });
+        per_label.push(match fallback {
+            Some(_) => global,
+            None => blend(t, global, support),
+        });
         fallbacks.push(fallback);
     }
     Thresholds {
@@ -381,6 +406,14 @@ pub fn tune_thresholds(scores: &[f32], targets: &[u8], num_labels: usize) -> Thr
         global,
         fallbacks,
     }
+}
+
+/// `own` moved towards `global` in logit space, weight s / (s + K) on `own`.
+fn blend(own: f32, global: f32, support: u64) -> f32 {
+    let s = support as f64;
+    let w = s / (s + THRESHOLD_SHRINK_POSITIVES);
+    let z = w * calibration::logit(own) + (1.0 - w) * calibration::logit(global);
+    calibration::scaled(z, 1.0)
 }
 
 /// The one grid threshold for all labels that maximises micro-F1 (lowest on ties).
@@ -514,52 +547,99 @@ mod tests {
     }
 
     #[test]
-    fn untrustworthy_label_thresholds_fall_back_to_the_global_one() {
-        // 100 texts × 5 labels. Label 0 is learned but scores low (positives 0.25, negatives
-        // 0.1); label 1 is under-trained (every score ~0.02, 30 positives): its own best is 0.01,
-        // which predicts it for every text; label 2 has only 5 positives; labels 3 and 4 (40
-        // positives at 0.9, negatives at 0.3) pull the global threshold above 0.3.
+    fn label_thresholds_are_blended_with_the_global_one_by_support() {
+        // 100 texts × 6 labels. Label 0 is learned but scores low (34 positives at 0.25,
+        // negatives 0.1); label 1 is under-trained (every score ~0.02, 30 positives): its own
+        // best is 0.01, which predicts it for every text; label 2 has only 5 positives; labels 3
+        // and 4 (40 positives at 0.9, negatives at 0.3) pull the global threshold above 0.3;
+        // label 5 has no positives.
         let n = 100;
         let mut scores = Vec::new();
         let mut targets = Vec::new();
         for i in 0..n {
-            let pos = [i % 3 == 0, i % 10 < 3, i < 5, i % 5 < 2, i % 5 > 2];
+            let pos = [i % 3 == 0, i % 10 < 3, i < 5, i % 5 < 2, i % 5 > 2, false];
             scores.extend([
                 if pos[0] { 0.25 } else { 0.1 },
                 0.02 + (i % 7) as f32 * 0.0001,
                 if pos[2] { 0.9 } else { 0.05 },
                 if pos[3] { 0.9 } else { 0.3 },
                 if pos[4] { 0.9 } else { 0.3 },
+                0.2,
             ]);
             targets.extend(pos.map(u8::from));
         }
-        let own = tune_per_label(&scores, &targets, 5);
+        let own = tune_per_label(&scores, &targets, 6);
         assert!(
             own[1] <= 0.02,
             "the naive tuning predicts everything: {own:?}"
         );
-        let t = tune_thresholds(&scores, &targets, 5);
+        let t = tune_thresholds(&scores, &targets, 6);
         assert!(t.global > 0.3, "{t:?}");
-        assert!(t.fallbacks[0].is_none(), "{:?}", t.fallbacks);
-        assert_eq!(t.per_label[0], own[0]);
+        let logit = calibration::logit;
+        let (g, own_weight) = (logit(t.global), |s: f64| {
+            s / (s + THRESHOLD_SHRINK_POSITIVES)
+        });
+        for (j, support) in [(0, 34.0), (2, 5.0)] {
+            assert!(t.fallbacks[j].is_none(), "{:?}", t.fallbacks);
+            let w = own_weight(support);
+            let expected = w * logit(own[j]) + (1.0 - w) * g;
+            assert!((logit(t.per_label[j]) - expected).abs() < 1e-5, "{t:?}");
+        }
+        // Label 0's blended threshold still separates its positives; label 2 (5 positives) sits
+        // nearer the global threshold than its own, label 0 (34) nearer its own.
+        let f1 = |j: usize| label_f1(&scores, &targets, 6, j, t.per_label[j]);
+        assert_eq!(f1(0), 1.0);
+        assert!((logit(t.per_label[2]) - g).abs() < (logit(t.per_label[2]) - logit(own[2])).abs());
+        assert!((logit(t.per_label[0]) - g).abs() > (logit(t.per_label[0]) - logit(own[0])).abs());
         assert!(
             matches!(t.fallbacks[1], Some(Fallback::PredictsNearlyAll { rate, .. }) if rate == 1.0),
             "{:?}",
             t.fallbacks
         );
-        assert!(
-            matches!(t.fallbacks[2], Some(Fallback::TinySupport { support: 5 })),
-            "{:?}",
-            t.fallbacks
-        );
+        assert_eq!(t.fallbacks[5], Some(Fallback::NoPositives));
         assert_eq!(t.per_label[1], t.global);
-        assert_eq!(t.per_label[2], t.global);
+        assert_eq!(t.per_label[5], t.global);
         // No stored threshold predicts a label for half the texts.
-        let pred = decide(&scores, 5, &t.per_label);
-        for j in 0..5 {
-            let rate = pred.iter().skip(j).step_by(5).filter(|&&p| p).count() as f64 / n as f64;
+        let pred = decide(&scores, 6, &t.per_label);
+        for j in 0..6 {
+            let rate = pred.iter().skip(j).step_by(6).filter(|&&p| p).count() as f64 / n as f64;
             assert!(rate < 0.5, "label {j} predicted for {rate}");
         }
+    }
+
+    #[test]
+    fn blending_weighs_the_own_threshold_by_support() {
+        // 10 positives weigh both equally: logit(0.5) = 0, so sigmoid(ln(1/9) / 2) = 0.25.
+        assert!((blend(0.1, 0.5, 10) - 0.25).abs() < 1e-6);
+        assert!((blend(0.1, 0.5, 10_000) - 0.1).abs() < 1e-3);
+        assert!((blend(0.3, 0.3, 3) - 0.3).abs() < 1e-6);
+        let mut last = 0.5;
+        for support in [1, 5, 20, 100] {
+            let t = blend(0.1, 0.5, support);
+            assert!(t < last && t > 0.1, "{support}: {t}");
+            last = t;
+        }
+    }
+
+    #[test]
+    fn thresholds_through_temperatures_keep_every_decision() {
+        let scores = [0.3, 0.8, 0.6, 0.2, 0.45, 0.55, 0.1, 0.9];
+        let targets = [1, 1, 1, 0, 0, 1, 0, 1];
+        let t = tune_thresholds(&scores, &targets, 2);
+        let temperatures = [2.5, 0.4];
+        let scaled = calibration::apply_temperatures(&scores, &temperatures);
+        let mapped = t.through_temperatures(&temperatures, &scaled, &targets);
+        assert_eq!(
+            decide(&scores, 2, &t.per_label),
+            decide(&scaled, 2, &mapped.per_label)
+        );
+        assert_eq!(mapped.global, tune_global(&scaled, &targets));
+        assert_eq!(mapped.fallbacks, t.fallbacks);
+    }
+
+    fn label_f1(scores: &[f32], targets: &[u8], labels: usize, j: usize, t: f32) -> f64 {
+        let column = scores.iter().zip(targets).skip(j).step_by(labels);
+        counts_at(column.map(|(&s, &y)| (s, y != 0)), t).f1()
     }
 
     fn evaluate_micro(scores: &[f32], targets: &[u8], t: f32) -> f64 {

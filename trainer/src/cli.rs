@@ -197,8 +197,10 @@ pub struct HyperArgs {
     pub layer_lr_decay: f64,
     /// Per-label temperature scaling of a multi-label model's scores (sigmoid(logit / T), T
     /// fitted on dev, folded into the published head): auto applies it when it lowers dev
-    /// log-loss (cross-fitted halves) without lowering dev macro-F1; temperature always; none
-    /// never (still fitted and reported). Thresholds are tuned after it.
+    /// log-loss (cross-fitted halves) without lowering dev macro-F1 and every threshold stays
+    /// on the tuning grid (0.01–0.99); temperature always; none
+    /// never (still fitted and reported). Thresholds are tuned on the unscaled scores and mapped
+    /// through each label's temperature, so calibration changes no dev decision.
     #[arg(long, env = "GOEMOTIONS_CALIBRATION", value_enum, default_value_t = TrainConfig::default().calibration)]
     pub calibration: CalibrationChoice,
     /// R-Drop consistency weight in [0, 10]: each batch runs forward twice with independent

@@ -87,7 +87,8 @@ impl std::str::FromStr for LossKind {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum CalibrationChoice {
-    /// Applied when it lowers dev log-loss (cross-fitted) without lowering dev macro-F1.
+    /// Applied when it lowers dev log-loss (cross-fitted) without lowering dev macro-F1 and keeps
+    /// every threshold on the tuning grid (0.01–0.99).
     #[default]
     Auto,
     /// Always applied.

@@ -658,13 +658,13 @@ impl<'a> FineTune<'a> {
             });
         }
         let mut dev_scores = dev_scores;
-        let calibration = self.calibrate(&mut dev_scores)?;
-        let thresholds = metrics::tune_thresholds(&dev_scores, &self.dev_targets, l);
-        for (name, fallback) in self.labels.names.iter().zip(&thresholds.fallbacks) {
+        let tuned = metrics::tune_thresholds(&dev_scores, &self.dev_targets, l);
+        for (name, fallback) in self.labels.names.iter().zip(&tuned.fallbacks) {
             if let Some(reason) = fallback {
-                tracing::info!(label = %name, global = thresholds.global, %reason, "label uses the global threshold");
+                tracing::info!(label = %name, global = tuned.global, %reason, "label uses the global threshold");
             }
         }
+        let (calibration, thresholds) = self.calibrate(&mut dev_scores, tuned)?;
         let at_tuned = metrics::evaluate(
             &dev_scores,
             &self.dev_targets,
@@ -691,38 +691,38 @@ impl<'a> FineTune<'a> {
     }
 
     /// Fits one temperature per label on the dev scores and, as the config says, folds them
-    /// into the head; `dev_scores` then become the scaled scores, re-scored through the model
-    /// so thresholds are tuned on exactly what is served.
-    fn calibrate(&self, dev_scores: &mut Vec<f32>) -> Result<Calibration, TrainError> {
-        let l = self.labels.len();
+    /// into the head; `dev_scores` then become the scaled scores, re-scored through the model,
+    /// and the thresholds (tuned on the unscaled scores) go through each label's temperature, so
+    /// every dev decision stays what it was. Re-tuning on the scaled scores instead would move
+    /// the labels on the global threshold: one threshold across differently scaled labels.
+    fn calibrate(
+        &self,
+        dev_scores: &mut Vec<f32>,
+        tuned: Thresholds,
+    ) -> Result<(Calibration, Thresholds), TrainError> {
         let targets = &self.dev_targets;
-        let temperatures = calibration::fit_temperatures(dev_scores, targets, l);
-        let macro_f1 = |scores: &[f32]| {
-            let t = metrics::tune_thresholds(scores, targets, l);
-            metrics::evaluate(scores, targets, self.labels, &t.per_label).macro_f1
+        let temperatures = calibration::fit_temperatures(dev_scores, targets, self.labels.len());
+        let macro_f1 = |scores: &[f32], thresholds: &Thresholds| {
+            metrics::evaluate(scores, targets, self.labels, &thresholds.per_label).macro_f1
         };
+        let scaled = calibration::apply_temperatures(dev_scores, &temperatures);
+        let mapped = tuned.through_temperatures(&temperatures, &scaled, targets);
         let dev_log_loss = calibration::log_loss(dev_scores, targets);
-        let dev_log_loss_scaled = calibration::cross_fitted_log_loss(dev_scores, targets, l);
-        let dev_macro_f1 = macro_f1(dev_scores);
-        let dev_macro_f1_scaled =
-            macro_f1(&calibration::apply_temperatures(dev_scores, &temperatures));
-        let measured = format!(
-            "dev log-loss {dev_log_loss:.4} → {dev_log_loss_scaled:.4} (cross-fitted halves), dev macro-F1 {dev_macro_f1:.4} → {dev_macro_f1_scaled:.4}"
+        let dev_log_loss_scaled =
+            calibration::cross_fitted_log_loss(dev_scores, targets, self.labels.len());
+        let dev_macro_f1 = macro_f1(dev_scores, &tuned);
+        let dev_macro_f1_scaled = macro_f1(&scaled, &mapped);
+        let (applied, reason) = calibration_decision(
+            self.cfg.calibration,
+            CalibrationFigures {
+                dev_log_loss,
+                dev_log_loss_scaled,
+                dev_macro_f1,
+                dev_macro_f1_scaled,
+            },
+            &mapped.per_label,
         );
-        let (applied, reason) = match self.cfg.calibration {
-            CalibrationChoice::None => (false, format!("--calibration none; {measured}")),
-            CalibrationChoice::Temperature => {
-                (true, format!("--calibration temperature; {measured}"))
-            }
-            CalibrationChoice::Auto if dev_log_loss_scaled >= dev_log_loss => {
-                (false, format!("no lower dev log-loss: {measured}"))
-            }
-            CalibrationChoice::Auto if dev_macro_f1_scaled < dev_macro_f1 => {
-                (false, format!("it would lower dev macro-F1: {measured}"))
-            }
-            CalibrationChoice::Auto => (true, measured),
-        };
-        if applied {
+        let thresholds = if applied {
             self.model.scale_logits(&temperatures)?;
             *dev_scores = inference::score_all(
                 &self.model,
@@ -730,9 +730,12 @@ impl<'a> FineTune<'a> {
                 &self.dev_enc,
                 self.cfg.eval_batch_size,
             )?;
-        }
+            mapped
+        } else {
+            tuned
+        };
         tracing::info!(applied, %reason, "per-label temperature scaling");
-        Ok(Calibration {
+        let calibration = Calibration {
             method: "temperature".into(),
             applied,
             reason,
@@ -741,7 +744,8 @@ impl<'a> FineTune<'a> {
             dev_log_loss_scaled,
             dev_macro_f1,
             dev_macro_f1_scaled,
-        })
+        };
+        Ok((calibration, thresholds))
     }
 
     /// Runs every remaining epoch, then `finish`.
@@ -752,6 +756,54 @@ impl<'a> FineTune<'a> {
             }
         }
         self.finish()
+    }
+}
+
+/// Dev figures without and with per-label temperatures.
+struct CalibrationFigures {
+    dev_log_loss: f64,
+    dev_log_loss_scaled: f64,
+    dev_macro_f1: f64,
+    dev_macro_f1_scaled: f64,
+}
+
+/// Whether the temperatures are applied, and why: `auto` applies them when they lower the
+/// cross-fitted dev log-loss, do not lower dev macro-F1, and keep every label's threshold
+/// (`scaled_thresholds`) on the tuning grid. Thresholds tuned later on the served scores (group
+/// thresholds, ensembles, a user's own sweep) use that grid: scores that need 0.999 to decide
+/// cannot be tuned (the asymmetric loss's temperatures, 0.2–0.3, push thresholds there).
+fn calibration_decision(
+    choice: CalibrationChoice,
+    f: CalibrationFigures,
+    scaled_thresholds: &[f32],
+) -> (bool, String) {
+    let measured = format!(
+        "dev log-loss {:.4} → {:.4} (cross-fitted halves), dev macro-F1 {:.4} → {:.4}",
+        f.dev_log_loss, f.dev_log_loss_scaled, f.dev_macro_f1, f.dev_macro_f1_scaled
+    );
+    let off_grid: Vec<f32> = scaled_thresholds
+        .iter()
+        .copied()
+        .filter(|t| !metrics::THRESHOLD_GRID_RANGE.contains(t))
+        .collect();
+    match choice {
+        CalibrationChoice::None => (false, format!("--calibration none; {measured}")),
+        CalibrationChoice::Temperature => (true, format!("--calibration temperature; {measured}")),
+        CalibrationChoice::Auto if f.dev_log_loss_scaled >= f.dev_log_loss => {
+            (false, format!("no lower dev log-loss: {measured}"))
+        }
+        CalibrationChoice::Auto if f.dev_macro_f1_scaled < f.dev_macro_f1 => {
+            (false, format!("it would lower dev macro-F1: {measured}"))
+        }
+        CalibrationChoice::Auto if !off_grid.is_empty() => (
+            false,
+            format!(
+                "{} labels' thresholds would leave the tuning grid, up to {:.4}: {measured}",
+                off_grid.len(),
+                off_grid.iter().copied().fold(0f32, f32::max),
+            ),
+        ),
+        CalibrationChoice::Auto => (true, measured),
     }
 }
 
@@ -785,7 +837,52 @@ pub(crate) fn step_seed(seed: u64, step: u64) -> i64 {
 
 #[cfg(test)]
 mod tests {
-    use super::{layer_lr_scale, step_seed};
+    #[test]
+    fn auto_calibration_needs_lower_log_loss_the_same_f1_and_thresholds_on_the_grid() {
+        let figures = |scaled_loss: f64, scaled_f1: f64| CalibrationFigures {
+            dev_log_loss: 0.12,
+            dev_log_loss_scaled: scaled_loss,
+            dev_macro_f1: 0.55,
+            dev_macro_f1_scaled: scaled_f1,
+        };
+        let on_grid = [0.3, 0.9, 0.5];
+        let decide = |choice, f, t: &[f32]| calibration_decision(choice, f, t);
+        assert!(decide(CalibrationChoice::Auto, figures(0.11, 0.55), &on_grid).0);
+        let (applied, why) = decide(CalibrationChoice::Auto, figures(0.13, 0.55), &on_grid);
+        assert!(
+            !applied && why.starts_with("no lower dev log-loss"),
+            "{why}"
+        );
+        let (applied, why) = decide(CalibrationChoice::Auto, figures(0.11, 0.54), &on_grid);
+        assert!(
+            !applied && why.starts_with("it would lower dev macro-F1"),
+            "{why}"
+        );
+        let (applied, why) = decide(
+            CalibrationChoice::Auto,
+            figures(0.11, 0.55),
+            &[0.3, 0.9992, 0.995],
+        );
+        assert!(
+            !applied
+                && why
+                    .starts_with("2 labels' thresholds would leave the tuning grid, up to 0.9992"),
+            "{why}"
+        );
+        // The explicit choices hold whatever the figures.
+        assert!(
+            decide(
+                CalibrationChoice::Temperature,
+                figures(0.13, 0.54),
+                &[0.9999]
+            )
+            .0
+        );
+        assert!(!decide(CalibrationChoice::None, figures(0.11, 0.55), &on_grid).0);
+    }
+    use super::{
+        calibration_decision, layer_lr_scale, step_seed, CalibrationChoice, CalibrationFigures,
+    };
 
     #[test]
     fn layer_wise_decay_shrinks_rates_from_the_head_down() {

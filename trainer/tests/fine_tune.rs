@@ -163,7 +163,9 @@ fn subset_fine_tune_stores_no_predict_everything_threshold() {
         "dev scores are not the returned model's: {drift}"
     );
     // 400 examples and one epoch leave many labels under-trained: none may keep a threshold
-    // that predicts it for half the dev texts, and rare labels use the global threshold.
+    // that predicts it for half the dev texts, and labels with no dev positives use the global
+    // threshold (through their temperature where calibration was applied).
+    let calibrated = out.calibration.as_ref().is_some_and(|c| c.applied);
     let n = data.dev.len();
     for j in 0..l {
         let support = (0..n).filter(|&i| targets[i * l + j] == 1).count();
@@ -177,13 +179,14 @@ fn subset_fine_tune_stores_no_predict_everything_threshold() {
             data.labels.names[j],
             t.per_label[j]
         );
-        if (support as u64) < metrics::MIN_THRESHOLD_SUPPORT {
-            assert!(
-                matches!(t.fallbacks[j], Some(Fallback::TinySupport { .. })),
-                "{}: {:?}",
-                data.labels.names[j],
-                t.fallbacks[j]
-            );
+        assert_eq!(
+            support == 0,
+            t.fallbacks[j] == Some(Fallback::NoPositives),
+            "{}: {:?}",
+            data.labels.names[j],
+            t.fallbacks[j]
+        );
+        if t.fallbacks[j].is_some() && !calibrated {
             assert_eq!(t.per_label[j], t.global);
         }
     }
@@ -488,10 +491,25 @@ fn temperature_scaling_is_folded_into_the_served_scores() {
         .map(|(a, b)| (a - b).abs())
         .fold(0f32, f32::max);
     assert!(gap < 1e-5, "batches of 16 moved the scores by {gap}");
-    let retuned = metrics::tune_thresholds(
-        &scaled.dev_scores,
-        &data::targets(&data.dev, data.labels.len()),
-        data.labels.len(),
+    // The thresholds are the uncalibrated run's, each through its label's temperature: every
+    // dev decision is the same.
+    assert_eq!(plain.thresholds.fallbacks, scaled.thresholds.fallbacks);
+    for ((&p, &s), &temperature) in plain
+        .thresholds
+        .per_label
+        .iter()
+        .zip(&scaled.thresholds.per_label)
+        .zip(&scaled.calibration.as_ref().unwrap().temperatures)
+    {
+        let mapped = common::calibration::scaled(common::calibration::logit(p), temperature);
+        assert!(
+            (mapped - s).abs() < 1e-6,
+            "{p} through T {temperature}: {s}"
+        );
+    }
+    let l = data.labels.len();
+    assert_eq!(
+        metrics::decide(&plain.dev_scores, l, &plain.thresholds.per_label),
+        metrics::decide(&scaled.dev_scores, l, &scaled.thresholds.per_label)
     );
-    assert_eq!(retuned.per_label, scaled.thresholds.per_label);
 }
