@@ -377,10 +377,11 @@ impl Report {
             row(&mut out, &cells);
         }
         if !self.threshold_fallbacks.is_empty() {
+            // After calibration each of them has the global threshold through its own
+            // temperature, so the table above, not one number, says where each one is.
             let _ = writeln!(
                 out,
-                "\nLabels using the global threshold ({:.2}) instead of their own:\n",
-                self.fine_tuned.global_threshold
+                "\nLabels on the global threshold instead of one of their own (their rows above give it):\n"
             );
             for (label, reason) in &self.threshold_fallbacks {
                 let _ = writeln!(out, "- {label}: {reason}");
