@@ -43,7 +43,7 @@ import sys
 
 import numpy as np
 
-from quality_sweep import DATA, OUT, TRAINER, run_uri
+from quality_sweep import DATA, OUT, REGISTRY, TRAINER, run_uri
 
 SPLITS = int(os.environ.get("STUDY_SPLITS", "3"))
 FOLDS = 5
@@ -93,7 +93,7 @@ def run_scores(run, split, texts):
 
 
 def manifest(run, version):
-    path = os.path.join(OUT, "registry", "models", run, "versions", version, "manifest.json")
+    path = os.path.join(REGISTRY, "models", run, "versions", version, "manifest.json")
     with open(path) as f:
         return json.load(f)
 
