@@ -65,6 +65,9 @@ VARIANTS = {
     "distil-heavy": ("distilled from the 'teacher' ensemble, weight 0.8", ["{ensemble:teacher}", "--distill-weight", "0.8"]),
     "asl-distil": ("asymmetric loss (as asl), distilled from the 'asl' ensemble, weight 0.5",
                    ASL + ["{ensemble:asl}", "--distill-weight", "0.5"]),
+    "asl-rdrop": ("asymmetric loss (as asl) with R-Drop, consistency weight 1", ASL + ["--rdrop-weight", "1"]),
+    "asl-distil4": ("asymmetric loss (as asl), distilled from the 'asl4' ensemble (asl and asl-rdrop, 2 seeds each), weight 0.5",
+                    ASL + ["{ensemble:asl4}", "--distill-weight", "0.5"]),
 }
 
 
