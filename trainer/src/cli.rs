@@ -208,6 +208,11 @@ pub struct HyperArgs {
     /// KL divergence between their predictions. 0 (default) is off; costs a second pass.
     #[arg(long, env = "GOEMOTIONS_RDROP_WEIGHT", default_value_t = TrainConfig::default().rdrop_weight)]
     pub rdrop_weight: f64,
+    /// Exponential moving average of the weights, decay in [0, 1): after every step the average
+    /// moves towards the weights (decay (1 + t) / (10 + t) for the first updates t); the average
+    /// is what is evaluated on dev and published. 0 (default) is off.
+    #[arg(long, env = "GOEMOTIONS_EMA_DECAY", default_value_t = TrainConfig::default().ema_decay)]
+    pub ema_decay: f64,
 }
 
 impl HyperArgs {
@@ -240,6 +245,7 @@ impl HyperArgs {
             layer_lr_decay: Some(self.layer_lr_decay),
             calibration: Some(self.calibration),
             rdrop_weight: Some(self.rdrop_weight),
+            ema_decay: Some(self.ema_decay),
         }
     }
 

@@ -224,6 +224,10 @@ pub struct TrainConfig {
     /// 0 turns it off (one pass).
     #[serde(default)]
     pub rdrop_weight: f64,
+    /// Exponential moving average of the weights (evaluated and published in their place); 0 is
+    /// off.
+    #[serde(default)]
+    pub ema_decay: f64,
 }
 
 fn default_layer_lr_decay() -> f64 {
@@ -271,6 +275,7 @@ impl Default for TrainConfig {
             layer_lr_decay: 1.0,
             calibration: CalibrationChoice::Auto,
             rdrop_weight: 0.0,
+            ema_decay: 0.0,
         }
     }
 }
@@ -330,6 +335,7 @@ pub struct Overrides {
     pub layer_lr_decay: Option<f64>,
     pub calibration: Option<CalibrationChoice>,
     pub rdrop_weight: Option<f64>,
+    pub ema_decay: Option<f64>,
 }
 
 impl Overrides {
@@ -363,6 +369,7 @@ impl Overrides {
             layer_lr_decay: self.layer_lr_decay.unwrap_or(d.layer_lr_decay),
             calibration: self.calibration.unwrap_or(d.calibration),
             rdrop_weight: self.rdrop_weight.unwrap_or(d.rdrop_weight),
+            ema_decay: self.ema_decay.unwrap_or(d.ema_decay),
         }
     }
 }
@@ -420,6 +427,7 @@ impl TryFrom<&proto::v1::Hyperparameters> for Overrides {
             layer_lr_decay: h.layer_lr_decay.map(f64::from),
             calibration: parse("calibration", &h.calibration)?,
             rdrop_weight: h.rdrop_weight.map(f64::from),
+            ema_decay: h.ema_decay.map(f64::from),
         })
     }
 }
@@ -450,12 +458,15 @@ mod tests {
             label_smoothing: Some(0.1),
             teachers: vec!["s3://b/r/models/t/aliases/latest".into()],
             rdrop_weight: Some(1.5),
+            ema_decay: Some(0.999),
             ..Default::default()
         };
         let cfg = Overrides::try_from(&wire).unwrap().apply(&defaults);
         assert_eq!(cfg.loss, LossKind::Asl);
         assert!((cfg.rdrop_weight - 1.5).abs() < 1e-6);
         assert_eq!(defaults.rdrop_weight, 0.0);
+        assert!((cfg.ema_decay - 0.999).abs() < 1e-6);
+        assert_eq!(defaults.ema_decay, 0.0);
         assert!((cfg.label_smoothing - 0.1).abs() < 1e-6);
         assert_eq!(cfg.teachers, ["s3://b/r/models/t/aliases/latest"]);
         assert_eq!(cfg.distill_weight, defaults.distill_weight);

@@ -1,7 +1,8 @@
 //! The fine-tuning loop: the `loss` objective (BCE-with-logits on multi-hot targets by default,
 //! optionally distilling from teachers' soft targets), AdamW with linear warmup/decay,
 //! gradient clipping, length-bucketed batches, dev evaluation after every epoch, best-epoch
-//! selection by dev macro-F1 with early stopping, threshold tuning, and resumable state.
+//! selection by dev macro-F1 with early stopping, threshold tuning, and resumable state. With
+//! `ema_decay` the weights' moving average (`ema`) is what each epoch evaluates and what is kept.
 //!
 //! In three parts: `FineTune::prepare` (tokenize, build the optimizer, restore a saved state),
 //! `FineTune::run_epoch` (the steps of one epoch, then its dev evaluation) and `FineTune::finish`
@@ -24,6 +25,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::batches;
 use crate::config::{CalibrationChoice, PosWeight, TrainConfig};
+use crate::ema::WeightAverage;
 use crate::history::EpochRecord;
 use crate::loss::Objective;
 use crate::observe::{Observer, Progress};
@@ -148,8 +150,11 @@ fn pos_weight(
     }
 }
 
+/// Named parameter tensors.
+type Weights = Vec<(String, Tensor)>;
+
 /// The model's parameters copied to the CPU.
-fn snapshot(model: &BertClassifier) -> Vec<(String, Tensor)> {
+fn snapshot(model: &BertClassifier) -> Weights {
     model
         .named_parameters()
         .into_iter()
@@ -303,6 +308,8 @@ pub struct FineTune<'a> {
     opt: AdamW,
     meta: ResumeMeta,
     best_weights: Option<Vec<(String, Tensor)>>,
+    /// The moving average of the weights, evaluated and published in their place (`ema_decay`).
+    average: Option<WeightAverage>,
     best_dev_scores: Option<Vec<f32>>,
     total_steps: u64,
     warmup: u64,
@@ -338,10 +345,18 @@ impl<'a> FineTune<'a> {
         let mut opt = optimizer_for(&model, cfg.weight_decay, cfg.layer_lr_decay, Layout::Auto);
         let mut meta = ResumeMeta::start();
         let mut best_weights = None;
+        let mut average = None;
         if let Some(state) = resume {
             restore(&model, &state.weights)?;
             opt.load_state(state.meta.optimizer_step, &state.optimizer)?;
             best_weights = state.best_weights;
+            average = match (cfg.ema_decay > 0.0, state.average) {
+                (true, Some(saved)) => Some(WeightAverage::resume(&model, cfg.ema_decay, saved)?),
+                (true, None) if state.meta.global_step > 0 => {
+                    return Err(StateError::MissingAverage("every parameter".into()).into())
+                }
+                _ => None,
+            };
             meta = state.meta;
             tracing::info!(
                 epoch = meta.epoch,
@@ -357,6 +372,9 @@ impl<'a> FineTune<'a> {
                 message: "temperature scaling is per label, for multi-label models; a single-label model's softmax is not scaled (use auto or none)".into(),
             }
             .into());
+        }
+        if cfg.ema_decay > 0.0 && average.is_none() {
+            average = Some(WeightAverage::new(&model, cfg.ema_decay));
         }
         let objective = Objective::new(
             cfg,
@@ -378,6 +396,7 @@ impl<'a> FineTune<'a> {
             samples_at_start: meta.samples_seen,
             meta,
             best_weights,
+            average,
             best_dev_scores: None,
             total_steps,
             warmup: (cfg.warmup_ratio * total_steps as f64).round() as u64,
@@ -491,6 +510,9 @@ impl<'a> FineTune<'a> {
         }
         let lr = self.learning_rate();
         self.opt.step(lr);
+        if let Some(average) = &mut self.average {
+            average.update(&self.model, self.meta.global_step);
+        }
         let m = &mut self.meta;
         m.global_step += 1;
         m.batches_done += 1;
@@ -537,15 +559,32 @@ impl<'a> FineTune<'a> {
         });
     }
 
+    /// Dev scores of the weights being trained, or of their moving average when there is one
+    /// (then also a copy of those weights); the model keeps training from its own weights.
+    fn score_dev(&self) -> Result<(Vec<f32>, Option<Weights>), TrainError> {
+        let score = || {
+            inference::score_all(
+                &self.model,
+                &self.tokenizer,
+                &self.dev_enc,
+                self.cfg.eval_batch_size,
+            )
+        };
+        let Some(average) = &self.average else {
+            return Ok((score()?, None));
+        };
+        let trained = snapshot(&self.model);
+        restore(&self.model, average.weights())?;
+        let scored = score().map(|s| (s, snapshot(&self.model)));
+        restore(&self.model, &trained)?;
+        let (scores, averaged) = scored?;
+        Ok((scores, Some(averaged)))
+    }
+
     /// Dev evaluation at the end of an epoch (or of the step budget); keeps the best weights.
     fn evaluate_epoch(&mut self, epoch_started: Instant) -> Result<EpochRecord, TrainError> {
         let l = self.labels.len();
-        let dev_scores = inference::score_all(
-            &self.model,
-            &self.tokenizer,
-            &self.dev_enc,
-            self.cfg.eval_batch_size,
-        )?;
+        let (dev_scores, averaged) = self.score_dev()?;
         let (macro_f1, micro_f1) = if self.single_label() {
             let e = metrics::evaluate_argmax(&dev_scores, &self.dev_targets, self.labels);
             (e.macro_f1, e.micro_f1)
@@ -583,7 +622,7 @@ impl<'a> FineTune<'a> {
             m.best_macro_f1 = macro_f1;
             m.best_epoch = Some(m.epoch + 1);
             m.epochs_without_improvement = 0;
-            self.best_weights = Some(snapshot(&self.model));
+            self.best_weights = Some(averaged.unwrap_or_else(|| snapshot(&self.model)));
             self.best_dev_scores = Some(dev_scores);
         } else {
             m.epochs_without_improvement += 1;
@@ -606,6 +645,12 @@ impl<'a> FineTune<'a> {
                     .map(|(n, t)| (n.clone(), t.shallow_clone()))
                     .collect()
             }),
+            average: self.average.as_ref().map(|a| {
+                a.weights()
+                    .iter()
+                    .map(|(n, t)| (n.clone(), t.detach().to_device(Device::Cpu).copy()))
+                    .collect()
+            }),
         };
         Ok(observer.save_state(&state)?)
     }
@@ -622,6 +667,8 @@ impl<'a> FineTune<'a> {
             (self.meta.samples_seen - self.samples_at_start) as f64 / train_seconds.max(1e-9);
         if let Some(best) = &self.best_weights {
             restore(&self.model, best)?;
+        } else if let Some(average) = &self.average {
+            restore(&self.model, average.weights())?;
         }
         if self.model.precision() != Precision::Fp32 {
             // Thresholds are tuned on the scores the predictor serves by default (fp32); the

@@ -9,6 +9,7 @@ pub(crate) mod batches;
 pub mod bench;
 pub mod cli;
 pub mod config;
+pub(crate) mod ema;
 pub mod evaluate;
 pub mod fine_tune;
 pub mod history;

@@ -20,6 +20,8 @@ pub enum StateError {
     Invalid { uri: String, message: String },
     #[error("resume state: unknown tensor {0}")]
     UnknownTensor(String),
+    #[error("resume state: weight average lacks {0}")]
+    MissingAverage(String),
     #[error("resume state: optimizer state lacks {0}")]
     MissingMoment(String),
     #[error("resume state: optimizer moments do not fit the parameters: {0}")]
@@ -32,6 +34,8 @@ pub struct ResumeState {
     pub weights: Vec<(String, Tensor)>,
     pub optimizer: Vec<(String, Tensor)>,
     pub best_weights: Option<Vec<(String, Tensor)>>,
+    /// The exponential moving average of the weights (`ema_decay` above 0).
+    pub average: Option<Vec<(String, Tensor)>>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -77,12 +81,15 @@ fn shallow(tensors: &[(String, Tensor)], prefix: &str) -> Vec<(String, Tensor)> 
 }
 
 impl ResumeState {
-    /// The tensors as one safetensors buffer (`model.*`, `optim.*`, `best.*`).
+    /// The tensors as one safetensors buffer (`model.*`, `optim.*`, `best.*`, `ema.*`).
     pub fn encode_tensors(&self) -> Result<Vec<u8>, StateError> {
         let mut tensors = shallow(&self.weights, "model.");
         tensors.extend(shallow(&self.optimizer, "optim."));
         if let Some(best) = &self.best_weights {
             tensors.extend(shallow(best, "best."));
+        }
+        if let Some(average) = &self.average {
+            tensors.extend(shallow(average, "ema."));
         }
         Ok(safetensors_io::encode(&tensors)?)
     }
@@ -91,6 +98,7 @@ impl ResumeState {
         let mut weights = Vec::new();
         let mut optimizer = Vec::new();
         let mut best = Vec::new();
+        let mut average = Vec::new();
         for (name, t) in safetensors_io::decode(tensors)? {
             if let Some(n) = name.strip_prefix("model.") {
                 weights.push((n.to_string(), t));
@@ -98,6 +106,8 @@ impl ResumeState {
                 optimizer.push((n.to_string(), t));
             } else if let Some(n) = name.strip_prefix("best.") {
                 best.push((n.to_string(), t));
+            } else if let Some(n) = name.strip_prefix("ema.") {
+                average.push((n.to_string(), t));
             } else {
                 return Err(StateError::UnknownTensor(name));
             }
@@ -107,6 +117,7 @@ impl ResumeState {
             weights,
             optimizer,
             best_weights: (!best.is_empty()).then_some(best),
+            average: (!average.is_empty()).then_some(average),
         })
     }
 }
@@ -217,6 +228,7 @@ mod tests {
             weights: vec![("w".into(), Tensor::from_slice(&[value; 4]))],
             optimizer: vec![("exp_avg.0".into(), Tensor::from_slice(&[value; 4]))],
             best_weights: None,
+            average: None,
         }
     }
 

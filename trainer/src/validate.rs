@@ -130,6 +130,12 @@ pub fn check_config(cfg: &TrainConfig) -> Result<(), ValidationError> {
         (0.0..=10.0).contains(&cfg.rdrop_weight),
         "[0, 10]",
     )?;
+    finite_in(
+        "ema_decay",
+        cfg.ema_decay,
+        (0.0..1.0).contains(&cfg.ema_decay),
+        "[0, 1)",
+    )?;
     if let Some(i) = cfg.teachers.iter().position(|t| t.trim().is_empty()) {
         return Err(invalid(&format!("{}[{i}]", h("teachers")), "is empty"));
     }
@@ -410,6 +416,13 @@ mod tests {
                     ..ok.clone()
                 },
                 "rdrop_weight",
+            ),
+            (
+                TrainConfig {
+                    ema_decay: 1.0,
+                    ..ok.clone()
+                },
+                "ema_decay",
             ),
             (
                 TrainConfig {

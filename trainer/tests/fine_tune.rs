@@ -1,7 +1,7 @@
 //! Fine-tuning on small GoEmotions subsets with the packaged MiniLM: the loss goes down, the
 //! under-trained labels of a short run keep no predict-everything threshold, divergence and bad
 //! configurations are caught, bf16 keeps fp32 master weights, a resumed run equals an
-//! uninterrupted one, distillation pulls towards the teachers' scores, and temperature scaling
+//! uninterrupted one (with a weight average too, which is what gets published), distillation pulls towards the teachers' scores, and temperature scaling
 //! is what the published model serves. (A few dozen steps teach MiniLM little beyond the label priors — in
 //! `transformers` too — so ranking quality is the main job's to show, not these tests'.)
 use std::path::PathBuf;
@@ -304,16 +304,30 @@ fn weights(model: &common::model::BertClassifier) -> Vec<(String, Tensor)> {
 
 #[test]
 fn resumed_run_equals_uninterrupted_run() {
-    let _serial = serial();
-    tch::set_num_threads(2);
-    let data = Dataset::load(&data_dir(), limits(96, 48), 3).unwrap();
-    let labels: &LabelSet = &data.labels;
-    let cfg = TrainConfig {
+    resumed_run_equals_uninterrupted_run_with(TrainConfig {
         epochs: 2,
         state_every_steps: 4,
         patience: 5,
         ..small_config()
-    };
+    });
+}
+
+#[test]
+fn resumed_run_with_a_weight_average_equals_uninterrupted_run() {
+    resumed_run_equals_uninterrupted_run_with(TrainConfig {
+        epochs: 2,
+        state_every_steps: 4,
+        patience: 5,
+        ema_decay: 0.9,
+        ..small_config()
+    });
+}
+
+fn resumed_run_equals_uninterrupted_run_with(cfg: TrainConfig) {
+    let _serial = serial();
+    tch::set_num_threads(2);
+    let data = Dataset::load(&data_dir(), limits(96, 48), 3).unwrap();
+    let labels: &LabelSet = &data.labels;
     let run = |resume: Option<ResumeState>, rec: &mut Recorder| {
         let (model, tokenizer) = build(&data, &cfg);
         train::fine_tune(
@@ -369,6 +383,67 @@ fn resumed_run_equals_uninterrupted_run() {
         .map(|(a, b)| (a - b).abs())
         .fold(0f32, f32::max);
     assert!(scores_diff < 1e-3, "dev scores differ by {scores_diff}");
+}
+
+#[test]
+fn the_weight_average_is_what_is_evaluated_and_published() {
+    let _serial = serial();
+    tch::set_num_threads(2);
+    let data = Dataset::load(&data_dir(), limits(96, 48), 3).unwrap();
+    let labels: &LabelSet = &data.labels;
+    let cfg = TrainConfig {
+        ema_decay: 0.9,
+        calibration: CalibrationChoice::None,
+        ..small_config()
+    };
+    let (model, tokenizer) = build(&data, &cfg);
+    let mut rec = Recorder {
+        keep_states: true,
+        ..Default::default()
+    };
+    let out = train::fine_tune(
+        model,
+        tokenizer,
+        &data.train,
+        &data.dev,
+        labels,
+        &cfg,
+        None,
+        &mut rec,
+    )
+    .unwrap();
+    // One epoch: its end state holds the trained weights and their average; the average won.
+    let (_, tensors, meta) = rec.states.last().unwrap();
+    let state = ResumeState::decode(tensors, meta.clone()).unwrap();
+    let average = state.average.expect("the state keeps the average");
+    let trained: std::collections::HashMap<String, Tensor> = state.weights.into_iter().collect();
+    let published: std::collections::HashMap<String, Tensor> =
+        weights(&out.model).into_iter().collect();
+    let mut largest_gap = 0f64;
+    for (name, avg) in &average {
+        let p = &published[name];
+        assert_eq!((p - avg).abs().max().double_value(&[]), 0.0, "{name}");
+        largest_gap = largest_gap.max((avg - &trained[name]).abs().max().double_value(&[]));
+    }
+    // Six steps with the warm-up decay ((1 + t) / (10 + t): 0.1 … 0.4) under a decaying rate: the
+    // average stays close to the weights, but copies of them would give exactly 0.
+    assert!(
+        largest_gap > 1e-6,
+        "the average lags the trained weights (largest gap {largest_gap})"
+    );
+    let dev_scores = inference::score_all(
+        &out.model,
+        &out.tokenizer,
+        &out.tokenizer
+            .encode_all(&data.dev.iter().map(|e| e.text.clone()).collect::<Vec<_>>())
+            .unwrap(),
+        64,
+    )
+    .unwrap();
+    assert_eq!(
+        dev_scores, out.dev_scores,
+        "dev was scored with the average"
+    );
 }
 
 #[test]
