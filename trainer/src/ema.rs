@@ -37,8 +37,8 @@ impl WeightAverage {
                 .remove(&name)
                 .ok_or_else(|| StateError::MissingAverage(name.clone()))?;
             if t.size() != param.size() {
-                return Err(StateError::UnknownTensor(format!(
-                    "weight average {name} has shape {:?}, the parameter {:?}",
+                return Err(StateError::AverageMismatch(format!(
+                    "{name} has shape {:?}, its parameter {:?}",
                     t.size(),
                     param.size()
                 )));
@@ -46,7 +46,9 @@ impl WeightAverage {
             shadow.push((name, t.to_device(param.device()).to_kind(param.kind())));
         }
         if let Some(extra) = saved.into_keys().next() {
-            return Err(StateError::UnknownTensor(format!("weight average {extra}")));
+            return Err(StateError::AverageMismatch(format!(
+                "{extra} is not a trainable parameter"
+            )));
         }
         Ok(Self { decay, shadow })
     }

@@ -22,6 +22,8 @@ pub enum StateError {
     UnknownTensor(String),
     #[error("resume state: weight average lacks {0}")]
     MissingAverage(String),
+    #[error("resume state: the weight average does not fit the parameters: {0}")]
+    AverageMismatch(String),
     #[error("resume state: optimizer state lacks {0}")]
     MissingMoment(String),
     #[error("resume state: optimizer moments do not fit the parameters: {0}")]

@@ -444,6 +444,45 @@ fn the_weight_average_is_what_is_evaluated_and_published() {
         dev_scores, out.dev_scores,
         "dev was scored with the average"
     );
+
+    // A saved state whose average does not fit the model is refused before any step.
+    // `extra`: one tensor more than the model has; otherwise one less.
+    let resume_with = |extra: bool| {
+        let mut state = ResumeState::decode(tensors, meta.clone()).unwrap();
+        let average = state.average.as_mut().unwrap();
+        if extra {
+            average.push((
+                "extra".into(),
+                Tensor::zeros([1], (Kind::Float, Device::Cpu)),
+            ));
+        } else {
+            average.pop();
+        }
+        let (model, tokenizer) = build(&data, &cfg);
+        let mut rec = Recorder::default();
+        train::fine_tune(
+            model,
+            tokenizer,
+            &data.train,
+            &data.dev,
+            labels,
+            &cfg,
+            Some(state),
+            &mut rec,
+        )
+        .err()
+        .expect("refused")
+    };
+    let err = resume_with(false);
+    assert!(
+        matches!(err, TrainError::State(StateError::MissingAverage(_))),
+        "{err}"
+    );
+    let err = resume_with(true);
+    assert!(
+        matches!(err, TrainError::State(StateError::AverageMismatch(_))),
+        "{err}"
+    );
 }
 
 #[test]
