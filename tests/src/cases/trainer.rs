@@ -299,6 +299,13 @@ pub async fn invalid_specs_refused(dir: &Path) -> Outcome {
             }),
         ),
         (
+            "hyperparameters.ema_decay",
+            hyper(Hyperparameters {
+                ema_decay: Some(1.0),
+                ..Default::default()
+            }),
+        ),
+        (
             "hyperparameters.teachers[0]",
             hyper(Hyperparameters {
                 teachers: vec![format!("{}/models/none/aliases/latest", missing.display())],
