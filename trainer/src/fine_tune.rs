@@ -155,10 +155,14 @@ type Weights = Vec<(String, Tensor)>;
 
 /// The model's parameters copied to the CPU.
 fn snapshot(model: &BertClassifier) -> Weights {
-    model
-        .named_parameters()
-        .into_iter()
-        .map(|(n, t)| (n, t.detach().to_device(Device::Cpu).copy()))
+    cpu_copies(&model.named_parameters())
+}
+
+/// Copies of `weights` on the CPU, detached from autograd.
+fn cpu_copies(weights: &[(String, Tensor)]) -> Weights {
+    weights
+        .iter()
+        .map(|(n, t)| (n.clone(), t.detach().to_device(Device::Cpu).copy()))
         .collect()
 }
 
@@ -645,12 +649,7 @@ impl<'a> FineTune<'a> {
                     .map(|(n, t)| (n.clone(), t.shallow_clone()))
                     .collect()
             }),
-            average: self.average.as_ref().map(|a| {
-                a.weights()
-                    .iter()
-                    .map(|(n, t)| (n.clone(), t.detach().to_device(Device::Cpu).copy()))
-                    .collect()
-            }),
+            average: self.average.as_ref().map(|a| cpu_copies(a.weights())),
         };
         Ok(observer.save_state(&state)?)
     }
