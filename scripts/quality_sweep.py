@@ -68,6 +68,8 @@ VARIANTS = {
     "asl-rdrop": ("asymmetric loss (as asl) with R-Drop, consistency weight 1", ASL + ["--rdrop-weight", "1"]),
     "asl-ema": ("asymmetric loss (as asl), weights' moving average (decay 0.999) evaluated and published",
                 ASL + ["--ema-decay", "0.999"]),
+    "asl-rdrop-ema": ("asymmetric loss (as asl) with R-Drop (as asl-rdrop) and the weights' moving average (as asl-ema)",
+                      ASL + ["--rdrop-weight", "1", "--ema-decay", "0.999"]),
     "asl-distil4": ("asymmetric loss (as asl), distilled from the 'asl4' ensemble (asl and asl-rdrop, 2 seeds each), weight 0.5",
                     ASL + ["{ensemble:asl4}", "--distill-weight", "0.5"]),
 }

@@ -25,8 +25,8 @@ log-loss, as `--calibration`): dev macro-F1 with thresholds re-tuned on the scal
 the trainer did until the seventh round) against the unscaled thresholds mapped through each label's temperature
 (a per-label monotone map, so each label's predictions are unchanged).
 
-Scores are studied uncalibrated: where a checkpoint has temperatures folded into its head, its
-scores are mapped back (sigmoid(logit · T)), as the trainer tunes thresholds before calibration.
+Scores are studied uncalibrated: where a checkpoint has a calibration folded into its head, its
+scores are mapped back (sigmoid((logit − b) · T)), as the trainer tunes thresholds before calibration.
 
 `--test` also scores the test split and prints, for each rule tuned on the full dev split, the
 test macro-F1: it reads the test split, so use it only on runs already read on test as finalists.
@@ -88,7 +88,10 @@ def run_scores(run, split, texts):
     scores = np.array(scored["scores"], dtype=np.float64)
     calibration = manifest(run, scored["version"]).get("calibration") or {}
     if calibration.get("applied"):
-        scores = sigmoid(logit(scores) * np.array(calibration["temperatures"]))
+        # Served: sigmoid(z / T + b) (b = 0 without shifts); back: z = (z' - b) * T.
+        temperatures = np.array(calibration["temperatures"])
+        shifts = np.array(calibration.get("shifts") or [0.0] * len(temperatures))
+        scores = sigmoid((logit(scores) - shifts) * temperatures)
     return scores
 
 
@@ -174,6 +177,39 @@ def fit_temperatures(scores, y):
     return np.array(fitted)
 
 
+def fit_platt(scores, y, iterations=50):
+    """Per label, the (1/T, b) minimising the log-loss of sigmoid(z / T + b): Newton's method on
+    each label's two-parameter logistic regression, all labels at once (with step halving)."""
+    z = logit(scores)
+    a = np.ones(y.shape[1])
+    b = np.zeros(y.shape[1])
+    yf = y.astype(np.float64)
+
+    def loss(a, b):
+        m = np.where(y, 1.0, -1.0) * (z * a + b)
+        return np.logaddexp(0.0, -m).mean(0)
+
+    current = loss(a, b)
+    for _ in range(iterations):
+        p = sigmoid(z * a + b)
+        r, w = p - yf, np.maximum(p * (1 - p), 1e-12)
+        ga, gb = (r * z).mean(0), r.mean(0)
+        haa, hab, hbb = (w * z * z).mean(0), (w * z).mean(0), w.mean(0)
+        det = np.maximum(haa * hbb - hab * hab, 1e-18)
+        da, db = (hbb * ga - hab * gb) / det, (haa * gb - hab * ga) / det
+        step = np.ones_like(a)
+        for _ in range(30):
+            na = np.clip(a - step * da, 0.05, 20.0)
+            nb = np.clip(b - step * db, -20.0, 20.0)
+            new = loss(na, nb)
+            better = new < current
+            a, b, current = np.where(better, na, a), np.where(better, nb, b), np.where(better, new, current)
+            step = np.where(better, 0.0, step / 2)
+            if not step.any():
+                break
+    return 1 / a, b
+
+
 def log_loss(scores, y):
     p = np.clip(scores, 1e-7, 1 - 1e-7)
     return float(-np.where(y, np.log(p), np.log(1 - p)).mean())
@@ -212,6 +248,37 @@ def study(run, texts, y, test):
           f"{macro_f1(scaled, y, tune(scaled, y, 'grid')[0]):.4f}, scaled with the unscaled thresholds mapped "
           f"through T {macro_f1(scaled, y, mapped):.4f}; "
           f"{int((unscaled_thresholds == global_t).sum())} labels on the global threshold")
+
+    # Platt scaling against temperature scaling, as the trainer's `--calibration auto` decides:
+    # log-loss cross-fitted on alternate halves of dev, the trainer's thresholds (shrink-10) mapped
+    # through each label's map (the same decisions), and whether they stay on the 0.01-0.99 grid.
+    fits = {
+        "temperature": lambda s, t: (fit_temperatures(s, t), np.zeros(t.shape[1])),
+        "platt": lambda s, t: fit_platt(s, t),
+    }
+    thresholds, _ = tune(scores, y, "shrink-10")
+    unscaled_loss = log_loss(scores, y)
+    print("\n| calibration | dev log-loss, cross-fitted halves | thresholds off the grid (max) "
+          "| dev macro-F1, mapped thresholds | dev micro-F1 at a re-tuned global threshold | auto would apply |")
+    print("|---|---:|---:|---:|---:|---|")
+    print(f"| none | {unscaled_loss:.4f} | — | {macro_f1(scores, y, thresholds):.4f} "
+          f"| {float(f1(scores >= best(scores.ravel(), y.ravel(), GRID), y, None)):.4f} | — |")
+    for name, fit in fits.items():
+        halves = [np.arange(len(y)) % 2 == k for k in (0, 1)]
+        crossed = 0.0
+        for fit_on, score_on in (halves, halves[::-1]):
+            t, b = fit(scores[fit_on], y[fit_on])
+            crossed += log_loss(sigmoid(logit(scores[score_on]) / t + b), y[score_on]) * score_on.sum()
+        crossed /= len(y)
+        t, b = fit(scores, y)
+        scaled = sigmoid(logit(scores) / t + b)
+        mapped = sigmoid(logit(thresholds) / t + b)
+        off = mapped[(mapped < 0.01) | (mapped > 0.99)]
+        f1_mapped = macro_f1(scaled, y, mapped)
+        micro = float(f1(scaled >= best(scaled.ravel(), y.ravel(), GRID), y, None))
+        applies = crossed < unscaled_loss and f1_mapped >= macro_f1(scores, y, thresholds) - 1e-9 and off.size == 0
+        print(f"| {name} | {crossed:.4f} | {off.size}" + (f" ({off.max():.4f})" if off.size else "")
+              + f" | {f1_mapped:.4f} | {micro:.4f} | {'yes' if applies else 'no'} |")
 
     if test:
         test_texts, test_y = test

@@ -339,12 +339,12 @@ impl Thresholds {
         }
     }
 
-    /// The thresholds for scores scaled per label as sigmoid(logit / T): each label's threshold
-    /// goes through its own temperature, so every decision stays what it was on the unscaled
-    /// scores; `global` becomes the micro-F1 optimum on the `scaled` scores.
-    pub fn through_temperatures(
+    /// The thresholds for scores mapped per label as sigmoid(logit / T + b) (`maps`): each
+    /// label's threshold goes through its own map, so every decision stays what it was on the
+    /// unscaled scores; `global` becomes the micro-F1 optimum on the `scaled` scores.
+    pub fn through_scaling(
         &self,
-        temperatures: &[f64],
+        maps: &calibration::Scaling,
         scaled: &[f32],
         targets: &[u8],
     ) -> Self {
@@ -352,8 +352,8 @@ impl Thresholds {
             per_label: self
                 .per_label
                 .iter()
-                .zip(temperatures)
-                .map(|(&t, &temperature)| calibration::scaled(calibration::logit(t), temperature))
+                .enumerate()
+                .map(|(j, &t)| maps.score(j, t))
                 .collect(),
             global: tune_global(scaled, targets),
             fallbacks: self.fallbacks.clone(),
@@ -622,19 +622,24 @@ mod tests {
     }
 
     #[test]
-    fn thresholds_through_temperatures_keep_every_decision() {
+    fn thresholds_through_a_scaling_keep_every_decision() {
         let scores = [0.3, 0.8, 0.6, 0.2, 0.45, 0.55, 0.1, 0.9];
         let targets = [1, 1, 1, 0, 0, 1, 0, 1];
         let t = tune_thresholds(&scores, &targets, 2);
-        let temperatures = [2.5, 0.4];
-        let scaled = calibration::apply_temperatures(&scores, &temperatures);
-        let mapped = t.through_temperatures(&temperatures, &scaled, &targets);
-        assert_eq!(
-            decide(&scores, 2, &t.per_label),
-            decide(&scaled, 2, &mapped.per_label)
-        );
-        assert_eq!(mapped.global, tune_global(&scaled, &targets));
-        assert_eq!(mapped.fallbacks, t.fallbacks);
+        for shifts in [vec![], vec![-1.25, 2.0]] {
+            let maps = calibration::Scaling {
+                temperatures: vec![2.5, 0.4],
+                shifts,
+            };
+            let scaled = maps.apply(&scores);
+            let mapped = t.through_scaling(&maps, &scaled, &targets);
+            assert_eq!(
+                decide(&scores, 2, &t.per_label),
+                decide(&scaled, 2, &mapped.per_label)
+            );
+            assert_eq!(mapped.global, tune_global(&scaled, &targets));
+            assert_eq!(mapped.fallbacks, t.fallbacks);
+        }
     }
 
     fn label_f1(scores: &[f32], targets: &[u8], labels: usize, j: usize, t: f32) -> f64 {

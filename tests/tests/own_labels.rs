@@ -204,10 +204,15 @@ async fn a_csv_dataset_with_its_own_labels_and_grouping_is_trained_and_served_by
     assert_eq!(manifest["dataset"]["split_seed"], 42);
     assert_eq!(manifest["groupings"][0]["name"], "tone");
     assert_eq!(manifest["thresholds"].as_array().unwrap().len(), 3);
-    // Temperature scaling is fitted on dev and recorded, applied or not, with the reason.
+    // A calibration is fitted on dev and recorded, applied or not, with the reason: Platt
+    // scaling (a temperature and a shift per label) or temperature scaling.
     let calibration = &manifest["calibration"];
-    assert_eq!(calibration["method"], "temperature");
     assert_eq!(calibration["temperatures"].as_array().unwrap().len(), 3);
+    match calibration["method"].as_str() {
+        Some("platt") => assert_eq!(calibration["shifts"].as_array().unwrap().len(), 3),
+        Some("temperature") => assert!(calibration.get("shifts").is_none(), "{calibration}"),
+        other => panic!("calibration method {other:?}"),
+    }
     assert!(calibration["applied"].is_boolean(), "{calibration}");
     assert!(calibration["reason"]
         .as_str()

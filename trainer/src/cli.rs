@@ -195,12 +195,13 @@ pub struct HyperArgs {
     /// the embeddings at lr·decay^(L + 1), the head at lr; 1 (default) is off.
     #[arg(long, env = "GOEMOTIONS_LAYER_LR_DECAY", default_value_t = TrainConfig::default().layer_lr_decay)]
     pub layer_lr_decay: f64,
-    /// Per-label temperature scaling of a multi-label model's scores (sigmoid(logit / T), T
-    /// fitted on dev, folded into the published head): auto applies it when it lowers dev
-    /// log-loss (cross-fitted halves) without lowering dev macro-F1 and every threshold stays
-    /// on the tuning grid (0.01–0.99); temperature always; none
-    /// never (still fitted and reported). Thresholds are tuned on the unscaled scores and mapped
-    /// through each label's temperature, so calibration changes no dev decision.
+    /// Per-label calibration of a multi-label model's scores, fitted on dev and folded into the
+    /// published head: temperature scaling (sigmoid(logit / T)) or Platt scaling (sigmoid(logit /
+    /// T + b)). auto fits both and applies, of those that lower dev log-loss (cross-fitted halves)
+    /// without lowering dev macro-F1 and keep every threshold on the tuning grid (0.01–0.99), the
+    /// one with the lower log-loss; temperature or platt always; none never (still fitted and
+    /// reported). Thresholds are tuned on the unscaled scores and mapped through each label's
+    /// map, so calibration changes no dev decision.
     #[arg(long, env = "GOEMOTIONS_CALIBRATION", value_enum, default_value_t = TrainConfig::default().calibration)]
     pub calibration: CalibrationChoice,
     /// R-Drop consistency weight in [0, 10]: each batch runs forward twice with independent

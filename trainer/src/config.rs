@@ -83,16 +83,19 @@ impl std::str::FromStr for LossKind {
     }
 }
 
-/// Per-label temperature scaling of a multi-label model's scores, fitted on dev.
+/// Per-label calibration of a multi-label model's scores, fitted on dev.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum CalibrationChoice {
-    /// Applied when it lowers dev log-loss (cross-fitted) without lowering dev macro-F1 and keeps
-    /// every threshold on the tuning grid (0.01–0.99).
+    /// Platt and temperature scaling both fitted; of those that lower dev log-loss (cross-fitted)
+    /// without lowering dev macro-F1 and keep every threshold on the tuning grid (0.01–0.99), the
+    /// one with the lower log-loss is applied.
     #[default]
     Auto,
-    /// Always applied.
+    /// Temperature scaling (sigmoid(logit / T)), always applied.
     Temperature,
+    /// Platt scaling (sigmoid(logit / T + b)), always applied.
+    Platt,
     /// Never applied (still fitted and reported).
     None,
 }
@@ -102,6 +105,7 @@ impl CalibrationChoice {
         match self {
             Self::Auto => "auto",
             Self::Temperature => "temperature",
+            Self::Platt => "platt",
             Self::None => "none",
         }
     }
@@ -113,11 +117,12 @@ impl std::str::FromStr for CalibrationChoice {
         match s {
             "auto" => Ok(Self::Auto),
             "temperature" => Ok(Self::Temperature),
+            "platt" => Ok(Self::Platt),
             "none" => Ok(Self::None),
             other => Err(common::ParseEnumError {
                 what: "calibration",
                 value: other.into(),
-                expected: "auto, temperature or none",
+                expected: "auto, temperature, platt or none",
             }),
         }
     }

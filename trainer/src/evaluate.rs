@@ -209,8 +209,8 @@ pub fn job_report(
     })
 }
 
-/// Calibration of the test scores without and with the temperatures fitted on dev. The scores
-/// given are the served ones: temperature-scaled when `calibration.applied`.
+/// Calibration of the test scores without and with the per-label maps fitted on dev. The scores
+/// given are the served ones: scaled when `calibration.applied`.
 pub fn calibration_report(
     calibration: &Calibration,
     test_scores: &[f32],
@@ -219,18 +219,11 @@ pub fn calibration_report(
 ) -> CalibrationReport {
     use common::calibration as cal;
     let l = labels.len();
-    let t = &calibration.temperatures;
+    let maps = calibration.scaling();
     let (unscaled, scaled) = if calibration.applied {
-        let inverse: Vec<f64> = t.iter().map(|t| 1.0 / t).collect();
-        (
-            cal::apply_temperatures(test_scores, &inverse),
-            test_scores.to_vec(),
-        )
+        (maps.inverse().apply(test_scores), test_scores.to_vec())
     } else {
-        (
-            test_scores.to_vec(),
-            cal::apply_temperatures(test_scores, t),
-        )
+        (test_scores.to_vec(), maps.apply(test_scores))
     };
     let column = |scores: &[f32], j: usize| cal::label_column(scores, test_targets, l, j);
     let ece = |(scores, targets): (Vec<f32>, Vec<u8>)| {
@@ -242,7 +235,8 @@ pub fn calibration_report(
         .enumerate()
         .map(|(j, name)| LabelCalibration {
             label: name.clone(),
-            temperature: t.get(j).copied().unwrap_or(1.0),
+            temperature: maps.label(j).0,
+            shift: maps.label(j).1,
             ece_unscaled: ece(column(&unscaled, j)),
             ece_scaled: ece(column(&scaled, j)),
         })
@@ -250,6 +244,7 @@ pub fn calibration_report(
     let bins_unscaled = cal::reliability(&unscaled, test_targets);
     let bins_scaled = cal::reliability(&scaled, test_targets);
     CalibrationReport {
+        method: calibration.method.clone(),
         applied: calibration.applied,
         reason: calibration.reason.clone(),
         ece_unscaled: cal::expected_calibration_error(&bins_unscaled),

@@ -13,7 +13,7 @@
 //! steps an uninterrupted run takes.
 use std::time::Instant;
 
-use common::calibration::{self, Calibration};
+use common::calibration::{self, Calibration, Method, Scaling};
 use common::checkpoint::{BaseModel, CONFIG, TOKENIZER, WEIGHTS};
 use common::data::{self, Example};
 use common::inference::{self, InferenceError};
@@ -72,7 +72,7 @@ pub struct TrainOutcome {
     pub best_epoch: u32,
     /// Dev scores of the selected model as published (after any calibration), `[examples × labels]`.
     pub dev_scores: Vec<f32>,
-    /// Temperature scaling fitted on dev (multi-label models), applied or not.
+    /// The per-label calibration fitted on dev (multi-label models: Platt or temperature), applied or not.
     pub calibration: Option<Calibration>,
     pub train_seconds: f64,
     pub samples_per_second: f64,
@@ -369,11 +369,14 @@ impl<'a> FineTune<'a> {
             );
         }
         if model.config().problem() == ProblemType::SingleLabel
-            && cfg.calibration == CalibrationChoice::Temperature
+            && matches!(
+                cfg.calibration,
+                CalibrationChoice::Temperature | CalibrationChoice::Platt
+            )
         {
             return Err(crate::validate::ValidationError::Invalid {
                 field: "hyperparameters.calibration".into(),
-                message: "temperature scaling is per label, for multi-label models; a single-label model's softmax is not scaled (use auto or none)".into(),
+                message: "temperature and Platt scaling are per label, for multi-label models; a single-label model's softmax is not scaled (use auto or none)".into(),
             }
             .into());
         }
@@ -736,40 +739,70 @@ impl<'a> FineTune<'a> {
         })
     }
 
-    /// Fits one temperature per label on the dev scores and, as the config says, folds them
-    /// into the head; `dev_scores` then become the scaled scores, re-scored through the model,
-    /// and the thresholds (tuned on the unscaled scores) go through each label's temperature, so
-    /// every dev decision stays what it was. Re-tuning on the scaled scores instead would move
-    /// the labels on the global threshold: one threshold across differently scaled labels.
+    /// Fits per-label maps on the dev scores — Platt scaling (a temperature and a shift per label)
+    /// and temperature scaling, as the config asks — and, as it says, folds the chosen one into
+    /// the head; `dev_scores` then become the calibrated scores, re-scored through the model, and
+    /// the thresholds (tuned on the unscaled scores) go through each label's map, so every dev
+    /// decision stays what it was. Re-tuning on the scaled scores instead would move the labels
+    /// on the global threshold: one threshold across differently scaled labels.
     fn calibrate(
         &self,
         dev_scores: &mut Vec<f32>,
         tuned: Thresholds,
     ) -> Result<(Calibration, Thresholds), TrainError> {
         let targets = &self.dev_targets;
-        let temperatures = calibration::fit_temperatures(dev_scores, targets, self.labels.len());
+        let l = self.labels.len();
         let macro_f1 = |scores: &[f32], thresholds: &Thresholds| {
             metrics::evaluate(scores, targets, self.labels, &thresholds.per_label).macro_f1
         };
-        let scaled = calibration::apply_temperatures(dev_scores, &temperatures);
-        let mapped = tuned.through_temperatures(&temperatures, &scaled, targets);
         let dev_log_loss = calibration::log_loss(dev_scores, targets);
-        let dev_log_loss_scaled =
-            calibration::cross_fitted_log_loss(dev_scores, targets, self.labels.len());
         let dev_macro_f1 = macro_f1(dev_scores, &tuned);
-        let dev_macro_f1_scaled = macro_f1(&scaled, &mapped);
-        let (applied, reason) = calibration_decision(
-            self.cfg.calibration,
-            CalibrationFigures {
+        let methods: &[Method] = match self.cfg.calibration {
+            CalibrationChoice::Temperature => &[Method::Temperature],
+            CalibrationChoice::Platt => &[Method::Platt],
+            CalibrationChoice::Auto | CalibrationChoice::None => {
+                &[Method::Platt, Method::Temperature]
+            }
+        };
+        let candidates = methods.iter().map(|&method| {
+            let maps = Scaling::fit(method, dev_scores, targets, l);
+            let scaled = maps.apply(dev_scores);
+            let mapped = tuned.through_scaling(&maps, &scaled, targets);
+            let figures = CalibrationFigures {
                 dev_log_loss,
-                dev_log_loss_scaled,
+                dev_log_loss_scaled: calibration::cross_fitted_log_loss(
+                    dev_scores, targets, l, method,
+                ),
                 dev_macro_f1,
-                dev_macro_f1_scaled,
-            },
-            &mapped.per_label,
-        );
+                dev_macro_f1_scaled: macro_f1(&scaled, &mapped),
+            };
+            let (applied, reason) =
+                calibration_decision(self.cfg.calibration, method, &figures, &mapped.per_label);
+            (method, maps, mapped, figures, applied, reason)
+        });
+        let mut candidates: Vec<_> = candidates.collect();
+        // The applied map with the lowest cross-fitted log-loss; none applied: the lowest, recorded.
+        let lowest = |applied_only: bool| {
+            candidates
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| c.4 || !applied_only)
+                .min_by(|(_, a), (_, b)| {
+                    a.3.dev_log_loss_scaled.total_cmp(&b.3.dev_log_loss_scaled)
+                })
+                .map(|(i, _)| i)
+        };
+        // `methods` is never empty, so neither is `candidates`.
+        let chosen = lowest(true).or_else(|| lowest(false)).unwrap_or(0);
+        let reason = if candidates[chosen].4 {
+            candidates[chosen].5.clone()
+        } else {
+            let all: Vec<&str> = candidates.iter().map(|c| c.5.as_str()).collect();
+            all.join("; ")
+        };
+        let (method, maps, mapped, figures, applied, _) = candidates.swap_remove(chosen);
         let thresholds = if applied {
-            self.model.scale_logits(&temperatures)?;
+            self.model.calibrate_logits(&maps)?;
             *dev_scores = inference::score_all(
                 &self.model,
                 &self.tokenizer,
@@ -780,16 +813,20 @@ impl<'a> FineTune<'a> {
         } else {
             tuned
         };
-        tracing::info!(applied, %reason, "per-label temperature scaling");
+        tracing::info!(applied, method = method.as_str(), %reason, "per-label calibration");
         let calibration = Calibration {
-            method: "temperature".into(),
+            method: method.as_str().into(),
             applied,
             reason,
-            temperatures,
+            temperatures: maps.temperatures,
+            shifts: match method {
+                Method::Platt => maps.shifts,
+                Method::Temperature => Vec::new(),
+            },
             dev_log_loss,
-            dev_log_loss_scaled,
+            dev_log_loss_scaled: figures.dev_log_loss_scaled,
             dev_macro_f1,
-            dev_macro_f1_scaled,
+            dev_macro_f1_scaled: figures.dev_macro_f1_scaled,
         };
         Ok((calibration, thresholds))
     }
@@ -805,7 +842,7 @@ impl<'a> FineTune<'a> {
     }
 }
 
-/// Dev figures without and with per-label temperatures.
+/// Dev figures without and with a per-label calibration.
 struct CalibrationFigures {
     dev_log_loss: f64,
     dev_log_loss_scaled: f64,
@@ -813,19 +850,24 @@ struct CalibrationFigures {
     dev_macro_f1_scaled: f64,
 }
 
-/// Whether the temperatures are applied, and why: `auto` applies them when they lower the
-/// cross-fitted dev log-loss, do not lower dev macro-F1, and keep every label's threshold
+/// Whether a fitted calibration (`method`) is applied, and why: `auto` applies it when it lowers
+/// the cross-fitted dev log-loss, does not lower dev macro-F1, and keeps every label's threshold
 /// (`scaled_thresholds`) on the tuning grid. Thresholds tuned later on the served scores (group
 /// thresholds, ensembles, a user's own sweep) use that grid: scores that need 0.999 to decide
-/// cannot be tuned (the asymmetric loss's temperatures, 0.2–0.3, push thresholds there).
+/// cannot be tuned (the asymmetric loss's temperatures alone, 0.2–0.3, push thresholds there).
 fn calibration_decision(
     choice: CalibrationChoice,
-    f: CalibrationFigures,
+    method: Method,
+    f: &CalibrationFigures,
     scaled_thresholds: &[f32],
 ) -> (bool, String) {
     let measured = format!(
-        "dev log-loss {:.4} → {:.4} (cross-fitted halves), dev macro-F1 {:.4} → {:.4}",
-        f.dev_log_loss, f.dev_log_loss_scaled, f.dev_macro_f1, f.dev_macro_f1_scaled
+        "{} scaling: dev log-loss {:.4} → {:.4} (cross-fitted halves), dev macro-F1 {:.4} → {:.4}",
+        method.as_str(),
+        f.dev_log_loss,
+        f.dev_log_loss_scaled,
+        f.dev_macro_f1,
+        f.dev_macro_f1_scaled
     );
     let off_grid: Vec<f32> = scaled_thresholds
         .iter()
@@ -834,7 +876,10 @@ fn calibration_decision(
         .collect();
     match choice {
         CalibrationChoice::None => (false, format!("--calibration none; {measured}")),
-        CalibrationChoice::Temperature => (true, format!("--calibration temperature; {measured}")),
+        CalibrationChoice::Temperature | CalibrationChoice::Platt => (
+            true,
+            format!("--calibration {}; {measured}", choice.as_str()),
+        ),
         CalibrationChoice::Auto if f.dev_log_loss_scaled >= f.dev_log_loss => {
             (false, format!("no lower dev log-loss: {measured}"))
         }
@@ -892,8 +937,12 @@ mod tests {
             dev_macro_f1_scaled: scaled_f1,
         };
         let on_grid = [0.3, 0.9, 0.5];
-        let decide = |choice, f, t: &[f32]| calibration_decision(choice, f, t);
-        assert!(decide(CalibrationChoice::Auto, figures(0.11, 0.55), &on_grid).0);
+        let decide = |choice, f, t: &[f32]| calibration_decision(choice, Method::Platt, &f, t);
+        let (applied, why) = decide(CalibrationChoice::Auto, figures(0.11, 0.55), &on_grid);
+        assert!(
+            applied && why.starts_with("platt scaling: dev log-loss"),
+            "{why}"
+        );
         let (applied, why) = decide(CalibrationChoice::Auto, figures(0.13, 0.55), &on_grid);
         assert!(
             !applied && why.starts_with("no lower dev log-loss"),
@@ -916,18 +965,14 @@ mod tests {
             "{why}"
         );
         // The explicit choices hold whatever the figures.
-        assert!(
-            decide(
-                CalibrationChoice::Temperature,
-                figures(0.13, 0.54),
-                &[0.9999]
-            )
-            .0
-        );
+        for choice in [CalibrationChoice::Temperature, CalibrationChoice::Platt] {
+            assert!(decide(choice, figures(0.13, 0.54), &[0.9999]).0);
+        }
         assert!(!decide(CalibrationChoice::None, figures(0.11, 0.55), &on_grid).0);
     }
     use super::{
         calibration_decision, layer_lr_scale, step_seed, CalibrationChoice, CalibrationFigures,
+        Method,
     };
 
     #[test]

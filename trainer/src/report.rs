@@ -115,11 +115,14 @@ pub struct Report {
     pub calibration: Option<CalibrationReport>,
 }
 
-/// Calibration of a multi-label model's test scores without and with per-label temperature
-/// scaling fitted on dev, and which of the two the published model serves.
+/// Calibration of a multi-label model's test scores without and with the per-label scaling
+/// fitted on dev (temperature or Platt), and which of the two the published model serves.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CalibrationReport {
-    /// Whether the published model serves the temperature-scaled scores, and why.
+    /// "temperature" or "platt" (`common::calibration::Calibration::method`).
+    #[serde(default = "temperature_method")]
+    pub method: String,
+    /// Whether the published model serves the scaled scores, and why.
     pub applied: bool,
     pub reason: String,
     /// Every (text, label) pair of the test split, pooled.
@@ -130,16 +133,23 @@ pub struct CalibrationReport {
     pub test_log_loss_unscaled: f64,
     pub test_log_loss_scaled: f64,
     pub dev_log_loss_unscaled: f64,
-    /// Temperatures fitted on one half of dev, scored on the other, both ways round.
+    /// The scaling fitted on one half of dev, scored on the other, both ways round.
     pub dev_log_loss_scaled_cross_fitted: f64,
     pub per_label: Vec<LabelCalibration>,
+}
+
+fn temperature_method() -> String {
+    "temperature".into()
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LabelCalibration {
     pub label: String,
-    /// Fitted on all of dev: scores become sigmoid(logit / temperature).
+    /// Fitted on all of dev: scores become sigmoid(logit / temperature + shift).
     pub temperature: f64,
+    /// 0 with temperature scaling.
+    #[serde(default)]
+    pub shift: f64,
     pub ece_unscaled: f64,
     pub ece_scaled: f64,
 }
@@ -378,7 +388,7 @@ impl Report {
         }
         if !self.threshold_fallbacks.is_empty() {
             // After calibration each of them has the global threshold through its own
-            // temperature, so the table above, not one number, says where each one is.
+            // map, so the table above, not one number, says where each one is.
             let _ = writeln!(
                 out,
                 "\nLabels on the global threshold instead of one of their own (their rows above give it):\n"
@@ -538,16 +548,31 @@ impl Report {
 }
 
 impl CalibrationReport {
+    fn platt(&self) -> bool {
+        self.method == "platt"
+    }
+
+    /// What the scaled scores are called in tables and plots.
+    fn scaled_name(&self) -> &'static str {
+        if self.platt() {
+            "Platt-scaled"
+        } else {
+            "temperature-scaled"
+        }
+    }
+
     fn markdown(&self, out: &mut String) {
         let _ = writeln!(out, "\n## Calibration\n");
         let _ = writeln!(
             out,
             "Does a score of 0.7 mean 70 %? Over every (text, label) pair of the split, in {} equal-width \
              score bins: expected calibration error (ECE, the count-weighted gap between mean score \
-             and observed frequency) and log-loss, without and with per-label temperature scaling \
-             (sigmoid(logit / T), T fitted on dev). **The model serves the {} scores**: {}.\n",
+             and observed frequency) and log-loss, without and with per-label {} \
+             ({}, fitted on dev). **The model serves the {} scores**: {}.\n",
             self.bins_unscaled.len(),
-            if self.applied { "temperature-scaled" } else { "unscaled" },
+            if self.platt() { "Platt scaling" } else { "temperature scaling" },
+            if self.platt() { "sigmoid(logit / T + b)" } else { "sigmoid(logit / T)" },
+            if self.applied { self.scaled_name() } else { "unscaled" },
             self.reason
         );
         row(
@@ -567,7 +592,7 @@ impl CalibrationReport {
         row(
             out,
             &[
-                "temperature-scaled".into(),
+                self.scaled_name().into(),
                 f(self.ece_scaled),
                 f(self.test_log_loss_scaled),
                 format!(
@@ -577,26 +602,30 @@ impl CalibrationReport {
             ],
         );
         let _ = writeln!(out, "\n![Reliability](reliability.svg)\n");
-        row(
-            out,
-            &["label", "T (dev)", "test ECE unscaled", "test ECE scaled"].map(String::from),
-        );
-        row(out, &["---", "---:", "---:", "---:"].map(String::from));
+        let mut head = vec!["label", "T (dev)"];
+        if self.platt() {
+            head.push("b (dev)");
+        }
+        head.extend(["test ECE unscaled", "test ECE scaled"]);
+        row(out, &head.iter().map(|h| h.to_string()).collect::<Vec<_>>());
+        let align: Vec<String> = head
+            .iter()
+            .enumerate()
+            .map(|(i, _)| if i == 0 { "---" } else { "---:" }.into())
+            .collect();
+        row(out, &align);
         for l in &self.per_label {
-            row(
-                out,
-                &[
-                    l.label.clone(),
-                    format!("{:.2}", l.temperature),
-                    f(l.ece_unscaled),
-                    f(l.ece_scaled),
-                ],
-            );
+            let mut cells = vec![l.label.clone(), format!("{:.2}", l.temperature)];
+            if self.platt() {
+                cells.push(format!("{:+.2}", l.shift));
+            }
+            cells.extend([f(l.ece_unscaled), f(l.ece_scaled)]);
+            row(out, &cells);
         }
     }
 
-    /// A reliability diagram: observed frequency against mean score per bin, served and
-    /// temperature-scaled, with the diagonal of perfect calibration.
+    /// A reliability diagram: observed frequency against mean score per bin, unscaled and
+    /// scaled, with the diagonal of perfect calibration.
     pub fn svg(&self) -> String {
         let (left, top, size) = (60.0, 40.0, 360.0);
         let x = |v: f64| left + v * size;
@@ -660,7 +689,7 @@ impl CalibrationReport {
             (
                 &self.bins_scaled,
                 "#2ca02c",
-                "temperature-scaled",
+                self.scaled_name(),
                 self.ece_scaled,
             ),
         ]

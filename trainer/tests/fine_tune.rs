@@ -1,7 +1,7 @@
 //! Fine-tuning on small GoEmotions subsets with the packaged MiniLM: the loss goes down, the
 //! under-trained labels of a short run keep no predict-everything threshold, divergence and bad
 //! configurations are caught, bf16 keeps fp32 master weights, a resumed run equals an
-//! uninterrupted one (with a weight average too, which is what gets published), distillation pulls towards the teachers' scores, and temperature scaling
+//! uninterrupted one (with a weight average too, which is what gets published), distillation pulls towards the teachers' scores, and calibration (temperature or Platt scaling)
 //! is what the published model serves. (A few dozen steps teach MiniLM little beyond the label priors — in
 //! `transformers` too — so ranking quality is the main job's to show, not these tests'.)
 use std::path::PathBuf;
@@ -542,7 +542,7 @@ fn distilling_pulls_the_student_towards_the_teachers_scores() {
 }
 
 #[test]
-fn temperature_scaling_is_folded_into_the_served_scores() {
+fn calibration_is_folded_into_the_served_scores() {
     let _serial = serial();
     tch::set_num_threads(2);
     let data = Dataset::load(&data_dir(), limits(96, 64), 11).unwrap();
@@ -566,64 +566,79 @@ fn temperature_scaling_is_folded_into_the_served_scores() {
         .unwrap()
     };
     let plain = run(CalibrationChoice::None);
-    let scaled = run(CalibrationChoice::Temperature);
-    let (p, s) = (
-        plain.calibration.as_ref().unwrap(),
-        scaled.calibration.as_ref().unwrap(),
-    );
-    assert!(!p.applied && s.applied);
-    // Same training: the same temperatures, fitted and recorded either way.
-    assert_eq!(p.temperatures, s.temperatures);
-    assert!(
-        s.temperatures.iter().any(|t| (t - 1.0).abs() > 0.05),
-        "{:?}",
-        s.temperatures
-    );
-    // The published model serves sigmoid(logit / T), and the thresholds were tuned on that.
-    let expect = common::calibration::apply_temperatures(&plain.dev_scores, &s.temperatures);
-    let gap = expect
-        .iter()
-        .zip(&scaled.dev_scores)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0f32, f32::max);
-    assert!(
-        gap < 1e-4,
-        "served scores differ from the tempered ones by {gap}"
-    );
+    let p = plain.calibration.as_ref().unwrap();
+    assert!(!p.applied);
+    let l = data.labels.len();
     let texts: Vec<&str> = data.dev.iter().map(|e| e.text.as_str()).collect();
-    let encoded = scaled.tokenizer.encode_all(&texts).unwrap();
-    // Batched as the trainer re-scored dev: on some CPUs fp32 products differ in the last bit
-    // with the number of rows, so another batch size only agrees to about 1e-7.
-    let eval_batch = small_config().eval_batch_size;
-    let served =
-        inference::score_all(&scaled.model, &scaled.tokenizer, &encoded, eval_batch).unwrap();
-    assert_eq!(served, scaled.dev_scores);
-    let by_16 = inference::score_all(&scaled.model, &scaled.tokenizer, &encoded, 16).unwrap();
-    let gap = by_16
-        .iter()
-        .zip(&served)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0f32, f32::max);
-    assert!(gap < 1e-5, "batches of 16 moved the scores by {gap}");
-    // The thresholds are the uncalibrated run's, each through its label's temperature: every
-    // dev decision is the same.
-    assert_eq!(plain.thresholds.fallbacks, scaled.thresholds.fallbacks);
-    for ((&p, &s), &temperature) in plain
-        .thresholds
-        .per_label
-        .iter()
-        .zip(&scaled.thresholds.per_label)
-        .zip(&scaled.calibration.as_ref().unwrap().temperatures)
-    {
-        let mapped = common::calibration::scaled(common::calibration::logit(p), temperature);
+    for (choice, method) in [
+        (CalibrationChoice::Temperature, "temperature"),
+        (CalibrationChoice::Platt, "platt"),
+    ] {
+        let scaled = run(choice);
+        let s = scaled.calibration.as_ref().unwrap();
+        assert!(s.applied && s.method == method, "{s:?}");
         assert!(
-            (mapped - s).abs() < 1e-6,
-            "{p} through T {temperature}: {s}"
+            s.temperatures.iter().any(|t| (t - 1.0).abs() > 0.05),
+            "{:?}",
+            s.temperatures
+        );
+        if method == "platt" {
+            assert_eq!(s.shifts.len(), l);
+            assert!(s.shifts.iter().any(|b| b.abs() > 0.05), "{:?}", s.shifts);
+        } else {
+            assert!(s.shifts.is_empty());
+        }
+        // Same training: what the `none` run recorded (the lower cross-fitted log-loss of the
+        // two) is what this run fitted, when it is the same method.
+        if p.method == method {
+            assert_eq!((&p.temperatures, &p.shifts), (&s.temperatures, &s.shifts));
+        }
+        // The published model serves the mapped scores, and the thresholds were tuned on that.
+        let expect = s.scaling().apply(&plain.dev_scores);
+        let gap = expect
+            .iter()
+            .zip(&scaled.dev_scores)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(
+            gap < 1e-4,
+            "{method}: served scores differ from the mapped ones by {gap}"
+        );
+        let encoded = scaled.tokenizer.encode_all(&texts).unwrap();
+        // Batched as the trainer re-scored dev: on some CPUs fp32 products differ in the last bit
+        // with the number of rows, so another batch size only agrees to about 1e-7.
+        let eval_batch = small_config().eval_batch_size;
+        let served =
+            inference::score_all(&scaled.model, &scaled.tokenizer, &encoded, eval_batch).unwrap();
+        assert_eq!(served, scaled.dev_scores);
+        let by_16 = inference::score_all(&scaled.model, &scaled.tokenizer, &encoded, 16).unwrap();
+        let gap = by_16
+            .iter()
+            .zip(&served)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(gap < 1e-5, "batches of 16 moved the scores by {gap}");
+        // The thresholds are the uncalibrated run's, each through its label's map: every dev
+        // decision is the same.
+        assert_eq!(plain.thresholds.fallbacks, scaled.thresholds.fallbacks);
+        let maps = s.scaling();
+        for (j, (&p, &s)) in plain
+            .thresholds
+            .per_label
+            .iter()
+            .zip(&scaled.thresholds.per_label)
+            .enumerate()
+        {
+            let mapped = maps.score(j, p);
+            assert!(
+                (mapped - s).abs() < 1e-6,
+                "{method}: {p} through label {j}'s map: {s}"
+            );
+        }
+        assert_eq!(
+            metrics::decide(&plain.dev_scores, l, &plain.thresholds.per_label),
+            metrics::decide(&scaled.dev_scores, l, &scaled.thresholds.per_label),
+            "{method}"
         );
     }
-    let l = data.labels.len();
-    assert_eq!(
-        metrics::decide(&plain.dev_scores, l, &plain.thresholds.per_label),
-        metrics::decide(&scaled.dev_scores, l, &scaled.thresholds.per_label)
-    );
 }

@@ -9,14 +9,24 @@ use tch::{Device, Kind, Tensor};
 use super::config::{BertConfig, ProblemType};
 use super::dropout::dropout;
 use super::precision::Precision;
+use crate::calibration::Scaling;
 use crate::safetensors_io::{self, SafetensorsError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
     #[error("invalid config.json: {0}")]
     Config(#[from] super::config::ConfigError),
-    #[error("temperatures: {found} values for {labels} labels, each finite and positive")]
-    Temperatures { found: usize, labels: usize },
+    #[error(
+        "calibration: {found} temperatures and {shifts} shifts for {labels} labels; one temperature \
+         per label, finite and positive, and one finite shift per label (or none)"
+    )]
+    Scaling {
+        found: usize,
+        shifts: usize,
+        labels: usize,
+    },
+    #[error("calibration: shifts need a classifier head with a bias")]
+    NoBias,
     #[error("a classifier needs at least one label")]
     NoLabels,
     #[error(transparent)]
@@ -377,17 +387,26 @@ impl BertClassifier {
         self.precision
     }
 
-    /// Divides each label's logit by its temperature, folded into the head (its weight rows and
-    /// bias are divided in place), so every later forward pass — and the saved weights — give
-    /// sigmoid(logit / T) with no change to any scoring path.
-    pub fn scale_logits(&self, temperatures: &[f64]) -> Result<(), ModelError> {
+    /// Maps each label's logit z to z / T + b (its temperature and shift), folded into the head
+    /// (weight rows divided by T, bias divided by T plus b, in place), so every later forward pass
+    /// — and the saved weights — give sigmoid(z / T + b) with no change to any scoring path.
+    pub fn calibrate_logits(&self, maps: &Scaling) -> Result<(), ModelError> {
         let labels = self.num_labels();
-        if temperatures.len() != labels || temperatures.iter().any(|t| !(t.is_finite() && *t > 0.0))
+        let (temperatures, shifts) = (&maps.temperatures, &maps.shifts);
+        if temperatures.len() != labels
+            || !(shifts.is_empty() || shifts.len() == labels)
+            || temperatures.iter().any(|t| !(t.is_finite() && *t > 0.0))
+            || shifts.iter().any(|b| !b.is_finite())
         {
-            return Err(ModelError::Temperatures {
+            return Err(ModelError::Scaling {
                 found: temperatures.len(),
+                shifts: shifts.len(),
                 labels,
             });
+        }
+        let shifted = shifts.iter().any(|&b| b != 0.0);
+        if shifted && self.classifier.bs.is_none() {
+            return Err(ModelError::NoBias);
         }
         let inverse: Vec<f32> = temperatures.iter().map(|t| (1.0 / t) as f32).collect();
         let device = self.classifier.ws.device();
@@ -401,6 +420,11 @@ impl BertClassifier {
                 .g_mul_(&factors.unsqueeze(1));
             if let Some(bs) = &self.classifier.bs {
                 let _ = bs.shallow_clone().g_mul_(&factors);
+                if shifted {
+                    let offsets: Vec<f32> = shifts.iter().map(|&b| b as f32).collect();
+                    let offsets = Tensor::from_slice(&offsets).to_device(device).to_kind(kind);
+                    let _ = bs.shallow_clone().g_add_(&offsets);
+                }
             }
         });
         Ok(())
@@ -837,7 +861,7 @@ mod tests {
     }
 
     #[test]
-    fn scaled_logits_give_the_tempered_sigmoid() {
+    fn calibrated_logits_give_the_scaled_and_shifted_sigmoid() {
         tch::manual_seed(4);
         let m = BertClassifier::new(tiny_config(), 3, Pooling::Mean, Device::Cpu).unwrap();
         tch::no_grad(|| {
@@ -851,15 +875,30 @@ mod tests {
             Vec::<f32>::try_from(m.forward(&ids, &mask, false).logits.view([-1])).unwrap()
         };
         let before = logits(&m);
-        let temperatures = [2.0, 0.5, 1.0];
-        m.scale_logits(&temperatures).unwrap();
+        let maps = |temperatures: &[f64], shifts: &[f64]| Scaling {
+            temperatures: temperatures.to_vec(),
+            shifts: shifts.to_vec(),
+        };
+        let (temperatures, shifts) = ([2.0, 0.5, 1.0], [0.25, 0.0, -3.0]);
+        m.calibrate_logits(&maps(&temperatures, &shifts)).unwrap();
         let after = logits(&m);
         for j in 0..3 {
-            let expect = before[j] / temperatures[j] as f32;
+            let expect = before[j] / temperatures[j] as f32 + shifts[j] as f32;
             assert!((after[j] - expect).abs() < 1e-5, "{after:?} vs {before:?}");
         }
-        assert!(m.scale_logits(&[1.0, 1.0]).is_err());
-        assert!(m.scale_logits(&[1.0, 0.0, 1.0]).is_err());
+        assert!(m.calibrate_logits(&maps(&[1.0, 1.0], &[])).is_err());
+        assert!(m.calibrate_logits(&maps(&[1.0, 0.0, 1.0], &[])).is_err());
+        assert!(m.calibrate_logits(&maps(&[1.0; 3], &[0.0; 2])).is_err());
+        assert!(m
+            .calibrate_logits(&maps(&[1.0; 3], &[f64::NAN, 0.0, 0.0]))
+            .is_err());
+        // Temperatures alone (no shifts) divide the logits.
+        let now = logits(&m);
+        m.calibrate_logits(&maps(&[4.0, 1.0, 0.5], &[])).unwrap();
+        let last = logits(&m);
+        for (j, t) in [4.0f32, 1.0, 0.5].iter().enumerate() {
+            assert!((last[j] - now[j] / t).abs() < 1e-5, "{last:?} vs {now:?}");
+        }
     }
 
     #[test]
