@@ -70,6 +70,9 @@ VARIANTS = {
                 ASL + ["--ema-decay", "0.999"]),
     "asl-rdrop-ema": ("asymmetric loss (as asl) with R-Drop (as asl-rdrop) and the weights' moving average (as asl-ema)",
                       ASL + ["--rdrop-weight", "1", "--ema-decay", "0.999"]),
+    "asl-rdrop-ema-distil": ("as asl-rdrop-ema, distilled from the 'rdrop-ema' ensemble (asl-rdrop-ema runs), weight 0.5",
+                             ASL + ["--rdrop-weight", "1", "--ema-decay", "0.999", "{ensemble:rdrop-ema}",
+                                    "--distill-weight", "0.5"]),
     "asl-distil4": ("asymmetric loss (as asl), distilled from the 'asl4' ensemble (asl and asl-rdrop, 2 seeds each), weight 0.5",
                     ASL + ["{ensemble:asl4}", "--distill-weight", "0.5"]),
 }
