@@ -764,43 +764,60 @@ impl<'a> FineTune<'a> {
                 &[Method::Platt, Method::Temperature]
             }
         };
-        let candidates = methods.iter().map(|&method| {
-            let maps = Scaling::fit(method, dev_scores, targets, l);
-            let scaled = maps.apply(dev_scores);
-            let mapped = tuned.through_scaling(&maps, &scaled, targets);
-            let figures = CalibrationFigures {
-                dev_log_loss,
-                dev_log_loss_scaled: calibration::cross_fitted_log_loss(
-                    dev_scores, targets, l, method,
-                ),
-                dev_macro_f1,
-                dev_macro_f1_scaled: macro_f1(&scaled, &mapped),
-            };
-            let (applied, reason) =
-                calibration_decision(self.cfg.calibration, method, &figures, &mapped.per_label);
-            (method, maps, mapped, figures, applied, reason)
-        });
-        let mut candidates: Vec<_> = candidates.collect();
+        let mut candidates: Vec<Candidate> = methods
+            .iter()
+            .map(|&method| {
+                let maps = Scaling::fit(method, dev_scores, targets, l);
+                let scaled = maps.apply(dev_scores);
+                let mapped = tuned.through_scaling(&maps, &scaled, targets);
+                let figures = CalibrationFigures {
+                    dev_log_loss,
+                    dev_log_loss_scaled: calibration::cross_fitted_log_loss(
+                        dev_scores, targets, l, method,
+                    ),
+                    dev_macro_f1,
+                    dev_macro_f1_scaled: macro_f1(&scaled, &mapped),
+                };
+                let (applied, reason) =
+                    calibration_decision(self.cfg.calibration, method, &figures, &mapped.per_label);
+                Candidate {
+                    method,
+                    maps,
+                    mapped,
+                    figures,
+                    applied,
+                    reason,
+                }
+            })
+            .collect();
         // The applied map with the lowest cross-fitted log-loss; none applied: the lowest, recorded.
         let lowest = |applied_only: bool| {
             candidates
                 .iter()
                 .enumerate()
-                .filter(|(_, c)| c.4 || !applied_only)
+                .filter(|(_, c)| c.applied || !applied_only)
                 .min_by(|(_, a), (_, b)| {
-                    a.3.dev_log_loss_scaled.total_cmp(&b.3.dev_log_loss_scaled)
+                    let loss = |c: &Candidate| c.figures.dev_log_loss_scaled;
+                    loss(a).total_cmp(&loss(b))
                 })
                 .map(|(i, _)| i)
         };
         // `methods` is never empty, so neither is `candidates`.
         let chosen = lowest(true).or_else(|| lowest(false)).unwrap_or(0);
-        let reason = if candidates[chosen].4 {
-            candidates[chosen].5.clone()
+        let reason = if candidates[chosen].applied {
+            candidates[chosen].reason.clone()
         } else {
-            let all: Vec<&str> = candidates.iter().map(|c| c.5.as_str()).collect();
+            let all: Vec<&str> = candidates.iter().map(|c| c.reason.as_str()).collect();
             all.join("; ")
         };
-        let (method, maps, mapped, figures, applied, _) = candidates.swap_remove(chosen);
+        let Candidate {
+            method,
+            maps,
+            mapped,
+            figures,
+            applied,
+            ..
+        } = candidates.swap_remove(chosen);
         let thresholds = if applied {
             self.model.calibrate_logits(&maps)?;
             *dev_scores = inference::score_all(
@@ -840,6 +857,17 @@ impl<'a> FineTune<'a> {
         }
         self.finish()
     }
+}
+
+/// One calibration method fitted on dev, with its thresholds, figures and verdict.
+struct Candidate {
+    method: Method,
+    maps: Scaling,
+    /// The unscaled thresholds through `maps`.
+    mapped: Thresholds,
+    figures: CalibrationFigures,
+    applied: bool,
+    reason: String,
 }
 
 /// Dev figures without and with a per-label calibration.
