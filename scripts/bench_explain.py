@@ -10,7 +10,9 @@ predictor and repeats the runs). Two modes:
   captum  the reference: Captum's IntegratedGradients on the same checkpoint in transformers, same
           text, label, steps (one batch) and threads → p50 / p99; and the floor under any
           implementation on these kernels: one bare forward and backward of the same --steps
-          points in one batch, in transformers (no Captum) → p50 / p99.
+          points in one batch, in transformers (no Captum) → p50 / p99. With --precision bf16
+          both run under torch.autocast(bfloat16) (matrix products in bf16, norms in fp32), as a
+          PyTorch user runs bf16 inference.
 
 Prints one JSON object."""
 import argparse
@@ -116,6 +118,13 @@ def captum_mode(args):
         torch.autograd.grad(forward(points)[:, label].sum(), points)
 
     def timed(call):
+        if args.precision == "bf16":
+            plain = call
+
+            def call():
+                with torch.autocast("cpu", dtype=torch.bfloat16):
+                    plain()
+
         for _ in range(3):
             call()
         lat = []
@@ -143,6 +152,7 @@ def main():
     ap.add_argument("--clients", type=int, default=4)
     ap.add_argument("--explainers", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="captum mode: the reference's precision")
     args = ap.parse_args()
     grpc_mode(args) if args.mode == "grpc" else captum_mode(args)
 

@@ -310,20 +310,6 @@ pub fn label_column(
         .unzip()
 }
 
-/// One temperature per label for row-major `[examples × labels]` scores.
-pub fn fit_temperatures(scores: &[f32], targets: &[u8], labels: usize) -> Vec<f64> {
-    Scaling::fit(Method::Temperature, scores, targets, labels).temperatures
-}
-
-/// `scores` with each label's temperature applied.
-pub fn apply_temperatures(scores: &[f32], temperatures: &[f64]) -> Vec<f32> {
-    Scaling {
-        temperatures: temperatures.to_vec(),
-        shifts: Vec::new(),
-    }
-    .apply(scores)
-}
-
 /// Log-loss of per-label maps (`method`) fitted on one half of the rows (alternate examples) and
 /// applied to the other, both ways round: an estimate on data the fit has not seen.
 pub fn cross_fitted_log_loss(scores: &[f32], targets: &[u8], labels: usize, method: Method) -> f64 {
@@ -438,15 +424,14 @@ mod tests {
         for (a, b) in scores.iter().zip(maps.inverse().apply(&there)) {
             assert!((a - b).abs() < 1e-5, "{a} vs {b}");
         }
-        // No shifts: temperature scaling.
+        // No shifts: temperature scaling, label by label.
         let plain = Scaling {
             temperatures: vec![2.0, 1.0],
             shifts: Vec::new(),
         };
-        assert_eq!(
-            plain.apply(&scores),
-            apply_temperatures(&scores, &[2.0, 1.0])
-        );
+        let tempered = plain.apply(&scores);
+        assert!((tempered[0] - scaled(logit(0.1), 2.0)).abs() < 1e-7);
+        assert!((tempered[1] - 0.8).abs() < 1e-6);
     }
 
     #[test]
@@ -486,7 +471,11 @@ mod tests {
         assert_eq!(fit_temperature(&[1.0, 2.0], &[0, 0]), 1.0);
         assert_eq!(fit_temperature(&[], &[]), 1.0);
         let s = [0.2f32, 0.7, 0.9, 0.1];
-        let same = apply_temperatures(&s, &[1.0, 1.0]);
+        let same = Scaling {
+            temperatures: vec![1.0, 1.0],
+            shifts: Vec::new(),
+        }
+        .apply(&s);
         for (a, b) in s.iter().zip(&same) {
             assert!((a - b).abs() < 1e-6);
         }

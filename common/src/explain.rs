@@ -314,7 +314,7 @@ pub fn words(text: &Explainable, original: &str) -> Vec<(Word, Vec<usize>)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{BertConfig, Pooling};
+    use crate::model::{BertConfig, Pooling, Precision};
     use crate::tokenizer::TextTokenizer;
     use tch::Device;
 
@@ -359,6 +359,10 @@ mod tests {
                   "vocab": {"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3, "thank": 4, "##ful": 5, "you": 6, "so": 7, "!": 8, "sad": 9, "é": 10}}}"###;
 
     fn tiny_model(labels: usize) -> BertClassifier {
+        tiny_model_in(labels, Precision::Fp32)
+    }
+
+    fn tiny_model_in(labels: usize, precision: Precision) -> BertClassifier {
         let config = BertConfig::from_json(
             br#"{"vocab_size": 11, "hidden_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2,
                  "intermediate_size": 32, "max_position_embeddings": 32}"#,
@@ -374,6 +378,7 @@ mod tests {
                 }
             }
         });
+        model.set_precision(precision);
         model.store_weights_for_inference();
         model
     }
@@ -467,6 +472,43 @@ mod tests {
             assert!(!t.requires_grad(), "{name} is frozen");
             assert!(!t.grad().defined(), "{name} got a gradient");
             assert!(t.equal(&b), "{name} changed");
+        }
+    }
+
+    #[test]
+    fn bf16_attributions_follow_fp32_ones_and_add_up() {
+        // The same weights in both precisions (same seed); the bf16 backward pass on the CPU
+        // takes the written-out attention.
+        let tokenizer = TextTokenizer::from_bytes(TOKENIZER.as_bytes(), 16).unwrap();
+        let text = tokenizer
+            .encode_explainable("Thankful, you é SO sad!")
+            .unwrap();
+        let explain = |precision| {
+            integrated_gradients(
+                &tiny_model_in(3, precision),
+                &text,
+                tokenizer.pad_id(),
+                32,
+                Some,
+                |_| Ok(vec![0, 2]),
+            )
+            .unwrap()
+        };
+        let (exact, fast) = (explain(Precision::Fp32), explain(Precision::Bf16));
+        for (e, f) in exact.labels.iter().zip(&fast.labels) {
+            assert_eq!(e.label, f.label);
+            let norm = e.tokens.iter().map(|v| v * v).sum::<f64>().sqrt();
+            let worst = e
+                .tokens
+                .iter()
+                .zip(&f.tokens)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0, f64::max);
+            assert!(norm > 1e-3, "the label moves: {norm}");
+            assert!(worst <= 5e-2 * norm, "label {}: {worst} of {norm}", e.label);
+            let gap = f64::from(fast.logits[f.label]) - f64::from(fast.baseline_logits[f.label]);
+            let delta = fast.convergence_delta(f);
+            assert!(delta.abs() <= 0.05 * gap.abs(), "delta {delta} of {gap}");
         }
     }
 }

@@ -96,7 +96,8 @@ impl std::str::FromStr for Pooling {
 /// batches, against 0.5 ms per call for the memory-efficient kernel (`scripts/gpu/sdpa_overhead.py`).
 /// `Auto` therefore calls the memory-efficient kernel directly where it applies (CUDA, bf16, head
 /// size a multiple of 8) and leaves the choice to the dispatcher elsewhere. Training on the CPU
-/// with attention dropout always runs the written-out math form (`attention_with_dropout`).
+/// with attention dropout, and any bf16 backward pass on the CPU (attributions), run the
+/// written-out math form (`attention_with_dropout`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum Attention {
     #[default]
@@ -617,9 +618,13 @@ impl BertClassifier {
         let attention = self.resolved_attention(device);
         let valid = attention_mask.to_kind(Kind::Bool).view([batch, 1, 1, seq]);
         // With attention dropout on the CPU, libtorch's dispatcher runs its unfused math path
-        // anyway; writing it out here lets the mask come from `dropout` (see dropout.rs).
-        let written_out_mask =
-            (attn_p > 0.0 && device == Device::Cpu).then(|| additive_mask(&valid, Kind::Float));
+        // anyway; writing it out here lets the mask come from `dropout` (see dropout.rs). A bf16
+        // backward pass on the CPU takes it too: libtorch's CPU flash-attention backward in bf16
+        // costs several times its fp32 one, the written-out products' backward the least.
+        let bf16_backward_on_cpu =
+            device == Device::Cpu && kind == Kind::BFloat16 && words.requires_grad();
+        let written_out_mask = ((attn_p > 0.0 || bf16_backward_on_cpu) && device == Device::Cpu)
+            .then(|| additive_mask(&valid, Kind::Float));
         let key_mask = match attention {
             Attention::Sdpa | Attention::Auto => valid,
             Attention::SdpaAdditive => additive_mask(&valid, kind),
