@@ -118,21 +118,15 @@ def captum_mode(args):
         torch.autograd.grad(forward(points)[:, label].sum(), points)
 
     def timed(call):
-        if args.precision == "bf16":
-            plain = call
-
-            def call():
-                with torch.autocast("cpu", dtype=torch.bfloat16):
-                    plain()
-
-        for _ in range(3):
-            call()
         lat = []
-        end = time.perf_counter() + args.seconds / 2
-        while time.perf_counter() < end:
-            t = time.perf_counter()
-            call()
-            lat.append(time.perf_counter() - t)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16"):
+            for _ in range(3):
+                call()
+            end = time.perf_counter() + args.seconds / 2
+            while time.perf_counter() < end:
+                t = time.perf_counter()
+                call()
+                lat.append(time.perf_counter() - t)
         return percentiles(lat)
 
     print(json.dumps({"num_tokens": ids.shape[1], "captum": timed(once), "floor": timed(bare)}))

@@ -621,9 +621,8 @@ impl BertClassifier {
         // anyway; writing it out here lets the mask come from `dropout` (see dropout.rs). A bf16
         // backward pass on the CPU takes it too: libtorch's CPU flash-attention backward in bf16
         // costs several times its fp32 one, the written-out products' backward the least.
-        let bf16_backward_on_cpu =
-            device == Device::Cpu && kind == Kind::BFloat16 && words.requires_grad();
-        let written_out_mask = ((attn_p > 0.0 || bf16_backward_on_cpu) && device == Device::Cpu)
+        let bf16_backward = kind == Kind::BFloat16 && words.requires_grad();
+        let written_out_mask = ((attn_p > 0.0 || bf16_backward) && device == Device::Cpu)
             .then(|| additive_mask(&valid, Kind::Float));
         let key_mask = match attention {
             Attention::Sdpa | Attention::Auto => valid,
