@@ -358,20 +358,14 @@ mod tests {
         "model": {"type": "WordPiece", "unk_token": "[UNK]", "continuing_subword_prefix": "##", "max_input_chars_per_word": 100,
                   "vocab": {"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3, "thank": 4, "##ful": 5, "you": 6, "so": 7, "!": 8, "sad": 9, "é": 10}}}"###;
 
-    fn tiny_model(labels: usize) -> BertClassifier {
-        let mut model = untrained(labels);
-        model.store_weights_for_inference();
-        model
-    }
+    const TINY_CONFIG: &[u8] =
+        br#"{"vocab_size": 11, "hidden_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2,
+        "intermediate_size": 32, "max_position_embeddings": 32}"#;
 
-    fn untrained(labels: usize) -> BertClassifier {
-        let config = BertConfig::from_json(
-            br#"{"vocab_size": 11, "hidden_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2,
-                 "intermediate_size": 32, "max_position_embeddings": 32}"#,
-        )
-        .unwrap();
+    fn tiny_model(labels: usize) -> BertClassifier {
+        let config = BertConfig::from_json(TINY_CONFIG).unwrap();
         tch::manual_seed(7);
-        let model = BertClassifier::new(config, labels, Pooling::Mean, Device::Cpu).unwrap();
+        let mut model = BertClassifier::new(config, labels, Pooling::Mean, Device::Cpu).unwrap();
         // Larger head weights than the N(0, 0.02) init, so the logits move visibly.
         tch::no_grad(|| {
             for (name, t) in model.named_parameters() {
@@ -380,23 +374,17 @@ mod tests {
                 }
             }
         });
+        model.store_weights_for_inference();
         model
     }
 
-    /// A bf16 model with `exact`'s weights, copied (tests share the global generator, so a
-    /// second draw from the same seed need not give the same weights).
+    /// A bf16 model with `exact`'s weights, loaded from its safetensors (tests share the global
+    /// generator, so a second draw from the same seed need not give the same weights).
     fn bf16_copy_of(exact: &BertClassifier, labels: usize) -> BertClassifier {
-        let mut fast = untrained(labels);
-        tch::no_grad(|| {
-            for ((name, to), (from_name, from)) in fast
-                .named_parameters()
-                .into_iter()
-                .zip(exact.named_parameters())
-            {
-                assert_eq!(name, from_name);
-                to.shallow_clone().copy_(&from);
-            }
-        });
+        let weights = exact.to_safetensors().unwrap();
+        let (mut fast, _) =
+            BertClassifier::load(TINY_CONFIG, &weights, labels, Pooling::Mean, Device::Cpu)
+                .unwrap();
         fast.set_precision(Precision::Bf16);
         fast.store_weights_for_inference();
         fast
