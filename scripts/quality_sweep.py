@@ -73,9 +73,19 @@ VARIANTS = {
     "asl-rdrop-ema-distil": ("as asl-rdrop-ema, distilled from the 'rdrop-ema' ensemble (asl-rdrop-ema runs), weight 0.5",
                              ASL + ["--rdrop-weight", "1", "--ema-decay", "0.999", "{ensemble:rdrop-ema}",
                                     "--distill-weight", "0.5"]),
+    "asl-rdrop-ema-oof-distil": ("as asl-rdrop-ema, distilled out of fold from the 'oof3' ensemble (asl-rdrop-ema-fold0of3 to "
+                                 "fold2of3: each training text scored by the teacher that held it out), weight 0.5",
+                                 ASL + ["--rdrop-weight", "1", "--ema-decay", "0.999", "{ensemble:oof3}",
+                                        "--distill-weight", "0.5"]),
     "asl-distil4": ("asymmetric loss (as asl), distilled from the 'asl4' ensemble (asl and asl-rdrop, 2 seeds each), weight 0.5",
                     ASL + ["{ensemble:asl4}", "--distill-weight", "0.5"]),
 }
+
+# Out-of-fold teachers: the asl-rdrop-ema recipe on every fold of train but one.
+for _k in range(3):
+    VARIANTS[f"asl-rdrop-ema-fold{_k}of3"] = (
+        f"as asl-rdrop-ema, trained on every fold of train but fold {_k} of 3 (an out-of-fold teacher)",
+        ASL + ["--rdrop-weight", "1", "--ema-decay", "0.999", "--holdout-fold", f"{_k}/3"])
 
 
 def load_results():

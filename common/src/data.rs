@@ -62,6 +62,74 @@ impl Example {
     }
 }
 
+/// One of `count` parts of a training split, for out-of-fold teachers: an example's part is
+/// fixed by a hash of its id alone (not by order, seed or subsample), so every run over the same
+/// data puts it in the same part. Written `INDEX/COUNT`, e.g. `0/3`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fold {
+    pub index: u32,
+    pub count: u32,
+}
+
+impl Fold {
+    /// The most parts a split may be cut into.
+    pub const MAX_COUNT: u32 = 100;
+
+    /// The part (of `count`) the example with this id is in.
+    pub fn index_of(id: &str, count: u32) -> u32 {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(id.as_bytes());
+        let mut head = [0u8; 8];
+        head.copy_from_slice(&digest[..8]);
+        (u64::from_le_bytes(head) % u64::from(count.max(1))) as u32
+    }
+
+    pub fn contains(&self, example: &Example) -> bool {
+        Self::index_of(&example.id, self.count) == self.index
+    }
+
+    /// Why this is not a fold: `count` outside 2..=MAX_COUNT or `index` not below it.
+    pub fn check(&self) -> Result<(), String> {
+        if !(2..=Self::MAX_COUNT).contains(&self.count) {
+            return Err(format!(
+                "{self}: the number of folds must be in [2, {}]",
+                Self::MAX_COUNT
+            ));
+        }
+        if self.index >= self.count {
+            return Err(format!(
+                "{self}: the fold index must be below the number of folds (0 to {})",
+                self.count - 1
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Display for Fold {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.index, self.count)
+    }
+}
+
+impl std::str::FromStr for Fold {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let parse = |part: &str| part.trim().parse::<u32>().ok();
+        let fold = s
+            .split_once('/')
+            .and_then(|(i, n)| {
+                Some(Fold {
+                    index: parse(i)?,
+                    count: parse(n)?,
+                })
+            })
+            .ok_or_else(|| format!("{s:?} is not INDEX/COUNT (e.g. 0/3)"))?;
+        fold.check()?;
+        Ok(fold)
+    }
+}
+
 /// The name GoEmotions' folder loads as; checkpoints from before datasets were recorded were
 /// all trained on it.
 pub const GOEMOTIONS: &str = "GoEmotions";
@@ -334,6 +402,22 @@ impl Dataset {
             None => all,
         };
         Ok((data.labels, examples))
+    }
+
+    /// The training file's name in the folder (e.g. `train.tsv`).
+    pub fn train_file(&self) -> String {
+        format!("train.{}", self.format.extension())
+    }
+
+    /// sha256 of the training file as read.
+    pub fn train_sha256(&self) -> Option<&str> {
+        self.sha256.get(&self.train_file()).map(String::as_str)
+    }
+
+    /// Keeps the training examples outside `fold` (the rest of the split trains an out-of-fold
+    /// teacher).
+    pub fn hold_out(&mut self, fold: Fold) {
+        self.train.retain(|e| !fold.contains(e));
     }
 
     /// The sizes of the three splits as used.
@@ -1053,6 +1137,39 @@ mod tests {
             let msg = err(dir.path());
             assert!(msg.contains(want), "{what}: {msg} (wanted {want})");
         }
+    }
+
+    #[test]
+    fn folds_parse_check_and_split_by_id() {
+        let fold: Fold = "1/3".parse().unwrap();
+        assert_eq!(fold, Fold { index: 1, count: 3 });
+        assert_eq!(fold.to_string(), "1/3");
+        for bad in ["3/3", "0/1", "0/101", "1", "a/3", "-1/3", ""] {
+            assert!(bad.parse::<Fold>().is_err(), "{bad:?} parsed");
+        }
+        // The assignment is part of every published out-of-fold teacher: it must never change.
+        let pinned: Vec<u32> = ["id0", "id1", "id2", "eebbqej", "ed00q6i"]
+            .iter()
+            .map(|id| Fold::index_of(id, 3))
+            .collect();
+        assert_eq!(pinned, [2, 1, 2, 1, 0]);
+        let mut sizes = [0usize; 3];
+        for i in 0..3000 {
+            let e = Example {
+                text: String::new(),
+                labels: vec![],
+                id: format!("id{i}"),
+            };
+            let owners: Vec<u32> = (0..3)
+                .filter(|&k| Fold { index: k, count: 3 }.contains(&e))
+                .collect();
+            assert_eq!(owners.len(), 1, "each example is in exactly one fold");
+            sizes[owners[0] as usize] += 1;
+        }
+        assert!(
+            sizes.iter().all(|&n| (900..=1100).contains(&n)),
+            "{sizes:?}"
+        );
     }
 
     #[test]

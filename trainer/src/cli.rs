@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use common::data::SplitLimits;
+use common::data::{Fold, SplitLimits};
 
 pub use crate::optim::Layout as OptimizerLayout;
 use common::grpc::AccessArgs;
@@ -185,7 +185,9 @@ pub struct HyperArgs {
     /// Distil from this checkpoint (a version folder or an alias URI; repeat the flag, or
     /// comma-separate in the variable, for an ensemble): the mean of the teachers' scores on
     /// each training text becomes a soft target beside its labels. Teachers must have the data's
-    /// labels.
+    /// labels. Teachers trained with --holdout-fold, as many per fold of the same training file
+    /// (one per fold and seed), score out of fold instead: each text by the mean of the teachers
+    /// that held its fold out.
     #[arg(long = "teacher", env = "GOEMOTIONS_TEACHERS", value_delimiter = ',')]
     pub teachers: Vec<String>,
     /// Share of the loss given to the teachers' soft targets, in [0, 1] (the rest to the labels).
@@ -214,6 +216,12 @@ pub struct HyperArgs {
     /// is what is evaluated on dev and published. 0 (default) is off.
     #[arg(long, env = "GOEMOTIONS_EMA_DECAY", default_value_t = TrainConfig::default().ema_decay)]
     pub ema_decay: f64,
+    /// Train on every fold of the training split but fold K of N, written K/N (folds are fixed by
+    /// a hash of each example's id), to make an out-of-fold teacher: a student given N such
+    /// teachers, one holding out each fold (or several per fold, one per seed), learns each text
+    /// from the teachers that did not train on it (see --teacher).
+    #[arg(long, env = "GOEMOTIONS_HOLDOUT_FOLD", value_name = "K/N")]
+    pub holdout_fold: Option<Fold>,
 }
 
 impl HyperArgs {
@@ -247,6 +255,7 @@ impl HyperArgs {
             calibration: Some(self.calibration),
             rdrop_weight: Some(self.rdrop_weight),
             ema_decay: Some(self.ema_decay),
+            holdout_fold: self.holdout_fold,
         }
     }
 

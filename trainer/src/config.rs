@@ -4,7 +4,7 @@
 //! the result.
 use std::path::PathBuf;
 
-use common::data::SplitLimits;
+use common::data::{Fold, SplitLimits};
 use common::model::{Pooling, PrecisionChoice, ProblemType};
 use serde::{Deserialize, Serialize};
 use tch::Device;
@@ -233,6 +233,9 @@ pub struct TrainConfig {
     /// off.
     #[serde(default)]
     pub ema_decay: f64,
+    /// Train on every fold of the training split but this one (an out-of-fold teacher).
+    #[serde(default)]
+    pub holdout_fold: Option<Fold>,
 }
 
 fn default_layer_lr_decay() -> f64 {
@@ -281,6 +284,7 @@ impl Default for TrainConfig {
             calibration: CalibrationChoice::Auto,
             rdrop_weight: 0.0,
             ema_decay: 0.0,
+            holdout_fold: None,
         }
     }
 }
@@ -341,6 +345,7 @@ pub struct Overrides {
     pub calibration: Option<CalibrationChoice>,
     pub rdrop_weight: Option<f64>,
     pub ema_decay: Option<f64>,
+    pub holdout_fold: Option<Fold>,
 }
 
 impl Overrides {
@@ -375,6 +380,7 @@ impl Overrides {
             calibration: self.calibration.unwrap_or(d.calibration),
             rdrop_weight: self.rdrop_weight.unwrap_or(d.rdrop_weight),
             ema_decay: self.ema_decay.unwrap_or(d.ema_decay),
+            holdout_fold: self.holdout_fold.or(d.holdout_fold),
         }
     }
 }
@@ -433,6 +439,16 @@ impl TryFrom<&proto::v1::Hyperparameters> for Overrides {
             calibration: parse("calibration", &h.calibration)?,
             rdrop_weight: h.rdrop_weight.map(f64::from),
             ema_decay: h.ema_decay.map(f64::from),
+            holdout_fold: h
+                .holdout_fold
+                .as_deref()
+                .map(|v| {
+                    v.parse().map_err(|message| WireError {
+                        field: "holdout_fold",
+                        message,
+                    })
+                })
+                .transpose()?,
         })
     }
 }

@@ -22,6 +22,7 @@ use crate::fine_tune::{self, TrainError, TrainOutcome};
 use crate::observe::{Observer, Phase};
 use crate::report::Report;
 use crate::resume::ResumeState;
+use crate::teachers::{self, Scoring, TeacherError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum JobError {
@@ -46,6 +47,8 @@ pub enum JobError {
     Precision(#[from] common::model::PrecisionError),
     #[error("hyperparameters.problem_type: {0}")]
     Problem(String),
+    #[error(transparent)]
+    Teachers(#[from] TeacherError),
 }
 
 impl From<DataError> for JobError {
@@ -85,7 +88,24 @@ pub fn run(
     resume: Option<ResumeState>,
 ) -> Result<JobOutput, JobError> {
     let precision = precision(spec)?;
-    let data = Dataset::load(&spec.data_dir, spec.limits, spec.train.seed)?;
+    let mut data = Dataset::load(&spec.data_dir, spec.limits, spec.train.seed)?;
+    if let Some(fold) = spec.train.holdout_fold {
+        let all = data.train.len();
+        data.hold_out(fold);
+        tracing::info!(
+            fold = %fold,
+            kept = data.train.len(),
+            held_out = all - data.train.len(),
+            "training on every fold but one (an out-of-fold teacher)"
+        );
+        if data.train.is_empty() {
+            return Err(DataError::Invalid {
+                path: data.train_file(),
+                message: format!("holding out fold {fold} leaves no training examples"),
+            }
+            .into());
+        }
+    }
     tracing::info!(
         train = data.train.len(),
         dev = data.dev.len(),
@@ -120,8 +140,9 @@ pub fn run(
         resume,
     )?;
     let teacher_versions = teachers.as_ref().map(|t| t.versions.clone());
-    if let Some(mut t) = teachers {
-        run = run.with_soft_targets(t.scores.swap_remove(0))?;
+    let teacher_scoring = teachers.as_ref().map(|t| t.scoring.name());
+    if let Some(t) = teachers {
+        run = run.with_soft_targets(t.scores)?;
     }
     let outcome = run.run(observer)?;
 
@@ -140,6 +161,7 @@ pub fn run(
         "best_epoch": outcome.best_epoch,
         "steps": outcome.steps,
         "teacher_versions": teacher_versions,
+        "teacher_scoring": teacher_scoring,
     });
     let baseline = spec
         .run_baseline
@@ -197,31 +219,50 @@ pub fn run(
     Ok(JobOutput { manifest, report })
 }
 
-/// The teachers' mean scores on the training texts, when the job distils (scored in the
-/// job's precision, one teacher at a time).
+/// The teachers' scores on the training texts (their mean, or out of fold), when the job
+/// distils; scored in the job's precision, one teacher at a time.
+struct TeacherTargets {
+    scores: Vec<f32>,
+    versions: Vec<String>,
+    scoring: Scoring,
+}
+
 fn teacher_scores(
     spec: &JobSpec,
     data: &Dataset,
     handle: &Handle,
-) -> Result<Option<evaluate::MeanScores>, JobError> {
-    if spec.train.teachers.is_empty() {
+) -> Result<Option<TeacherTargets>, JobError> {
+    let uris = &spec.train.teachers;
+    if uris.is_empty() {
         return Ok(None);
     }
+    let scoring = handle.block_on(teachers::plan_for(
+        uris,
+        &data.train_file(),
+        data.train_sha256(),
+    ))?;
     tracing::info!(
-        teachers = spec.train.teachers.len(),
+        teachers = uris.len(),
         texts = data.train.len(),
+        scoring = scoring.name(),
         weight = spec.train.distill_weight,
         "scoring the training texts with the teachers"
     );
-    Ok(Some(evaluate::mean_scores(
+    let (scores, versions) = teachers::soft_targets(
         handle,
-        &spec.train.teachers,
-        &[&data.train],
+        uris,
+        &scoring,
+        &data.train,
         &data.labels,
         spec.device,
         spec.train.precision,
         spec.train.eval_batch_size,
-    )?))
+    )?;
+    Ok(Some(TeacherTargets {
+        scores,
+        versions,
+        scoring,
+    }))
 }
 
 /// The published files: config, weights, tokenizer and its side files, with the tokenizer

@@ -2,7 +2,7 @@
 //! to the registry, and the gRPC job service.
 //!
 //! A job's path: `config` (defaults and overrides) → `validate` (every field, before work) →
-//! `job::run`: `fine_tune` (prepare / run an epoch / finish, with `resume` state and `observe`
+//! `job::run`: `teachers` (soft targets, when distilling) → `fine_tune` (prepare / run an epoch / finish, with `resume` state and `observe`
 //! hooks) → `evaluate` (test, baseline, `report`) → publish (files, manifest, alias).
 pub mod baseline;
 pub(crate) mod batches;
@@ -23,4 +23,5 @@ pub mod report;
 pub mod resume;
 pub mod server;
 pub mod service;
+pub mod teachers;
 pub mod validate;

@@ -11,6 +11,7 @@ use common::store::{Store, StoreError};
 use common::tokenizer::TextTokenizer;
 
 use crate::config::{JobSpec, TrainConfig};
+use crate::teachers::{self, TeacherData};
 
 /// Upper bounds that keep a typo from asking for a run of years.
 pub const MAX_EPOCHS: u32 = 1000;
@@ -136,6 +137,10 @@ pub fn check_config(cfg: &TrainConfig) -> Result<(), ValidationError> {
         (0.0..1.0).contains(&cfg.ema_decay),
         "[0, 1)",
     )?;
+    if let Some(fold) = cfg.holdout_fold {
+        fold.check()
+            .map_err(|message| invalid(&h("holdout_fold"), message))?;
+    }
     if let Some(i) = cfg.teachers.iter().position(|t| t.trim().is_empty()) {
         return Err(invalid(&format!("{}[{i}]", h("teachers")), "is empty"));
     }
@@ -216,8 +221,14 @@ async fn check_base_model(uri: &str, max_length: usize) -> Result<(), Validation
     Ok(())
 }
 
-/// A teacher must be a published checkpoint (version or alias) with the data's labels.
-async fn check_teacher(field: &str, uri: &str, labels: &[String]) -> Result<(), ValidationError> {
+/// A teacher must be a published checkpoint (version or alias) with the data's labels; returns
+/// what it records about its training data.
+async fn check_teacher(
+    field: &str,
+    uri: &str,
+    labels: &[String],
+    train_file: &str,
+) -> Result<TeacherData, ValidationError> {
     let unreadable = |e: String| invalid(field, format!("{uri}: {e}"));
     let model = registry::ModelRef::parse(uri).map_err(|e| unreadable(e.to_string()))?;
     let (store, _) = model
@@ -237,7 +248,16 @@ async fn check_teacher(field: &str, uri: &str, labels: &[String]) -> Result<(), 
             ),
         ));
     }
-    Ok(())
+    TeacherData::from_manifest(&manifest, train_file).map_err(unreadable)
+}
+
+/// What the checks need from the job's data (the training split after any held-out fold).
+struct DataFacts {
+    single_label: bool,
+    labels: Vec<String>,
+    train_file: String,
+    train_sha256: Option<String>,
+    train_examples: usize,
 }
 
 /// Checks every field of a job before it exists; returns the precision it will train in.
@@ -265,20 +285,42 @@ pub async fn check_job(spec: &JobSpec) -> Result<Precision, ValidationError> {
     check_data_dir(&spec.data_dir)?;
     let dir = spec.data_dir.clone();
     let (limits, seed) = (spec.limits, spec.train.seed);
-    let (single, labels) = tokio::task::spawn_blocking(move || {
-        Dataset::load(&dir, limits, seed).map(|d| (d.is_single_label(), d.labels.names))
+    let holdout = spec.train.holdout_fold;
+    let data = tokio::task::spawn_blocking(move || {
+        Dataset::load(&dir, limits, seed).map(|mut d| {
+            if let Some(fold) = holdout {
+                d.hold_out(fold);
+            }
+            DataFacts {
+                single_label: d.is_single_label(),
+                train_file: d.train_file(),
+                train_sha256: d.train_sha256().map(str::to_string),
+                train_examples: d.train.len(),
+                labels: d.labels.names,
+            }
+        })
     })
     .await
     .map_err(|e| invalid("data_dir", format!("reading the data failed: {e}")))?
     .map_err(|e| invalid("data_dir", e.to_string()))?;
+    if let (Some(fold), 0) = (holdout, data.train_examples) {
+        return Err(invalid(
+            "hyperparameters.holdout_fold",
+            format!("holding out fold {fold} leaves no training examples"),
+        ));
+    }
     spec.train
         .problem_type
-        .resolve(single)
+        .resolve(data.single_label)
         .map_err(|e| invalid("hyperparameters.problem_type", e))?;
     check_base_model(&spec.base_model, spec.train.max_length).await?;
+    let mut teachers = Vec::with_capacity(spec.train.teachers.len());
     for (i, uri) in spec.train.teachers.iter().enumerate() {
-        check_teacher(&format!("hyperparameters.teachers[{i}]"), uri, &labels).await?;
+        let field = format!("hyperparameters.teachers[{i}]");
+        teachers.push(check_teacher(&field, uri, &data.labels, &data.train_file).await?);
     }
+    teachers::plan(&teachers, data.train_sha256.as_deref())
+        .map_err(|e| invalid("hyperparameters.teachers", e))?;
     Ok(precision)
 }
 

@@ -179,7 +179,7 @@ fn state_name(state: i32) -> String {
 /// calls without the token are refused; a trainer exposed without a token refuses to start.
 pub async fn invalid_specs_refused(dir: &Path) -> Outcome {
     let out = Outcome::new(
-        "StartTraining with bad fields (14 kinds), no token, exposed without token",
+        "StartTraining with bad values in 18 fields, no token, exposed without token",
         "INVALID_ARGUMENT naming each field, no job, nothing created; UNAUTHENTICATED; refused start",
     );
     let _serial = SERIAL.lock().await;
@@ -218,6 +218,13 @@ pub async fn invalid_specs_refused(dir: &Path) -> Outcome {
             "hyperparameters.max_steps",
             hyper(Hyperparameters {
                 max_steps: Some(0),
+                ..Default::default()
+            }),
+        ),
+        (
+            "hyperparameters.holdout_fold",
+            hyper(Hyperparameters {
+                holdout_fold: Some("3/3".into()),
                 ..Default::default()
             }),
         ),
