@@ -417,33 +417,16 @@ pub fn mean_scores(
         .iter()
         .map(|examples| vec![0f64; examples.len() * labels.len()])
         .collect();
+    let texts: Vec<Vec<&str>> = splits.iter().map(|examples| texts(examples)).collect();
     let mut versions = Vec::with_capacity(uris.len());
     for uri in uris {
-        let started = Instant::now();
-        let loaded = handle.block_on(load_checkpoint(uri, device, precision))?;
-        if loaded.manifest.labels != labels.names {
-            return Err(EvalError::LabelsDiffer {
-                data: uri.clone(),
-                data_labels: labels.len(),
-                model_labels: loaded.manifest.labels.len(),
-            });
-        }
-        for (sum, examples) in sums.iter_mut().zip(splits) {
-            let encoded = loaded.tokenizer.encode_all(&texts(examples))?;
-            let scores =
-                inference::score_all(&loaded.model, &loaded.tokenizer, &encoded, batch_size)?;
-            for (s, v) in sum.iter_mut().zip(&scores) {
+        let scored = score_checkpoint(handle, uri, &texts, labels, device, precision, batch_size)?;
+        for (sum, scores) in sums.iter_mut().zip(&scored.scores) {
+            for (s, v) in sum.iter_mut().zip(scores) {
                 *s += f64::from(*v);
             }
         }
-        tracing::info!(
-            checkpoint = %uri,
-            version = %loaded.manifest.version,
-            texts = splits.iter().map(|e| e.len()).sum::<usize>(),
-            seconds = format!("{:.1}", started.elapsed().as_secs_f64()),
-            "scored"
-        );
-        versions.push(loaded.manifest.version.clone());
+        versions.push(scored.version);
     }
     let n = uris.len().max(1) as f64;
     Ok(MeanScores {
@@ -452,6 +435,55 @@ pub fn mean_scores(
             .map(|sum| sum.iter().map(|s| (s / n) as f32).collect())
             .collect(),
         versions,
+    })
+}
+
+/// One checkpoint's scores for each list of texts, and the version `uri` resolved to.
+pub(crate) struct CheckpointScores {
+    pub scores: Vec<Vec<f32>>,
+    pub version: String,
+}
+
+/// Loads the checkpoint at `uri` (refused unless its labels are `labels`), scores each list of
+/// `texts` (`[texts × labels]` each) and drops it. Runs on the calling (blocking) thread.
+pub(crate) fn score_checkpoint(
+    handle: &tokio::runtime::Handle,
+    uri: &str,
+    texts: &[Vec<&str>],
+    labels: &LabelSet,
+    device: Device,
+    precision: PrecisionChoice,
+    batch_size: usize,
+) -> Result<CheckpointScores, EvalError> {
+    let started = Instant::now();
+    let loaded = handle.block_on(load_checkpoint(uri, device, precision))?;
+    if loaded.manifest.labels != labels.names {
+        return Err(EvalError::LabelsDiffer {
+            data: uri.to_string(),
+            data_labels: labels.len(),
+            model_labels: loaded.manifest.labels.len(),
+        });
+    }
+    let mut scores = Vec::with_capacity(texts.len());
+    for list in texts {
+        let encoded = loaded.tokenizer.encode_all(list)?;
+        scores.push(inference::score_all(
+            &loaded.model,
+            &loaded.tokenizer,
+            &encoded,
+            batch_size,
+        )?);
+    }
+    tracing::info!(
+        checkpoint = %uri,
+        version = %loaded.manifest.version,
+        texts = texts.iter().map(Vec::len).sum::<usize>(),
+        seconds = format!("{:.1}", started.elapsed().as_secs_f64()),
+        "scored"
+    );
+    Ok(CheckpointScores {
+        scores,
+        version: loaded.manifest.version.clone(),
     })
 }
 

@@ -5,7 +5,6 @@
 //! overconfidence). Any other set of teachers scores every text and the student learns the mean.
 use common::checkpoint::{self, Manifest};
 use common::data::{Example, Fold};
-use common::inference;
 use common::labels::LabelSet;
 use common::model::PrecisionChoice;
 use common::registry::ModelRef;
@@ -33,6 +32,14 @@ impl Scoring {
         match self {
             Scoring::Mean => "mean",
             Scoring::OutOfFold { .. } => "out-of-fold",
+        }
+    }
+
+    /// How many of `teachers` score each text.
+    pub fn teachers_per_text(&self, teachers: usize) -> usize {
+        match self {
+            Scoring::Mean => teachers,
+            Scoring::OutOfFold { per_fold, .. } => *per_fold,
         }
     }
 
@@ -175,7 +182,8 @@ pub enum TeacherError {
 }
 
 /// The soft targets for `examples`, `[examples × labels]`, and the versions the teachers
-/// resolved to. Out of fold, each teacher scores its fold only, one teacher loaded at a time.
+/// resolved to: each teacher, loaded one at a time, scores the texts `scoring` routes to it,
+/// and each text's target is the mean of its teachers' scores.
 #[allow(clippy::too_many_arguments)]
 pub fn soft_targets(
     handle: &Handle,
@@ -187,50 +195,24 @@ pub fn soft_targets(
     precision: PrecisionChoice,
     batch_size: usize,
 ) -> Result<(Vec<f32>, Vec<String>), TeacherError> {
-    let Scoring::OutOfFold { per_fold, .. } = *scoring else {
-        let mut mean = evaluate::mean_scores(
+    let width = labels.len();
+    let mut sums = vec![0f64; examples.len() * width];
+    let mut versions = Vec::with_capacity(uris.len());
+    for (uri, route) in uris.iter().zip(scoring.routes(uris.len(), examples)) {
+        let texts: Vec<&str> = route.iter().map(|&i| examples[i].text.as_str()).collect();
+        let scored = evaluate::score_checkpoint(
             handle,
-            uris,
-            &[examples],
+            uri,
+            &[texts],
             labels,
             device,
             precision,
             batch_size,
         )?;
-        return Ok((mean.scores.swap_remove(0), mean.versions));
-    };
-    let width = labels.len();
-    let mut sums = vec![0f64; examples.len() * width];
-    let mut versions = Vec::with_capacity(uris.len());
-    for (uri, route) in uris.iter().zip(scoring.routes(uris.len(), examples)) {
-        let started = std::time::Instant::now();
-        let loaded = handle.block_on(evaluate::load_checkpoint(uri, device, precision))?;
-        if loaded.manifest.labels != labels.names {
-            return Err(EvalError::LabelsDiffer {
-                data: uri.clone(),
-                data_labels: labels.len(),
-                model_labels: loaded.manifest.labels.len(),
-            }
-            .into());
-        }
-        let texts: Vec<&str> = route.iter().map(|&i| examples[i].text.as_str()).collect();
-        let encoded = loaded
-            .tokenizer
-            .encode_all(&texts)
-            .map_err(EvalError::from)?;
-        let scores = inference::score_all(&loaded.model, &loaded.tokenizer, &encoded, batch_size)
-            .map_err(EvalError::from)?;
-        add_rows(&mut sums, &route, &scores, width);
-        tracing::info!(
-            checkpoint = %uri,
-            version = %loaded.manifest.version,
-            texts = route.len(),
-            seconds = format!("{:.1}", started.elapsed().as_secs_f64()),
-            "scored its held-out fold"
-        );
-        versions.push(loaded.manifest.version.clone());
+        add_rows(&mut sums, &route, &scored.scores[0], width);
+        versions.push(scored.version);
     }
-    let n = per_fold as f64;
+    let n = scoring.teachers_per_text(uris.len()).max(1) as f64;
     Ok((sums.iter().map(|s| (s / n) as f32).collect(), versions))
 }
 
