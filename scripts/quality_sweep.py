@@ -17,7 +17,8 @@ Runs are resumable: results go to OUT/results.jsonl, a finished (variant, seed) 
   scripts/quality_sweep.py table
 
 Variants are named in VARIANTS below (flags for `trainer train`); a variant's flags may name
-`{ensemble:NAME}` for an ensemble's member checkpoints (one --teacher each).
+`{ensemble:NAME}` for an ensemble's member checkpoints (one --teacher each) and `{init:NAME}`
+for them as starts (one --init-from each: a weight average); `{seed}` in NAME is the run's seed.
 Environment: TRAINER (default target/release/trainer), SWEEP_OUT (default output/sweep),
 GOEMOTIONS_DATA_DIR (default .cache/data/goemotions), SWEEP_THREADS (default: all CPUs),
 SWEEP_PRECISION (fp32, or bf16: the training precision of every run whose variant names none;
@@ -77,6 +78,9 @@ VARIANTS = {
                                  "fold2of3: each training text scored by the teacher that held it out), weight 0.5",
                                  ASL + ["--rdrop-weight", "1", "--ema-decay", "0.999", "{ensemble:oof3}",
                                         "--distill-weight", "0.5"]),
+    "asl-rdrop-ema-soup": ("the mean of the weights of the 'soup-sN' ensemble's members (asl-rdrop-ema runs; N is this "
+                           "run's seed), nothing trained: tuned on dev and published as one MiniLM",
+                           ["{init:soup-s{seed}}", "--epochs", "0"]),
     "asl-distil4": ("asymmetric loss (as asl), distilled from the 'asl4' ensemble (asl and asl-rdrop, 2 seeds each), weight 0.5",
                     ASL + ["{ensemble:asl4}", "--distill-weight", "0.5"]),
 }
@@ -143,12 +147,17 @@ def ensemble_members(name, results):
     sys.exit(f"quality_sweep: no ensemble named {name!r}: run `ensemble {name}=RUN+RUN` first")
 
 
-def expand(flags, results):
+def expand(flags, results, seed):
+    """A variant's flags with each `{ensemble:NAME}` as one --teacher per member and each
+    `{init:NAME}` as one --init-from per member; `{seed}` in NAME is the run's seed."""
     out = []
     for flag in flags:
-        if flag.startswith("{ensemble:"):
-            for member in ensemble_members(flag[len("{ensemble:"):-1], results):
-                out += ["--teacher", run_uri(member)]
+        for placeholder, option in (("{ensemble:", "--teacher"), ("{init:", "--init-from")):
+            if flag.startswith(placeholder):
+                name = flag[len(placeholder):-1].replace("{seed}", str(seed))
+                for member in ensemble_members(name, results):
+                    out += [option, run_uri(member)]
+                break
         else:
             out.append(flag)
     return out
@@ -178,7 +187,7 @@ def train(variant, seed, data):
            "--model-name", run, "--alias", "latest", "--baseline", "false",
            "--report-dir", report_dir, "--seed", str(seed),
            *([] if "--precision" in flags else ["--precision", PRECISION]),
-           *expand(flags, results)]
+           *expand(flags, results, seed)]
     print(f"== {run}: {what}\n   {' '.join(cmd)}", flush=True)
     os.makedirs(os.path.join(OUT, "logs"), exist_ok=True)
     started = time.time()

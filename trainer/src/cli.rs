@@ -222,6 +222,18 @@ pub struct HyperArgs {
     /// from the teachers that did not train on it (see --teacher).
     #[arg(long, env = "GOEMOTIONS_HOLDOUT_FOLD", value_name = "K/N")]
     pub holdout_fold: Option<Fold>,
+    /// Start from this published checkpoint (a version folder or an alias URI) instead of the
+    /// base model; repeat the flag (or comma-separate in the variable) to start from the mean of
+    /// several checkpoints' weights, each head taken back through its calibration first (a
+    /// "model soup"). They must have the data's labels, --pooling and the base model's
+    /// architecture and tokenizer. With --epochs 0 nothing is trained: the start is tuned on dev
+    /// (thresholds, calibration), evaluated and published.
+    #[arg(
+        long = "init-from",
+        env = "GOEMOTIONS_INIT_FROM",
+        value_delimiter = ','
+    )]
+    pub init_from: Vec<String>,
 }
 
 impl HyperArgs {
@@ -256,6 +268,7 @@ impl HyperArgs {
             rdrop_weight: Some(self.rdrop_weight),
             ema_decay: Some(self.ema_decay),
             holdout_fold: self.holdout_fold,
+            init_from: Some(self.init_from.clone()),
         }
     }
 

@@ -236,6 +236,10 @@ pub struct TrainConfig {
     /// Train on every fold of the training split but this one (an out-of-fold teacher).
     #[serde(default)]
     pub holdout_fold: Option<Fold>,
+    /// Checkpoints (version or alias URIs) to start from instead of the base model: one is a warm
+    /// start, several their weights' mean; empty: the base model with a new head.
+    #[serde(default)]
+    pub init_from: Vec<String>,
 }
 
 fn default_layer_lr_decay() -> f64 {
@@ -285,6 +289,7 @@ impl Default for TrainConfig {
             rdrop_weight: 0.0,
             ema_decay: 0.0,
             holdout_fold: None,
+            init_from: Vec::new(),
         }
     }
 }
@@ -346,6 +351,7 @@ pub struct Overrides {
     pub rdrop_weight: Option<f64>,
     pub ema_decay: Option<f64>,
     pub holdout_fold: Option<Fold>,
+    pub init_from: Option<Vec<String>>,
 }
 
 impl Overrides {
@@ -381,6 +387,10 @@ impl Overrides {
             rdrop_weight: self.rdrop_weight.unwrap_or(d.rdrop_weight),
             ema_decay: self.ema_decay.unwrap_or(d.ema_decay),
             holdout_fold: self.holdout_fold.or(d.holdout_fold),
+            init_from: self
+                .init_from
+                .clone()
+                .unwrap_or_else(|| d.init_from.clone()),
         }
     }
 }
@@ -449,6 +459,7 @@ impl TryFrom<&proto::v1::Hyperparameters> for Overrides {
                     })
                 })
                 .transpose()?,
+            init_from: (!h.init_from.is_empty()).then(|| h.init_from.clone()),
         })
     }
 }

@@ -22,6 +22,7 @@ use crate::fine_tune::{self, TrainError, TrainOutcome};
 use crate::observe::{Observer, Phase};
 use crate::report::Report;
 use crate::resume::ResumeState;
+use crate::start::{self, StartError};
 use crate::teachers::{self, Scoring, TeacherError};
 
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +50,8 @@ pub enum JobError {
     Problem(String),
     #[error(transparent)]
     Teachers(#[from] TeacherError),
+    #[error(transparent)]
+    Start(#[from] StartError),
 }
 
 impl From<DataError> for JobError {
@@ -129,6 +132,20 @@ pub fn run(
         spec.device,
         precision,
     )?;
+    let init_versions = if spec.train.init_from.is_empty() {
+        None
+    } else {
+        tracing::info!(
+            checkpoints = spec.train.init_from.len(),
+            "starting from published checkpoints (their weights' mean when several)"
+        );
+        Some(start::load_mean(
+            &model,
+            &spec.train.init_from,
+            &base.files[TOKENIZER],
+            handle,
+        )?)
+    };
     let teachers = teacher_scores(spec, &data, handle)?;
     let mut run = fine_tune::FineTune::prepare(
         model,
@@ -162,6 +179,7 @@ pub fn run(
         "steps": outcome.steps,
         "teacher_versions": teacher_versions,
         "teacher_scoring": teacher_scoring,
+        "init_versions": init_versions,
     });
     let baseline = spec
         .run_baseline

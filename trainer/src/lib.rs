@@ -2,7 +2,8 @@
 //! to the registry, and the gRPC job service.
 //!
 //! A job's path: `config` (defaults and overrides) → `validate` (every field, before work) →
-//! `job::run`: `teachers` (soft targets, when distilling) → `fine_tune` (prepare / run an epoch / finish, with `resume` state and `observe`
+//! `job::run`: `start` (published weights, or their mean, when asked) → `teachers` (soft
+//! targets, when distilling) → `fine_tune` (prepare / run an epoch / finish, with `resume` state and `observe`
 //! hooks) → `evaluate` (test, baseline, `report`) → publish (files, manifest, alias).
 pub mod baseline;
 pub(crate) mod batches;
@@ -23,5 +24,6 @@ pub mod report;
 pub mod resume;
 pub mod server;
 pub mod service;
+pub(crate) mod start;
 pub mod teachers;
 pub mod validate;

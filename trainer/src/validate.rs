@@ -5,7 +5,7 @@ use std::path::Path;
 
 use common::checkpoint::{self, CONFIG, TOKENIZER, WEIGHTS};
 use common::data::Dataset;
-use common::model::{BertConfig, Precision};
+use common::model::{BertConfig, Pooling, Precision, ProblemType};
 use common::registry::{self, Registry};
 use common::store::{Store, StoreError};
 use common::tokenizer::TextTokenizer;
@@ -45,10 +45,15 @@ fn invalid(field: &str, message: impl Into<String>) -> ValidationError {
 /// Checks the numbers of a training configuration.
 pub fn check_config(cfg: &TrainConfig) -> Result<(), ValidationError> {
     let h = |name: &str| format!("hyperparameters.{name}");
-    if !(1..=MAX_EPOCHS).contains(&cfg.epochs) {
+    // Zero epochs publishes the start as it is: only a trained start (init_from) may do that.
+    let fewest_epochs = u32::from(cfg.init_from.is_empty());
+    if !(fewest_epochs..=MAX_EPOCHS).contains(&cfg.epochs) {
         return Err(invalid(
             &h("epochs"),
-            format!("must be in 1..={MAX_EPOCHS}, found {}", cfg.epochs),
+            format!(
+                "must be in 1..={MAX_EPOCHS} (0 only with init_from), found {}",
+                cfg.epochs
+            ),
         ));
     }
     for (name, value) in [
@@ -141,8 +146,16 @@ pub fn check_config(cfg: &TrainConfig) -> Result<(), ValidationError> {
         fold.check()
             .map_err(|message| invalid(&h("holdout_fold"), message))?;
     }
-    if let Some(i) = cfg.teachers.iter().position(|t| t.trim().is_empty()) {
-        return Err(invalid(&format!("{}[{i}]", h("teachers")), "is empty"));
+    for (name, uris) in [("teachers", &cfg.teachers), ("init_from", &cfg.init_from)] {
+        if let Some(i) = uris.iter().position(|t| t.trim().is_empty()) {
+            return Err(invalid(&format!("{}[{i}]", h(name)), "is empty"));
+        }
+    }
+    if cfg.epochs == 0 && !cfg.teachers.is_empty() {
+        return Err(invalid(
+            &h("teachers"),
+            "distillation needs training, and epochs is 0",
+        ));
     }
     if cfg.patience == 0 {
         return Err(invalid(&h("patience"), "must be at least 1"));
@@ -221,6 +234,19 @@ async fn check_base_model(uri: &str, max_length: usize) -> Result<(), Validation
     Ok(())
 }
 
+/// The manifest of a published checkpoint (version or alias) named by `field`.
+async fn read_published(field: &str, uri: &str) -> Result<checkpoint::Manifest, ValidationError> {
+    let unreadable = |e: String| invalid(field, format!("{uri}: {e}"));
+    let model = registry::ModelRef::parse(uri).map_err(|e| unreadable(e.to_string()))?;
+    let (store, _) = model
+        .resolve()
+        .await
+        .map_err(|e| unreadable(e.to_string()))?;
+    checkpoint::read_manifest(&store)
+        .await
+        .map_err(|e| unreadable(e.to_string()))
+}
+
 /// A teacher must be a published checkpoint (version or alias) with the data's labels; returns
 /// what it records about its training data.
 async fn check_teacher(
@@ -229,15 +255,8 @@ async fn check_teacher(
     labels: &[String],
     train_file: &str,
 ) -> Result<TeacherData, ValidationError> {
+    let manifest = read_published(field, uri).await?;
     let unreadable = |e: String| invalid(field, format!("{uri}: {e}"));
-    let model = registry::ModelRef::parse(uri).map_err(|e| unreadable(e.to_string()))?;
-    let (store, _) = model
-        .resolve()
-        .await
-        .map_err(|e| unreadable(e.to_string()))?;
-    let manifest = checkpoint::read_manifest(&store)
-        .await
-        .map_err(|e| unreadable(e.to_string()))?;
     if manifest.labels != labels {
         return Err(invalid(
             field,
@@ -249,6 +268,49 @@ async fn check_teacher(
         ));
     }
     TeacherData::from_manifest(&manifest, train_file).map_err(unreadable)
+}
+
+/// A checkpoint to start from: readable, with the data's labels, the job's problem type and
+/// pooling. Architecture and tokenizer are compared with the base model's when the job loads it.
+async fn check_start(
+    field: &str,
+    uri: &str,
+    labels: &[String],
+    problem: ProblemType,
+    pooling: Pooling,
+) -> Result<(), ValidationError> {
+    let manifest = read_published(field, uri).await?;
+    let differs = |what: &str, theirs: String, ours: String| {
+        invalid(
+            field,
+            format!("{uri} has {what} {theirs}, the job {ours}: a start must match the job"),
+        )
+    };
+    if manifest.labels != labels {
+        return Err(differs(
+            "labels",
+            format!("({})", manifest.labels.len()),
+            format!("the data's ({})", labels.len()),
+        ));
+    }
+    if manifest.problem_type != problem {
+        return Err(differs(
+            "problem type",
+            manifest.problem_type.to_string(),
+            problem.to_string(),
+        ));
+    }
+    let theirs = manifest
+        .pooling()
+        .map_err(|e| invalid(field, format!("{uri}: {e}")))?;
+    if theirs != pooling {
+        return Err(differs(
+            "pooling",
+            theirs.as_str().into(),
+            pooling.as_str().into(),
+        ));
+    }
+    Ok(())
 }
 
 /// What the checks need from the job's data (the training split after any held-out fold).
@@ -309,11 +371,16 @@ pub async fn check_job(spec: &JobSpec) -> Result<Precision, ValidationError> {
             format!("holding out fold {fold} leaves no training examples"),
         ));
     }
-    spec.train
+    let problem = spec
+        .train
         .problem_type
         .resolve(data.single_label)
         .map_err(|e| invalid("hyperparameters.problem_type", e))?;
     check_base_model(&spec.base_model, spec.train.max_length).await?;
+    for (i, uri) in spec.train.init_from.iter().enumerate() {
+        let field = format!("hyperparameters.init_from[{i}]");
+        check_start(&field, uri, &data.labels, problem, spec.train.pooling).await?;
+    }
     let mut teachers = Vec::with_capacity(spec.train.teachers.len());
     for (i, uri) in spec.train.teachers.iter().enumerate() {
         let field = format!("hyperparameters.teachers[{i}]");
@@ -473,10 +540,33 @@ mod tests {
                 },
                 "teachers[1]",
             ),
+            (
+                TrainConfig {
+                    init_from: vec!["".into()],
+                    ..ok.clone()
+                },
+                "init_from[0]",
+            ),
+            (
+                TrainConfig {
+                    epochs: 0,
+                    init_from: vec!["output/registry/models/a/aliases/latest".into()],
+                    teachers: vec!["output/registry/models/b/aliases/latest".into()],
+                    ..ok.clone()
+                },
+                "teachers",
+            ),
         ];
         for (cfg, field) in cases {
             let err = check_config(&cfg).unwrap_err();
             assert_eq!(err.field(), format!("hyperparameters.{field}"), "{err}");
         }
+        // No epochs is a start published as it is: only with a start.
+        check_config(&TrainConfig {
+            epochs: 0,
+            init_from: vec!["output/registry/models/a/aliases/latest".into()],
+            ..ok.clone()
+        })
+        .unwrap();
     }
 }

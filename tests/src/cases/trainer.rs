@@ -179,7 +179,7 @@ fn state_name(state: i32) -> String {
 /// calls without the token are refused; a trainer exposed without a token refuses to start.
 pub async fn invalid_specs_refused(dir: &Path) -> Outcome {
     let out = Outcome::new(
-        "StartTraining with bad values in 18 fields, no token, exposed without token",
+        "StartTraining with bad values in 19 fields, no token, exposed without token",
         "INVALID_ARGUMENT naming each field, no job, nothing created; UNAUTHENTICATED; refused start",
     );
     let _serial = SERIAL.lock().await;
@@ -225,6 +225,13 @@ pub async fn invalid_specs_refused(dir: &Path) -> Outcome {
             "hyperparameters.holdout_fold",
             hyper(Hyperparameters {
                 holdout_fold: Some("3/3".into()),
+                ..Default::default()
+            }),
+        ),
+        (
+            "hyperparameters.init_from[0]",
+            hyper(Hyperparameters {
+                init_from: vec!["/nonexistent/models/m/aliases/latest".into()],
                 ..Default::default()
             }),
         ),
