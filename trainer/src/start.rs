@@ -73,7 +73,10 @@ pub(crate) fn load_mean(
             return Err(invalid(format!("tensor {name} holds a NaN or an infinity")));
         }
         if let Some(c) = loaded.manifest.calibration.as_ref().filter(|c| c.applied) {
-            loaded.model.calibrate_logits(&c.scaling().inverse())?;
+            loaded
+                .model
+                .calibrate_logits(&c.scaling().inverse())
+                .map_err(|e| invalid(format!("its calibration cannot be undone: {e}")))?;
         }
         let params = loaded.model.named_parameters();
         if let Some(name) = expected
