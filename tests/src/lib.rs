@@ -107,10 +107,10 @@ impl Drop for Proc {
     }
 }
 
-/// Publishes a small fine-tuned checkpoint (200 training examples, 1 epoch) with the real trainer
-/// into `registry` under `name`, alias `latest`; returns its version.
-pub fn train_small_checkpoint(registry: &Path, name: &str, extra: &[&str]) -> String {
-    let report = registry.join(format!("report-{name}"));
+/// `trainer train` on the small data (200 training, 100 dev, 50 test examples), CPU, 2 threads,
+/// no baseline, publishing into `registry` under `name` (alias `latest`, the default), the report
+/// beside it; the caller adds the epochs and its own flags.
+pub fn small_train_command(registry: &Path, name: &str) -> Command {
     let mut cmd = Command::new(bin("trainer"));
     cmd.args([
         "train",
@@ -120,8 +120,6 @@ pub fn train_small_checkpoint(registry: &Path, name: &str, extra: &[&str]) -> St
         "100",
         "--test-limit",
         "50",
-        "--epochs",
-        "1",
     ])
     .args([
         "--baseline",
@@ -136,25 +134,39 @@ pub fn train_small_checkpoint(registry: &Path, name: &str, extra: &[&str]) -> St
     .arg("--registry")
     .arg(registry)
     .arg("--report-dir")
-    .arg(&report)
+    .arg(registry.join(format!("report-{name}")))
     .arg("--data-dir")
     .arg(data_dir())
     .arg("--base-model")
-    .arg(base_model())
-    .args(extra);
-    let out = cmd.output().expect("run trainer");
-    assert!(
-        out.status.success(),
-        "trainer failed: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    .arg(base_model());
+    cmd
+}
+
+/// The version `name`'s alias `latest` points at in `registry`.
+pub fn latest_version(registry: &Path, name: &str) -> String {
     let alias: serde_json::Value = serde_json::from_slice(
         &std::fs::read(registry.join(format!("models/{name}/aliases/latest.json")))
             .expect("alias written"),
     )
     .expect("alias json");
     alias["version"].as_str().expect("version").to_string()
+}
+
+/// Publishes a small fine-tuned checkpoint (200 training examples, 1 epoch) with the real trainer
+/// into `registry` under `name`, alias `latest`; returns its version.
+pub fn train_small_checkpoint(registry: &Path, name: &str, extra: &[&str]) -> String {
+    let out = small_train_command(registry, name)
+        .args(["--epochs", "1"])
+        .args(extra)
+        .output()
+        .expect("run trainer");
+    assert!(
+        out.status.success(),
+        "trainer failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    latest_version(registry, name)
 }
 
 /// Copies a published version under a new version id (same weights), as a second publish would.

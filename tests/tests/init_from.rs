@@ -3,7 +3,7 @@
 //! again), two give the mean of their weights (a model soup), and a start that cannot work is
 //! refused before any work, naming the field.
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 use goemotions_tests::*;
 use tch::Tensor;
@@ -39,33 +39,8 @@ fn alias(registry: &Path, name: &str) -> String {
 
 /// `trainer train` with no epochs from `extra`'s starts, on the small data of the members.
 fn start_job(registry: &Path, name: &str, extra: &[&str]) -> Output {
-    Command::new(bin("trainer"))
-        .args([
-            "train",
-            "--device",
-            "cpu",
-            "--threads",
-            "2",
-            "--baseline",
-            "false",
-        ])
-        .args([
-            "--train-limit",
-            "200",
-            "--dev-limit",
-            "100",
-            "--test-limit",
-            "50",
-        ])
-        .args(["--epochs", "0", "--model-name", name, "--alias", "latest"])
-        .arg("--registry")
-        .arg(registry)
-        .arg("--report-dir")
-        .arg(registry.join(format!("report-{name}")))
-        .arg("--data-dir")
-        .arg(data_dir())
-        .arg("--base-model")
-        .arg(base_model())
+    small_train_command(registry, name)
+        .args(["--epochs", "0"])
         .args(extra)
         .output()
         .expect("run trainer")
@@ -77,11 +52,7 @@ fn published(registry: &Path, name: &str, out: &Output) -> String {
         "trainer failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let alias: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(registry.join(format!("models/{name}/aliases/latest.json"))).expect("alias"),
-    )
-    .expect("alias json");
-    alias["version"].as_str().expect("version").to_string()
+    latest_version(registry, name)
 }
 
 #[test]
