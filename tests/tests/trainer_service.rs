@@ -300,6 +300,14 @@ async fn sigterm_and_kill_resume() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resumed_job_keeps_its_start() {
+    let dir = tempfile::tempdir().unwrap();
+    cases::resumed_job_keeps_its_start(dir.path())
+        .await
+        .assert();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cross_process_alias_race() {
     let dir = tempfile::tempdir().unwrap();
     cases::cross_process_alias_race(dir.path(), 20)

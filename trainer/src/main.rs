@@ -22,9 +22,12 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Train(cmd) => {
             let device = cmd.device.init()?;
-            let spec = cmd.job_spec(device);
+            let mut spec = cmd.job_spec(device);
             handle
-                .block_on(validate::check_job(&spec))
+                .block_on(async {
+                    validate::pin_checkpoints(&mut spec.train).await?;
+                    validate::check_job(&spec).await
+                })
                 .context("invalid training job")?;
             let mut observer = progress::ConsoleObserver::new(cmd.progress.interval());
             let out = job::run(&spec, handle, &mut observer, None)?;

@@ -313,6 +313,27 @@ async fn check_start(
     Ok(())
 }
 
+/// Each `init_from` and `teachers` entry that names an alias, replaced by the version the alias
+/// names now. A job reads the checkpoints it was validated against from its first step to its
+/// last, also when it resumes after a restart, wherever the alias has moved meanwhile.
+pub async fn pin_checkpoints(train: &mut TrainConfig) -> Result<(), ValidationError> {
+    for (name, uris) in [
+        ("init_from", &mut train.init_from),
+        ("teachers", &mut train.teachers),
+    ] {
+        for (i, uri) in uris.iter_mut().enumerate() {
+            let field = format!("hyperparameters.{name}[{i}]");
+            let unreadable = |e: registry::RegistryError| invalid(&field, format!("{uri}: {e}"));
+            let model = registry::ModelRef::parse(uri).map_err(unreadable)?;
+            if matches!(model, registry::ModelRef::Alias { .. }) {
+                let (store, _) = model.resolve().await.map_err(unreadable)?;
+                *uri = store.uri().to_string();
+            }
+        }
+    }
+    Ok(())
+}
+
 /// What the checks need from the job's data (the training split after any held-out fold).
 struct DataFacts {
     single_label: bool,
@@ -568,5 +589,40 @@ mod tests {
             ..ok.clone()
         })
         .unwrap();
+    }
+
+    #[tokio::test]
+    async fn aliases_are_pinned_to_the_version_they_name_at_validation() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = dir.path().join("registry");
+        let aliases = registry.join("models/m/aliases");
+        std::fs::create_dir_all(&aliases).unwrap();
+        std::fs::write(
+            aliases.join("latest.json"),
+            r#"{"version": "v1", "updated_at": "2026-12-05T00:00:00Z"}"#,
+        )
+        .unwrap();
+        let alias = format!("{}/models/m/aliases/latest", registry.display());
+        let fixed = format!("{}/models/m/versions/v0", registry.display());
+        let mut train = TrainConfig {
+            init_from: vec![alias.clone(), fixed.clone()],
+            teachers: vec![alias.clone()],
+            ..TrainConfig::default()
+        };
+        pin_checkpoints(&mut train).await.unwrap();
+        let pinned = format!("file://{}/models/m/versions/v1", registry.display());
+        assert_eq!(train.init_from, vec![pinned.clone(), fixed]);
+        assert_eq!(train.teachers, vec![pinned]);
+
+        // An alias that names nothing is refused, naming its entry.
+        let mut missing = TrainConfig {
+            teachers: vec![
+                alias,
+                format!("{}/models/m/aliases/gone", registry.display()),
+            ],
+            ..TrainConfig::default()
+        };
+        let err = pin_checkpoints(&mut missing).await.unwrap_err();
+        assert_eq!(err.field(), "hyperparameters.teachers[1]", "{err}");
     }
 }

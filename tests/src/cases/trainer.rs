@@ -769,6 +769,80 @@ pub async fn sigterm_and_kill_resume(dir: &Path) -> Outcome {
     )
 }
 
+/// A job that starts from an alias (`init_from`) and is killed mid-training resumes from the
+/// checkpoint it was accepted with, although the alias moved while it was down: the start is
+/// pinned to its version when the job is accepted.
+pub async fn resumed_job_keeps_its_start(dir: &Path) -> Outcome {
+    let out = Outcome::new(
+        "start from an alias, kill -9 mid-training, move the alias, restart",
+        "resumed, SUCCEEDED, init_versions and train.init_from name the version the alias named at the start",
+    );
+    let _serial = SERIAL.lock().await;
+    let local = dir.join("registry");
+    let first_version = shared_registry(&local);
+    copy_version(&local, "goemotions", &first_version, "moved");
+    let registry_uri = local.display().to_string();
+    let registry = Registry::open(&registry_uri).expect("registry");
+    let mut spec = small_spec(320, 2);
+    spec.model_name = "warm".into();
+    if let Some(h) = spec.hyperparameters.as_mut() {
+        h.init_from = vec![format!("{registry_uri}/models/goemotions/aliases/latest")];
+    }
+    let mut trainer = spawn_trainer(&registry_uri, &[], dir, "first");
+    let mut c = connect(&mut trainer).await;
+    let id = match c.start_training(spec).await {
+        Ok(r) => r.into_inner().job_id,
+        Err(e) => return out.saw(format!("start refused: {e}"), false),
+    };
+    // The trainer saves a resume state every 4 steps.
+    if wait_job(&mut c, &id, Duration::from_secs(240), |j| {
+        j.progress.is_some_and(|p| p.step >= 6)
+    })
+    .await
+    .is_none()
+    {
+        return out.saw(
+            format!("never reached step 6:\n{}", trainer.proc.log_text()),
+            false,
+        );
+    }
+    trainer.proc.signal(libc::SIGKILL);
+    let _ = trainer.proc.wait_timeout(Duration::from_secs(10));
+    let moved = registry
+        .set_alias("goemotions", "latest", "moved", None)
+        .await
+        .is_ok();
+
+    let mut second = spawn_trainer(&registry_uri, &[], dir, "second");
+    let mut c = connect(&mut second).await;
+    let last = watch_to_end(&mut c, &id, Duration::from_secs(400))
+        .await
+        .pop()
+        .unwrap_or_default();
+    let resumed = second.proc.log_text().contains("resuming from saved state");
+    let hyper = checkpoint::read_manifest(&registry.version_store("warm", &last.model_version))
+        .await
+        .map(|m| m.hyperparameters)
+        .unwrap_or_default();
+    let init_versions = hyper["init_versions"].clone();
+    let init_from = hyper["train"]["init_from"][0]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    out.saw(
+        format!(
+            "alias moved: {moved}; resumed: {resumed}; {} ({}); init_versions {init_versions}, train.init_from {init_from:?} (started at {first_version})",
+            state_name(last.state),
+            last.error
+        ),
+        moved
+            && resumed
+            && last.state == JobState::Succeeded as i32
+            && init_versions == serde_json::json!([first_version])
+            && init_from.ends_with(&format!("/models/goemotions/versions/{first_version}")),
+    )
+}
+
 /// Two trainer processes race SetAlias with the same expected version, many rounds, against a
 /// store that makes conditional writes atomic (moto): exactly one wins each round.
 pub async fn cross_process_alias_race(dir: &Path, rounds: usize) -> Outcome {
@@ -847,6 +921,7 @@ pub async fn all(root: &Path) -> Vec<Outcome> {
     run!(cancel_after_training);
     run!(restart_finishes_or_undoes_publishing);
     run!(sigterm_and_kill_resume);
+    run!(resumed_job_keeps_its_start);
     run!(cross_process_alias_race, 50);
     outcomes
 }

@@ -394,7 +394,7 @@ impl TrainerService {
             chrono::Utc::now().format("%Y%m%dT%H%M%SZ"),
             &uuid::Uuid::new_v4().simple().to_string()[..8]
         );
-        let record = JobRecord {
+        let mut record = JobRecord {
             id: id.clone(),
             state: JobState::Queued as i32,
             base_model: if spec.base_model.is_empty() {
@@ -425,6 +425,7 @@ impl TrainerService {
             committed: false,
             trained_steps: None,
         };
+        validate::pin_checkpoints(&mut record.train).await?;
         validate::check_job(&self.spec_of(&record)).await?;
         {
             let mut running = self.running();
