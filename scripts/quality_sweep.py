@@ -17,8 +17,10 @@ Runs are resumable: results go to OUT/results.jsonl, a finished (variant, seed) 
   scripts/quality_sweep.py table
 
 Variants are named in VARIANTS below (flags for `trainer train`); a variant's flags may name
-`{ensemble:NAME}` for an ensemble's member checkpoints (one --teacher each) and `{init:NAME}`
-for them as starts (one --init-from each: a weight average); `{seed}` in NAME is the run's seed.
+`{ensemble:NAME}` for an ensemble's member checkpoints (one --teacher each), `{init:NAME}`
+for them as starts (one --init-from each: a weight average) and `{start:RUN}` for one run's
+checkpoint as the start; `{seed}` in a name is the run's seed, `{parent}` its seed // 100 (a run
+with seed 701 goes on from its parent's seed-7 run).
 Environment: TRAINER (default target/release/trainer), SWEEP_OUT (default output/sweep),
 GOEMOTIONS_DATA_DIR (default .cache/data/goemotions), SWEEP_THREADS (default: all CPUs),
 SWEEP_PRECISION (fp32, or bf16: the training precision of every run whose variant names none;
@@ -81,6 +83,13 @@ VARIANTS = {
     "asl-rdrop-ema-soup": ("the mean of the weights of the 'soup-sN' ensemble's members (asl-rdrop-ema runs; N is this "
                            "run's seed), nothing trained: tuned on dev and published as one MiniLM",
                            ["{init:soup-s{seed}}", "--epochs", "0"]),
+    "asl-rdrop-ema-child": ("as asl-rdrop-ema, one more epoch at lr 2e-5 from asl-rdrop-ema-sP (P = seed // 100: "
+                            "seeds 701, 702 go on from seed 7's run)",
+                            ASL + ["--rdrop-weight", "1", "--ema-decay", "0.999", "{start:asl-rdrop-ema-s{parent}}",
+                                   "--epochs", "1", "--lr", "2e-5"]),
+    "asl-rdrop-ema-child-soup": ("the mean of the weights of the 'children-sN' ensemble's members (asl-rdrop-ema-child "
+                                 "runs of one parent, seed N), nothing trained: tuned on dev and published as one MiniLM",
+                                 ["{init:children-s{seed}}", "--epochs", "0"]),
     "asl-distil4": ("asymmetric loss (as asl), distilled from the 'asl4' ensemble (asl and asl-rdrop, 2 seeds each), weight 0.5",
                     ASL + ["{ensemble:asl4}", "--distill-weight", "0.5"]),
 }
@@ -148,10 +157,17 @@ def ensemble_members(name, results):
 
 
 def expand(flags, results, seed):
-    """A variant's flags with each `{ensemble:NAME}` as one --teacher per member and each
-    `{init:NAME}` as one --init-from per member; `{seed}` in NAME is the run's seed."""
+    """A variant's flags with each `{ensemble:NAME}` as one --teacher per member, each
+    `{init:NAME}` as one --init-from per member and each `{start:RUN}` as one --init-from;
+    `{seed}` in a name is the run's seed, `{parent}` its seed // 100."""
     out = []
     for flag in flags:
+        if flag.startswith("{start:"):
+            run = flag[len("{start:"):-1].replace("{seed}", str(seed)).replace("{parent}", str(seed // 100))
+            if not any(r.get("kind") == "run" and r["run"] == run for r in results):
+                sys.exit(f"quality_sweep: no run named {run!r} to start from: run it first")
+            out += ["--init-from", run_uri(run)]
+            continue
         for placeholder, option in (("{ensemble:", "--teacher"), ("{init:", "--init-from")):
             if flag.startswith(placeholder):
                 name = flag[len(placeholder):-1].replace("{seed}", str(seed))
