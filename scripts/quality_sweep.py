@@ -84,7 +84,7 @@ VARIANTS = {
                            "run's seed), nothing trained: tuned on dev and published as one MiniLM",
                            ["{init:soup-s{seed}}", "--epochs", "0"]),
     "asl-rdrop-ema-child": ("as asl-rdrop-ema, one more epoch at lr 2e-5 from asl-rdrop-ema-sP (P = seed // 100: "
-                            "seeds 701, 702 go on from seed 7's run)",
+                            "e.g. seeds 701 and 702 go on from seed 7's run)",
                             ASL + ["--rdrop-weight", "1", "--ema-decay", "0.999", "{start:asl-rdrop-ema-s{parent}}",
                                    "--epochs", "1", "--lr", "2e-5"]),
     "asl-rdrop-ema-child-soup": ("the mean of the weights of the 'children-sN' ensemble's members (asl-rdrop-ema-child "
