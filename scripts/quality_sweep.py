@@ -76,6 +76,10 @@ VARIANTS = {
     "asl-rdrop-ema-distil": ("as asl-rdrop-ema, distilled from the 'rdrop-ema' ensemble (asl-rdrop-ema runs), weight 0.5",
                              ASL + ["--rdrop-weight", "1", "--ema-decay", "0.999", "{ensemble:rdrop-ema}",
                                     "--distill-weight", "0.5"]),
+    "asl-rdrop-ema-distil-heavy": ("as asl-rdrop-ema, distilled from the 'parents' ensemble (asl-rdrop-ema runs), weight 0.9 "
+                                   "(the soft targets weigh nine times the labels)",
+                                   ASL + ["--rdrop-weight", "1", "--ema-decay", "0.999", "{ensemble:parents}",
+                                          "--distill-weight", "0.9"]),
     "asl-rdrop-ema-oof-distil": ("as asl-rdrop-ema, distilled out of fold from the 'oof3' ensemble (asl-rdrop-ema-fold0of3 to "
                                  "fold2of3: each training text scored by the teacher that held it out), weight 0.5",
                                  ASL + ["--rdrop-weight", "1", "--ema-decay", "0.999", "{ensemble:oof3}",
