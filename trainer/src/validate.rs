@@ -315,7 +315,8 @@ async fn check_start(
 
 /// Each `init_from` and `teachers` entry that names an alias, replaced by the version the alias
 /// names now. A job reads the checkpoints it was validated against from its first step to its
-/// last, also when it resumes after a restart, wherever the alias has moved meanwhile.
+/// last, also when it resumes after a restart, wherever the alias has moved meanwhile. A store
+/// that does not answer is `Unreachable` (worth a retry), not an invalid field.
 pub async fn pin_checkpoints(train: &mut TrainConfig) -> Result<(), ValidationError> {
     for (name, uris) in [
         ("init_from", &mut train.init_from),
@@ -323,7 +324,15 @@ pub async fn pin_checkpoints(train: &mut TrainConfig) -> Result<(), ValidationEr
     ] {
         for (i, uri) in uris.iter_mut().enumerate() {
             let field = format!("hyperparameters.{name}[{i}]");
-            let unreadable = |e: registry::RegistryError| invalid(&field, format!("{uri}: {e}"));
+            let unreadable = |e: registry::RegistryError| match e {
+                registry::RegistryError::Store(source @ StoreError::Backend { .. }) => {
+                    ValidationError::Unreachable {
+                        field: field.clone(),
+                        source,
+                    }
+                }
+                e => invalid(&field, format!("{uri}: {e}")),
+            };
             let model = registry::ModelRef::parse(uri).map_err(unreadable)?;
             if matches!(model, registry::ModelRef::Alias { .. }) {
                 let (store, _) = model.resolve().await.map_err(unreadable)?;
