@@ -160,23 +160,34 @@ def ensemble_members(name, results):
     sys.exit(f"quality_sweep: no ensemble named {name!r}: run `ensemble {name}=RUN+RUN` first")
 
 
+def run_done(run, results):
+    return any(r.get("kind") == "run" and r["run"] == run for r in results)
+
+
+def finished_run(run, results):
+    """`run` as a one-member list, once it has finished."""
+    if not run_done(run, results):
+        sys.exit(f"quality_sweep: no run named {run!r} to start from: run it first")
+    return [run]
+
+
+# placeholder -> (the trainer option given once per checkpoint, the runs it names)
+PLACEHOLDERS = (("{ensemble:", "--teacher", ensemble_members),
+                ("{init:", "--init-from", ensemble_members),
+                ("{start:", "--init-from", finished_run))
+
+
 def expand(flags, results, seed):
     """A variant's flags with each `{ensemble:NAME}` as one --teacher per member, each
     `{init:NAME}` as one --init-from per member and each `{start:RUN}` as one --init-from;
     `{seed}` in a name is the run's seed, `{parent}` its seed // 100."""
     out = []
     for flag in flags:
-        if flag.startswith("{start:"):
-            run = flag[len("{start:"):-1].replace("{seed}", str(seed)).replace("{parent}", str(seed // 100))
-            if not any(r.get("kind") == "run" and r["run"] == run for r in results):
-                sys.exit(f"quality_sweep: no run named {run!r} to start from: run it first")
-            out += ["--init-from", run_uri(run)]
-            continue
-        for placeholder, option in (("{ensemble:", "--teacher"), ("{init:", "--init-from")):
+        for placeholder, option, runs in PLACEHOLDERS:
             if flag.startswith(placeholder):
-                name = flag[len(placeholder):-1].replace("{seed}", str(seed))
-                for member in ensemble_members(name, results):
-                    out += [option, run_uri(member)]
+                name = flag[len(placeholder):-1].replace("{seed}", str(seed)).replace("{parent}", str(seed // 100))
+                for run in runs(name, results):
+                    out += [option, run_uri(run)]
                 break
         else:
             out.append(flag)
@@ -193,7 +204,7 @@ def trainer_env():
 def train(variant, seed, data):
     results = load_results()
     run = f"{variant}-s{seed}"
-    if any(r.get("kind") == "run" and r["run"] == run for r in results):
+    if run_done(run, results):
         print(f"== {run}: done already", flush=True)
         return
     left = seconds_left()
