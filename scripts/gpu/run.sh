@@ -260,9 +260,10 @@ if phase sweep; then
   # scripts/quality_sweep.py, step by step (';' between steps): runs selected on dev only, a
   # results.jsonl that survives a rerun (SWEEP_OUT, default RESULTS_DIR/sweep; a finished run is
   # never trained again), stopped at the deadline.
-  # Default: what the CPU rounds left open (docs/quality-rounds.md) — more seeds of asl with R-Drop,
-  # with and without the weight average, then distillation from three R-Drop + average teachers.
-  plan="${SWEEP_PLAN:-run --jobs 3 asl-rdrop-ema:1,2,3 asl-rdrop:1,2,3; ensemble rdrop-ema=asl-rdrop-ema-s1+asl-rdrop-ema-s2+asl-rdrop-ema-s3; run --jobs 3 asl-rdrop-ema-distil:1,2,3}"
+  # Default: what the CPU rounds left open (docs/quality-rounds.md) — more seeds of the recipe that
+  # reached the goal: two R-Drop + weight-average teachers, then students that weigh their
+  # ensemble's soft targets nine to one.
+  plan="${SWEEP_PLAN:-run --jobs 2 asl-rdrop-ema:1,2; ensemble parents=asl-rdrop-ema-s1+asl-rdrop-ema-s2; run --jobs 3 asl-rdrop-ema-distil-heavy:1,2,3}"
   if [ "$SMALL" = 1 ]; then
     plan="${SWEEP_PLAN:-run --jobs 2 default:1 focal:1}"
     export GOEMOTIONS_TRAIN_LIMIT=200 GOEMOTIONS_DEV_LIMIT=100 GOEMOTIONS_TEST_LIMIT=100 GOEMOTIONS_MAX_STEPS=5
